@@ -1,0 +1,256 @@
+//! The queue owner: takes requests in, drops dead ones, forms length-grouped batches under the
+//! token budget, and pads the next batch while the inference thread runs the current one.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{BatchConfig, Msg, Request};
+use crate::error::Error;
+use crate::metrics as m;
+use crate::model::{Model, Prepared};
+
+pub(crate) struct Formed {
+    pub requests: Vec<Request>,
+    pub prepared: Prepared,
+}
+
+pub(crate) fn run(
+    model: Arc<Model>,
+    cfg: BatchConfig,
+    rx: Receiver<Msg>,
+    out: SyncSender<Formed>,
+) {
+    let labels = [("model", model.meta.id.clone())];
+    let mut pending: Vec<Request> = Vec::new();
+    // Batches handed to the inference thread and not finished: at most one running + one ready.
+    let mut in_flight = 0usize;
+    let mut open = true;
+    while open || !pending.is_empty() || in_flight > 0 {
+        // Decide how long we may block for the next message.
+        let wait = if pending.is_empty() || in_flight >= 2 {
+            None // block
+        } else if in_flight == 0 {
+            let oldest = pending.iter().map(|r| r.enqueued).min().unwrap_or_else(Instant::now);
+            let left = cfg.max_wait.saturating_sub(oldest.elapsed());
+            if is_full(&pending, &cfg) || left.is_zero() {
+                Some(Duration::ZERO)
+            } else {
+                Some(left)
+            }
+        } else if is_full(&pending, &cfg) {
+            Some(Duration::ZERO)
+        } else {
+            None // wait for the running batch to finish or for more requests
+        };
+        let first = match wait {
+            _ if !open => None,
+            None => match rx.recv() {
+                Ok(msg) => Some(msg),
+                Err(_) => {
+                    open = false;
+                    None
+                }
+            },
+            Some(d) if d.is_zero() => None,
+            Some(d) => match rx.recv_timeout(d) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    None
+                }
+            },
+        };
+        let mut handle = |msg: Msg, pending: &mut Vec<Request>| match msg {
+            Msg::Request(r) => {
+                metrics::gauge!(m::QUEUE_SIZE, &labels).increment(1.0);
+                pending.push(r);
+            }
+            Msg::Idle => in_flight = in_flight.saturating_sub(1),
+        };
+        if let Some(msg) = first {
+            handle(msg, &mut pending);
+        }
+        while let Ok(msg) = rx.try_recv() {
+            handle(msg, &mut pending);
+        }
+        if !open && in_flight > 0 && pending.is_empty() {
+            // Senders are gone; wait for the running batches to drain, then stop.
+            break;
+        }
+
+        drop_dead(&mut pending, &labels);
+        if pending.is_empty() {
+            continue;
+        }
+        let form_now = match in_flight {
+            0 => {
+                let oldest = pending.iter().map(|r| r.enqueued).min().unwrap_or_else(Instant::now);
+                is_full(&pending, &cfg) || oldest.elapsed() >= cfg.max_wait || !open
+            }
+            1 => is_full(&pending, &cfg),
+            _ => false,
+        };
+        if !form_now {
+            continue;
+        }
+        let requests = take_batch(&mut pending, &cfg);
+        let seqs: Vec<&[u32]> = requests.iter().map(|r| r.ids.as_slice()).collect();
+        match model.prepare(&seqs) {
+            Ok(prepared) => {
+                in_flight += 1;
+                if let Err(e) = out.send(Formed { requests, prepared }) {
+                    for r in e.0.requests {
+                        let _ = r.reply.send(Err(Error::Unavailable("inference thread stopped".into())));
+                    }
+                    return;
+                }
+            }
+            Err(e) => {
+                metrics::gauge!(m::QUEUE_SIZE, &labels).decrement(requests.len() as f64);
+                for r in requests {
+                    let _ = r.reply.send(Err(Error::Internal(format!("batch preparation: {e}"))));
+                }
+            }
+        }
+    }
+}
+
+fn is_full(pending: &[Request], cfg: &BatchConfig) -> bool {
+    pending.len() >= cfg.max_batch_size
+        || pending.iter().map(|r| r.ids.len()).sum::<usize>() >= cfg.max_batch_tokens
+}
+
+/// Removes requests whose caller went away or whose deadline passed (answering the latter).
+fn drop_dead(pending: &mut Vec<Request>, labels: &[(&'static str, String); 1]) {
+    let now = Instant::now();
+    let before = pending.len();
+    let mut kept = Vec::with_capacity(before);
+    for r in pending.drain(..) {
+        if r.reply.is_closed() {
+            metrics::counter!(m::DROPPED, "reason" => "cancelled", "model" => labels[0].1.clone())
+                .increment(1);
+        } else if r.deadline.is_some_and(|d| d <= now) {
+            metrics::counter!(m::DROPPED, "reason" => "deadline", "model" => labels[0].1.clone())
+                .increment(1);
+            let waited = now.saturating_duration_since(r.enqueued);
+            let _ = r.reply.send(Err(Error::DeadlineExceeded(waited)));
+        } else {
+            kept.push(r);
+        }
+    }
+    let dropped = before - kept.len();
+    if dropped > 0 {
+        metrics::gauge!(m::QUEUE_SIZE, labels).decrement(dropped as f64);
+    }
+    *pending = kept;
+}
+
+/// Picks the next batch: the oldest request plus the requests closest to it in length, growing
+/// while the batch stays within `max_batch_size` and the padded-token budget.
+fn take_batch(pending: &mut Vec<Request>, cfg: &BatchConfig) -> Vec<Request> {
+    pending.sort_by_key(|r| (r.ids.len(), r.enqueued));
+    let anchor = pending
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, r)| r.enqueued)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let len = |i: usize| pending[i].ids.len().max(1);
+    let (mut lo, mut hi) = (anchor, anchor); // inclusive window in length order
+    loop {
+        let count = hi - lo + 1;
+        if count >= cfg.max_batch_size {
+            break;
+        }
+        let down = (lo > 0).then(|| lo - 1);
+        let up = (hi + 1 < pending.len()).then_some(hi + 1);
+        let pick = match (down, up) {
+            (Some(d), Some(u)) => {
+                if len(anchor) - len(d) <= len(u) - len(anchor) {
+                    d
+                } else {
+                    u
+                }
+            }
+            (Some(d), None) => d,
+            (None, Some(u)) => u,
+            (None, None) => break,
+        };
+        let longest = len(hi).max(len(pick));
+        if (count + 1) * longest > cfg.max_batch_tokens {
+            break;
+        }
+        if pick < lo {
+            lo = pick
+        } else {
+            hi = pick
+        }
+    }
+    pending.drain(lo..=hi).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn req(len: usize, age_ms: u64) -> Request {
+        let (reply, rx) = oneshot::channel();
+        std::mem::forget(rx);
+        Request {
+            ids: vec![1; len],
+            enqueued: Instant::now() - Duration::from_millis(age_ms),
+            deadline: None,
+            reply,
+        }
+    }
+
+    #[test]
+    fn groups_similar_lengths_around_the_oldest() {
+        let cfg = BatchConfig {
+            max_batch_size: 3,
+            max_batch_tokens: 10_000,
+            max_wait: Duration::ZERO,
+        };
+        let mut p = vec![req(100, 1), req(10, 50), req(12, 2), req(11, 3), req(200, 4)];
+        let b = take_batch(&mut p, &cfg);
+        let mut lens: Vec<_> = b.iter().map(|r| r.ids.len()).collect();
+        lens.sort();
+        assert_eq!(lens, vec![10, 11, 12]);
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn respects_token_budget_but_never_starves_a_long_text() {
+        let cfg = BatchConfig {
+            max_batch_size: 64,
+            max_batch_tokens: 100,
+            max_wait: Duration::ZERO,
+        };
+        let mut p = vec![req(300, 10), req(20, 1), req(20, 1)];
+        let b = take_batch(&mut p, &cfg);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].ids.len(), 300);
+        let b = take_batch(&mut p, &cfg);
+        assert_eq!(b.len(), 2, "2 x 20 tokens fit in 100");
+    }
+
+    #[test]
+    fn drops_expired_and_cancelled() {
+        let labels = [("model", "t".to_string())];
+        let (reply, rx) = oneshot::channel();
+        let mut expired = req(5, 10);
+        expired.deadline = Some(Instant::now() - Duration::from_millis(1));
+        expired.reply = reply;
+        let (reply2, rx2) = oneshot::channel();
+        let mut cancelled = req(5, 10);
+        cancelled.reply = reply2;
+        drop(rx2);
+        let mut p = vec![expired, cancelled, req(5, 1)];
+        drop_dead(&mut p, &labels);
+        assert_eq!(p.len(), 1);
+        assert!(matches!(rx.blocking_recv(), Ok(Err(Error::DeadlineExceeded(_)))));
+    }
+}

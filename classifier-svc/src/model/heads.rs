@@ -1,0 +1,231 @@
+//! Classification heads: what turns encoder output into label probabilities.
+//!
+//! Two layouts:
+//! - shared-encoder heads (`<heads dir>/<task>/head.json` + `head.safetensors`): a linear layer or a
+//!   small MLP over the pooled, L2-normalised sentence embedding, so one encoder pass serves every
+//!   task;
+//! - the head of a Hugging Face sequence-classification checkpoint (BERT pooler + classifier, or
+//!   ModernBERT pooling + prediction head + classifier), exactly as its config says.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use candle_core::{Device, Module, Tensor, D};
+use candle_nn::{LayerNorm, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::config::{Activation, Arch, EncoderConfig, Pooling};
+use super::ops::{self, Linear};
+use crate::error::{Error, Result};
+
+/// `head.json` of a shared-encoder head.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadSpec {
+    /// Task name; defaults to the directory name.
+    #[serde(default)]
+    pub task: String,
+    pub labels: Vec<String>,
+    /// Activation between MLP layers (ignored for a single linear layer).
+    #[serde(default = "default_act")]
+    pub activation: String,
+}
+
+fn default_act() -> String {
+    "relu".into()
+}
+
+pub enum Head {
+    /// Over the normalised pooled embedding: `layers.0`, `layers.1`, ... with `act` between.
+    Mlp { layers: Vec<Linear>, act: Activation },
+    /// BERT: tanh(pooler(CLS)) -> classifier.
+    BertPooler { pooler: Linear, classifier: Linear },
+    /// ModernBERT: pool -> dense -> act -> norm -> classifier.
+    ModernBert {
+        pooling: Pooling,
+        dense: Linear,
+        act: Activation,
+        norm: LayerNorm,
+        classifier: Linear,
+    },
+}
+
+pub struct TaskHead {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub head: Head,
+}
+
+impl TaskHead {
+    pub fn kind(&self) -> &'static str {
+        match self.head {
+            Head::Mlp { .. } => "head",
+            _ => "sequence_classification",
+        }
+    }
+
+    /// Label probabilities `(b, labels)` from the hidden states and the pooled embedding.
+    pub fn probabilities(
+        &self,
+        hidden: &Tensor,
+        lengths: &[usize],
+        embedding: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let logits = match &self.head {
+            Head::Mlp { layers, act } => {
+                let mut x = embedding.clone();
+                for (i, l) in layers.iter().enumerate() {
+                    x = l.forward(&x)?;
+                    if i + 1 < layers.len() {
+                        x = ops::activate(&x, *act)?;
+                    }
+                }
+                x
+            }
+            Head::BertPooler { pooler, classifier } => {
+                let pooled = pooler.forward(&ops::cls_pool(hidden)?)?.tanh()?;
+                classifier.forward(&pooled)?
+            }
+            Head::ModernBert {
+                pooling,
+                dense,
+                act,
+                norm,
+                classifier,
+            } => {
+                let pooled = match pooling {
+                    Pooling::Cls => ops::cls_pool(hidden)?,
+                    Pooling::Mean => ops::mean_pool(hidden, lengths)?,
+                };
+                let x = ops::activate(&dense.forward(&pooled)?, *act)?;
+                classifier.forward(&norm.forward(&x)?)?
+            }
+        };
+        candle_nn::ops::softmax(&logits.to_dtype(candle_core::DType::F32)?, D::Minus1)
+    }
+
+    /// The head of a sequence-classification checkpoint, with labels from its config.
+    pub fn from_checkpoint(
+        task: &str,
+        vb: &VarBuilder,
+        cfg: &EncoderConfig,
+        model: &str,
+    ) -> Result<Self> {
+        let labels = cfg.labels.clone().ok_or_else(|| {
+            Error::load(model, "config.json has no id2label: not a sequence-classification checkpoint")
+        })?;
+        let h = cfg.hidden_size;
+        let n = labels.len();
+        let classifier = Linear::load(&vb.pp("classifier"), h, n).map_err(|e| {
+            Error::load(
+                model,
+                format!("classifier weights do not match the {n} labels of id2label: {e}"),
+            )
+        })?;
+        let head = match cfg.arch {
+            Arch::Bert => {
+                let p = super::bert::prefix(vb);
+                Head::BertPooler {
+                    pooler: Linear::load(&vb.pp(format!("{p}pooler.dense")), h, h)
+                        .map_err(|e| Error::load(model, format!("pooler: {e}")))?,
+                    classifier,
+                }
+            }
+            Arch::ModernBert => Head::ModernBert {
+                pooling: cfg.classifier_pooling,
+                dense: Linear::load(&vb.pp("head.dense"), h, h)
+                    .map_err(|e| Error::load(model, format!("head.dense: {e}")))?,
+                act: cfg.classifier_activation,
+                norm: ops::layer_norm(&vb.pp("head.norm"), h, cfg.layer_norm_eps)
+                    .map_err(|e| Error::load(model, format!("head.norm: {e}")))?,
+                classifier,
+            },
+        };
+        Ok(TaskHead {
+            name: task.to_string(),
+            labels,
+            head,
+        })
+    }
+
+    /// Loads every `<dir>/<task>/head.json` + `head.safetensors`, sorted by task name.
+    pub fn load_dir(dir: &Path, hidden_size: usize, device: &Device) -> Result<Vec<Self>> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| Error::load(dir.display().to_string(), format!("heads dir: {e}")))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("head.json").is_file())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        let mut heads = Vec::with_capacity(entries.len());
+        let mut seen = HashSet::new();
+        for e in entries {
+            let head = Self::load_head(&e.path(), hidden_size, device)?;
+            if !seen.insert(head.name.clone()) {
+                return Err(Error::load(
+                    dir.display().to_string(),
+                    format!("two heads for task {:?}", head.name),
+                ));
+            }
+            heads.push(head);
+        }
+        Ok(heads)
+    }
+
+    fn load_head(dir: &Path, hidden_size: usize, device: &Device) -> Result<Self> {
+        let name = dir.display().to_string();
+        let text = std::fs::read_to_string(dir.join("head.json"))
+            .map_err(|e| Error::load(&name, format!("head.json: {e}")))?;
+        let mut spec: HeadSpec = serde_json::from_str(&text)
+            .map_err(|e| Error::load(&name, format!("head.json: {e}")))?;
+        if spec.task.is_empty() {
+            spec.task = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+        if spec.labels.len() < 2 {
+            return Err(Error::load(&name, "head.json: a head needs at least 2 labels"));
+        }
+        if spec.labels.iter().collect::<HashSet<_>>().len() != spec.labels.len() {
+            return Err(Error::load(&name, "head.json: duplicate labels"));
+        }
+        let act = Activation::parse(&spec.activation).map_err(|e| Error::load(&name, e))?;
+        let tensors = candle_core::safetensors::load(dir.join("head.safetensors"), device)
+            .map_err(|e| Error::load(&name, format!("head.safetensors: {e}")))?;
+        let mut layers = Vec::new();
+        let mut in_dim = hidden_size;
+        while let Some(w) = tensors.get(&format!("layers.{}.weight", layers.len())) {
+            let (out, inp) = w
+                .dims2()
+                .map_err(|e| Error::load(&name, format!("layers.{}.weight: {e}", layers.len())))?;
+            if inp != in_dim {
+                return Err(Error::load(
+                    &name,
+                    format!(
+                        "layers.{}.weight takes {inp} inputs, expected {in_dim} (encoder hidden size or previous layer)",
+                        layers.len()
+                    ),
+                ));
+            }
+            let b = tensors.get(&format!("layers.{}.bias", layers.len())).cloned();
+            layers.push(Linear::new(w.clone(), b)?);
+            in_dim = out;
+        }
+        if layers.is_empty() {
+            return Err(Error::load(&name, "head.safetensors has no layers.0.weight"));
+        }
+        if in_dim != spec.labels.len() {
+            return Err(Error::load(
+                &name,
+                format!(
+                    "last layer has {in_dim} outputs but head.json lists {} labels",
+                    spec.labels.len()
+                ),
+            ));
+        }
+        Ok(TaskHead {
+            name: spec.task,
+            labels: spec.labels,
+            head: Head::Mlp { layers, act },
+        })
+    }
+}

@@ -1,0 +1,274 @@
+//! Models: where they come from, which encoder they are, their heads and labels, tokenization.
+//! Pure inference: no queues, no networking.
+
+pub mod bert;
+pub mod config;
+pub mod heads;
+pub mod modernbert;
+pub mod ops;
+pub mod source;
+pub mod tokenize;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+pub use config::{Arch, EncoderConfig, Pooling};
+pub use heads::TaskHead;
+pub use source::Source;
+pub use tokenize::{Encoded, Truncation};
+
+use crate::error::{Error, Result};
+
+/// Where and how to run models.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// f32 on CPU; f16/bf16 are for GPUs.
+    pub dtype: DType,
+    /// Max tokens per text (special tokens included), capped by the model's position table.
+    pub max_length: usize,
+    /// Pooling for embeddings and shared-encoder heads; None = the checkpoint's own
+    /// (sentence-transformers `1_Pooling`), else mean.
+    pub pooling: Option<Pooling>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            max_length: 512,
+            pooling: None,
+        }
+    }
+}
+
+enum Encoder {
+    Bert(bert::Bert),
+    ModernBert(modernbert::ModernBert),
+}
+
+/// Static facts about a loaded model (for Info, metrics and responses).
+#[derive(Debug, Clone)]
+pub struct ModelMeta {
+    pub id: String,
+    /// Content hash of config, weights and heads.
+    pub revision: String,
+    pub arch: Arch,
+    pub hidden_size: usize,
+    pub max_length: usize,
+    pub pooling: Pooling,
+    pub device: String,
+    pub dtype: String,
+}
+
+impl ModelMeta {
+    /// `id@revision`, as reported in every result.
+    pub fn versioned_id(&self) -> String {
+        format!("{}@{}", self.id, self.revision)
+    }
+}
+
+/// One encoder and the heads that share its output: one forward pass serves all its tasks.
+pub struct Model {
+    pub meta: ModelMeta,
+    pub tasks: Vec<TaskHead>,
+    encoder: Encoder,
+    tokenizer: tokenize::TextTokenizer,
+    device: Device,
+    pad_id: u32,
+}
+
+/// Output of one batch, row-aligned with its input.
+pub struct BatchOutput {
+    /// L2-normalised pooled embedding per row.
+    pub embeddings: Vec<Vec<f32>>,
+    /// `probs[row][task][label]`, tasks in `Model::tasks` order.
+    pub probs: Vec<Vec<Vec<f32>>>,
+}
+
+impl Model {
+    /// A shared encoder with the heads found in `heads_dir` (layout b).
+    pub fn load_encoder(source: &Source, heads_dir: Option<&Path>, opts: &LoadOptions) -> Result<Self> {
+        let (files, cfg, vb, mut model) = Self::load_common(source, opts)?;
+        if let Some(dir) = heads_dir {
+            model.tasks = TaskHead::load_dir(dir, cfg.hidden_size, &opts.device)?;
+        }
+        drop(vb);
+        let mut hashed = vec![files.config.as_path(), files.weights.as_path()];
+        let head_files: Vec<_> = heads_dir
+            .map(|d| {
+                model
+                    .tasks
+                    .iter()
+                    .flat_map(|t| {
+                        let p = d.join(&t.name);
+                        [p.join("head.json"), p.join("head.safetensors")]
+                    })
+                    .filter(|p| p.is_file())
+                    .collect()
+            })
+            .unwrap_or_default();
+        hashed.extend(head_files.iter().map(|p| p.as_path()));
+        model.meta.revision = source::content_version(&hashed)?;
+        Ok(model)
+    }
+
+    /// A Hugging Face sequence-classification checkpoint serving one task (layout a).
+    pub fn load_checkpoint(task: &str, source: &Source, opts: &LoadOptions) -> Result<Self> {
+        let (files, cfg, vb, mut model) = Self::load_common(source, opts)?;
+        let head = TaskHead::from_checkpoint(task, &vb, &cfg, &files.id)?;
+        if cfg.arch == Arch::ModernBert && opts.pooling.is_none() {
+            model.meta.pooling = cfg.classifier_pooling;
+        }
+        model.tasks = vec![head];
+        model.meta.revision = source::content_version(&[&files.config, &files.weights])?;
+        Ok(model)
+    }
+
+    fn load_common(
+        source: &Source,
+        opts: &LoadOptions,
+    ) -> Result<(source::Files, EncoderConfig, VarBuilder<'static>, Self)> {
+        let files = source.resolve()?;
+        let id = files.id.clone();
+        let text = std::fs::read_to_string(&files.config)
+            .map_err(|e| Error::load(&id, format!("config.json: {e}")))?;
+        let cfg = EncoderConfig::from_json(&text, &id)?;
+        // SAFETY: the weights file is memory-mapped read-only and not modified while loaded.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&files.weights], opts.dtype, &opts.device)
+        }
+        .map_err(|e| Error::load(&id, format!("model.safetensors: {e}")))?;
+        let encoder = match cfg.arch {
+            Arch::Bert => bert::Bert::load(vb.clone(), &cfg).map(Encoder::Bert),
+            Arch::ModernBert => {
+                modernbert::ModernBert::load(vb.clone(), &cfg).map(Encoder::ModernBert)
+            }
+        }
+        .map_err(|e| Error::load(&id, format!("{} weights: {e}", cfg.arch.as_str())))?;
+        let max_length = opts.max_length.min(cfg.max_position_embeddings).max(2);
+        let tokenizer = tokenize::TextTokenizer::load(&files.tokenizer, max_length, &id)?;
+        let pooling = match (opts.pooling, &files.pooling) {
+            (Some(p), _) => p,
+            (None, Some(p)) => pooling_from_sentence_transformers(p)?,
+            (None, None) => Pooling::Mean,
+        };
+        let meta = ModelMeta {
+            id,
+            revision: String::new(),
+            arch: cfg.arch,
+            hidden_size: cfg.hidden_size,
+            max_length,
+            pooling,
+            device: device_name(&opts.device),
+            dtype: format!("{:?}", opts.dtype).to_lowercase(),
+        };
+        let model = Model {
+            meta,
+            tasks: Vec::new(),
+            encoder,
+            tokenizer,
+            device: opts.device.clone(),
+            pad_id: cfg.pad_token_id,
+        };
+        Ok((files, cfg, vb, model))
+    }
+
+    pub fn tokenize(&self, text: &str, truncation: Truncation) -> Result<Encoded> {
+        self.tokenizer.encode(text, truncation)
+    }
+
+    /// Pads `seqs` into one `(b, t)` id tensor: done by the batcher while the previous batch runs.
+    pub fn prepare(&self, seqs: &[&[u32]]) -> Result<Prepared> {
+        let b = seqs.len();
+        let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len().max(1)).collect();
+        let mut ids = vec![self.pad_id; b * t];
+        for (row, s) in seqs.iter().enumerate() {
+            ids[row * t..row * t + s.len()].copy_from_slice(s);
+        }
+        Ok(Prepared {
+            ids: Tensor::from_vec(ids, (b.max(1), t), &self.device)?,
+            lengths,
+        })
+    }
+
+    /// Runs the encoder once over a prepared batch and every head on its output.
+    pub fn forward(&self, batch: &Prepared) -> Result<BatchOutput> {
+        let b = batch.lengths.len();
+        if b == 0 {
+            return Ok(BatchOutput {
+                embeddings: vec![],
+                probs: vec![],
+            });
+        }
+        let lengths = &batch.lengths;
+        let hidden = match &self.encoder {
+            Encoder::Bert(m) => m.forward(&batch.ids, lengths)?,
+            Encoder::ModernBert(m) => m.forward(&batch.ids, lengths)?,
+        };
+        let pooled = match self.meta.pooling {
+            Pooling::Cls => ops::cls_pool(&hidden)?,
+            Pooling::Mean => ops::mean_pool(&hidden, lengths)?,
+        };
+        let embedding = ops::l2_normalize(&pooled.to_dtype(DType::F32)?)?;
+        let head_input = embedding.to_dtype(hidden.dtype())?;
+        let mut per_task = Vec::with_capacity(self.tasks.len());
+        for task in &self.tasks {
+            let p: Vec<Vec<f32>> = task.probabilities(&hidden, lengths, &head_input)?.to_vec2()?;
+            per_task.push(p);
+        }
+        let embeddings: Vec<Vec<f32>> = embedding.to_vec2()?;
+        let probs = (0..b)
+            .map(|row| per_task.iter().map(|t| t[row].clone()).collect())
+            .collect();
+        Ok(BatchOutput { embeddings, probs })
+    }
+
+    /// Convenience for offline use (bench, eval): prepare + forward.
+    pub fn run(&self, seqs: &[&[u32]]) -> Result<BatchOutput> {
+        self.forward(&self.prepare(seqs)?)
+    }
+}
+
+/// A padded batch ready for `Model::forward`.
+pub struct Prepared {
+    ids: Tensor,
+    lengths: Vec<usize>,
+}
+
+impl Prepared {
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+    /// Padded tokens: rows x longest row.
+    pub fn padded_tokens(&self) -> usize {
+        self.lengths.len() * self.lengths.iter().copied().max().unwrap_or(0)
+    }
+}
+
+fn pooling_from_sentence_transformers(path: &Path) -> Result<Pooling> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::load(path.display().to_string(), e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::load(path.display().to_string(), e))?;
+    if v["pooling_mode_cls_token"].as_bool() == Some(true) {
+        Ok(Pooling::Cls)
+    } else {
+        Ok(Pooling::Mean)
+    }
+}
+
+fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}

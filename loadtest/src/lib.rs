@@ -1,0 +1,1 @@
+//! Load tooling arrives with the deployment/load issue.
