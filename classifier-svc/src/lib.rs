@@ -1,10 +1,16 @@
 //! classifier-svc: a batched BERT/ModernBERT classification server.
 //!
 //! `model` (pure inference) <- `batch` (admission, queue, batching, inference loop) <- `service`
-//! (gRPC) and `http` (metrics, health). `config` holds every setting; `error` the one error type.
+//! (gRPC face) <- `server` (listeners, loading, health). `http` serves /metrics and /healthz;
+//! `bench` measures it all. `config` holds every setting; `error` the one error type.
 
 pub mod batch;
+pub mod bench;
+pub mod config;
 pub mod error;
 pub mod fixtures;
+pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod server;
+pub mod service;

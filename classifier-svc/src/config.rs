@@ -1,0 +1,222 @@
+//! Every setting of classifier-svc, by flag and by environment variable (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::batch::BatchConfig;
+use crate::model::{LoadOptions, Pooling, Source};
+
+#[derive(Debug, Parser)]
+#[command(name = "classifier-svc", version, about = "Batched BERT/ModernBERT classification server over gRPC")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (Classify, ClassifyStream, Embed, Info, health, reflection) and HTTP (/metrics, /healthz).
+    Serve(ServeArgs),
+    /// Measure throughput and latency (offline batches, concurrent gRPC clients, matmul peak) and write a report.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Shared encoder: a local directory or hf:org/name[@revision]; "none" for no shared encoder.
+    #[arg(long, env = "CLASSIFIER_ENCODER", default_value = "models/all-MiniLM-L6-v2")]
+    pub encoder: String,
+    /// Directory of shared-encoder heads (<task>/head.json + head.safetensors); skipped if absent.
+    #[arg(long, env = "CLASSIFIER_HEADS", default_value = "models/heads")]
+    pub heads: PathBuf,
+    /// Hugging Face sequence-classification checkpoint serving one task, as TASK=SOURCE
+    /// (e.g. jailbreak=hf:LLM-Semantic-Router/jailbreak_classifier_modernbert-base_model). Repeatable.
+    #[arg(long = "checkpoint", env = "CLASSIFIER_CHECKPOINTS", value_delimiter = ',')]
+    pub checkpoints: Vec<String>,
+    #[arg(long, env = "CLASSIFIER_DEVICE", value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// f32 (CPU); f16 or bf16 on CUDA.
+    #[arg(long, env = "CLASSIFIER_DTYPE", value_enum, default_value = "f32")]
+    pub dtype: DTypeKind,
+    /// Max tokens per text, special tokens included; longer texts are truncated (and say so).
+    #[arg(long, env = "CLASSIFIER_MAX_LENGTH", default_value_t = 512)]
+    pub max_length: usize,
+    /// Pooling for embeddings and heads (default: the checkpoint's own, else mean).
+    #[arg(long, env = "CLASSIFIER_POOLING", value_parser = parse_pooling)]
+    pub pooling: Option<Pooling>,
+}
+
+fn parse_pooling(s: &str) -> Result<Pooling, String> {
+    Pooling::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DTypeKind {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// What to load: the shared encoder with its heads, and each sequence-classification checkpoint.
+#[derive(Debug, Clone)]
+pub enum ModelPlan {
+    Encoder { source: Source, heads: Option<PathBuf>, tasks: Vec<String> },
+    Checkpoint { task: String, source: Source },
+}
+
+impl ModelPlan {
+    pub fn tasks(&self) -> Vec<String> {
+        match self {
+            ModelPlan::Encoder { tasks, .. } => tasks.clone(),
+            ModelPlan::Checkpoint { task, .. } => vec![task.clone()],
+        }
+    }
+}
+
+impl ModelArgs {
+    pub fn load_options(&self) -> anyhow::Result<LoadOptions> {
+        let device = match self.device {
+            DeviceKind::Cpu => candle_core::Device::Cpu,
+            DeviceKind::Cuda => candle_core::Device::new_cuda(0).map_err(|e| {
+                anyhow::anyhow!("--device cuda: {e} (build with --features cuda on a machine with nvcc)")
+            })?,
+        };
+        let dtype = match self.dtype {
+            DTypeKind::F32 => candle_core::DType::F32,
+            DTypeKind::F16 => candle_core::DType::F16,
+            DTypeKind::Bf16 => candle_core::DType::BF16,
+        };
+        if device.is_cpu() && dtype != candle_core::DType::F32 {
+            anyhow::bail!("--dtype {:?} needs --device cuda; the CPU runs f32", self.dtype);
+        }
+        Ok(LoadOptions {
+            device,
+            dtype,
+            max_length: self.max_length,
+            pooling: self.pooling,
+        })
+    }
+
+    /// Parses sources and task names up front, so a typo fails at start-up, not after loading.
+    pub fn plan(&self) -> anyhow::Result<Vec<ModelPlan>> {
+        let mut plans = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        if self.encoder != "none" {
+            let heads = self.heads.is_dir().then(|| self.heads.clone());
+            let mut tasks = Vec::new();
+            if let Some(dir) = &heads {
+                for e in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+                    if e.path().join("head.json").is_file() {
+                        tasks.push(e.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            }
+            tasks.sort();
+            plans.push(ModelPlan::Encoder {
+                source: self.encoder.parse()?,
+                heads,
+                tasks,
+            });
+        }
+        for spec in &self.checkpoints {
+            let (task, src) = spec.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--checkpoint {spec:?}: expected TASK=SOURCE")
+            })?;
+            plans.push(ModelPlan::Checkpoint {
+                task: task.trim().to_string(),
+                source: src.trim().parse()?,
+            });
+        }
+        for p in &plans {
+            for t in p.tasks() {
+                if !seen.insert(t.clone()) {
+                    anyhow::bail!("task {t:?} is served by two models; give each task one model");
+                }
+            }
+        }
+        if plans.is_empty() {
+            anyhow::bail!("nothing to serve: --encoder none and no --checkpoint");
+        }
+        Ok(plans)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, env = "CLASSIFIER_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// /metrics (Prometheus) and /healthz.
+    #[arg(long, env = "CLASSIFIER_HTTP_ADDR", default_value = "0.0.0.0:9091")]
+    pub http_addr: SocketAddr,
+    /// Most texts in one batch.
+    #[arg(long, env = "CLASSIFIER_MAX_BATCH_SIZE", default_value_t = 32)]
+    pub max_batch_size: usize,
+    /// Most padded tokens (rows x longest row) in one batch.
+    #[arg(long, env = "CLASSIFIER_MAX_BATCH_TOKENS", default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+    /// How long an idle model waits for more requests before running a batch (microseconds).
+    #[arg(long, env = "CLASSIFIER_MAX_WAIT_US", default_value_t = 0)]
+    pub max_wait_us: u64,
+    /// Texts in flight across all calls; over it calls fail at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CLASSIFIER_MAX_CONCURRENT", default_value_t = 512)]
+    pub max_concurrent: usize,
+    /// Most texts in one Classify/Embed call.
+    #[arg(long, env = "CLASSIFIER_MAX_CLIENT_BATCH", default_value_t = 64)]
+    pub max_client_batch: usize,
+    /// Longest accepted text in bytes (longer texts are refused, not truncated).
+    #[arg(long, env = "CLASSIFIER_MAX_TEXT_BYTES", default_value_t = 256 * 1024)]
+    pub max_text_bytes: usize,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "CLASSIFIER_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl ServeArgs {
+    pub fn batch_config(&self) -> BatchConfig {
+        BatchConfig {
+            max_batch_size: self.max_batch_size.max(1),
+            max_batch_tokens: self.max_batch_tokens.max(1),
+            max_wait: Duration::from_micros(self.max_wait_us),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_client_batch: self.max_client_batch.max(1),
+            max_concurrent: self.max_concurrent.max(1),
+            max_text_bytes: self.max_text_bytes.max(1),
+            batch: self.batch_config(),
+        }
+    }
+}
+
+/// Request limits enforced by the service.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_client_batch: usize,
+    pub max_concurrent: usize,
+    pub max_text_bytes: usize,
+    pub batch: BatchConfig,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_client_batch: 64,
+            max_concurrent: 512,
+            max_text_bytes: 256 * 1024,
+            batch: BatchConfig::default(),
+        }
+    }
+}

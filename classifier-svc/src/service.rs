@@ -1,0 +1,535 @@
+//! The gRPC face: Classify, ClassifyStream, Embed, Info, on top of `batch`. Also the one place
+//! where `Error` becomes a gRPC status, and where task health is reported.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use semroute_proto::classifier::v1 as pb;
+use semroute_proto::classifier::v1::classifier_server::Classifier;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::batch::{Admission, Batcher, Output};
+use crate::config::Limits;
+use crate::error::Error;
+use crate::metrics as m;
+use crate::model::{Encoded, Model, Truncation};
+
+/// gRPC service name used in health checks for the whole server.
+pub const SERVICE_NAME: &str = "semroute.classifier.v1.Classifier";
+
+/// Loaded models and the task -> (model, head) index. Replaced whole when a model is added.
+#[derive(Default)]
+struct Registry {
+    models: Vec<Batcher>,
+    /// task name -> (model index, head index)
+    tasks: BTreeMap<String, (usize, usize)>,
+}
+
+struct Inner {
+    registry: RwLock<Arc<Registry>>,
+    admission: Admission,
+    limits: Limits,
+    health: HealthReporter,
+}
+
+#[derive(Clone)]
+pub struct ClassifierService {
+    inner: Arc<Inner>,
+}
+
+impl ClassifierService {
+    pub fn new(limits: Limits, health: HealthReporter) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry: RwLock::new(Arc::new(Registry::default())),
+                admission: Admission::new(limits.max_concurrent),
+                limits,
+                health,
+            }),
+        }
+    }
+
+    /// Marks the server and these tasks NOT_SERVING until their models are added.
+    pub async fn expect_tasks(&self, tasks: &[String]) {
+        let h = &self.inner.health;
+        h.set_service_status("", ServingStatus::NotServing).await;
+        h.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+        for t in tasks {
+            h.set_service_status(t, ServingStatus::NotServing).await;
+        }
+    }
+
+    /// Starts a model's batcher and makes its tasks SERVING.
+    pub async fn add_model(&self, model: Model, batch: crate::batch::BatchConfig) {
+        let tasks: Vec<String> = model.tasks.iter().map(|t| t.name.clone()).collect();
+        metrics::gauge!(m::MODEL_LOADED, "model" => model.meta.id.clone()).set(1.0);
+        let batcher = Batcher::spawn(Arc::new(model), batch);
+        {
+            let mut guard = self.inner.registry.write().expect("registry lock");
+            let mut next = Registry {
+                models: guard.models.clone(),
+                tasks: guard.tasks.clone(),
+            };
+            let idx = next.models.len();
+            for (h, t) in tasks.iter().enumerate() {
+                next.tasks.insert(t.clone(), (idx, h));
+            }
+            next.models.push(batcher);
+            *guard = Arc::new(next);
+        }
+        for t in &tasks {
+            self.inner
+                .health
+                .set_service_status(t, ServingStatus::Serving)
+                .await;
+        }
+    }
+
+    /// Every planned model is loaded: the server as a whole is SERVING.
+    pub async fn mark_ready(&self) {
+        let h = &self.inner.health;
+        h.set_service_status("", ServingStatus::Serving).await;
+        h.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.registry().models.is_empty()
+    }
+
+    pub fn model_ids(&self) -> Vec<String> {
+        self.registry()
+            .models
+            .iter()
+            .map(|b| b.model().meta.versioned_id())
+            .collect()
+    }
+
+    fn registry(&self) -> Arc<Registry> {
+        self.inner.registry.read().expect("registry lock").clone()
+    }
+
+    fn validate_texts(&self, texts: &[String]) -> Result<(), Error> {
+        let l = &self.inner.limits;
+        if texts.is_empty() {
+            return Err(Error::InvalidArgument("texts is empty: send at least one text".into()));
+        }
+        if texts.len() > l.max_client_batch {
+            return Err(Error::InvalidArgument(format!(
+                "{} texts in one call; the limit is {} (split the call)",
+                texts.len(),
+                l.max_client_batch
+            )));
+        }
+        for (i, t) in texts.iter().enumerate() {
+            if t.trim().is_empty() {
+                return Err(Error::InvalidArgument(format!("texts[{i}] is empty")));
+            }
+            if t.len() > l.max_text_bytes {
+                return Err(Error::InvalidArgument(format!(
+                    "texts[{i}] is {} bytes; the limit is {}",
+                    t.len(),
+                    l.max_text_bytes
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokenizes every text for `batcher`'s model and queues it; waits for all answers.
+    async fn run_texts(
+        batcher: &Batcher,
+        texts: Arc<Vec<String>>,
+        truncation: Truncation,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<(Encoded, Duration, Output)>, Error> {
+        let model = batcher.model().clone();
+        let labels = [("model", model.meta.id.clone())];
+        let big = texts.iter().map(|t| t.len()).sum::<usize>() > 16 * 1024;
+        let tokenize = move || -> Result<Vec<(Encoded, Duration)>, Error> {
+            texts
+                .iter()
+                .map(|t| {
+                    let start = Instant::now();
+                    let e = model.tokenize(t, truncation)?;
+                    Ok((e, start.elapsed()))
+                })
+                .collect()
+        };
+        // Long inputs are tokenized on the blocking pool so they never stall the async workers.
+        let encoded = if big {
+            tokio::task::spawn_blocking(tokenize)
+                .await
+                .map_err(|e| Error::Internal(format!("tokenizer task: {e}")))??
+        } else {
+            tokenize()?
+        };
+        let mut waits = Vec::with_capacity(encoded.len());
+        for (e, took) in &encoded {
+            metrics::histogram!(m::TOKENIZATION_SECONDS, &labels).record(took.as_secs_f64());
+            if e.truncated {
+                metrics::counter!(m::TRUNCATED, &labels).increment(1);
+            }
+            waits.push(batcher.submit(e.ids.clone(), deadline));
+        }
+        let all = futures::future::join_all(waits);
+        let outputs = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), all)
+                .await
+                .map_err(|_| Error::DeadlineExceeded(Duration::ZERO))?,
+            None => all.await,
+        };
+        encoded
+            .into_iter()
+            .zip(outputs)
+            .map(|((e, took), out)| {
+                let out = out.map_err(|_| Error::Internal("batcher dropped the request".into()))??;
+                Ok((e, took, out))
+            })
+            .collect()
+    }
+
+    /// Classify, shared by the unary and the streaming call.
+    pub async fn classify_request(
+        &self,
+        req: pb::ClassifyRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::ClassifyResponse, Error> {
+        let start = Instant::now();
+        let reg = self.registry();
+        if reg.models.is_empty() {
+            return Err(Error::Unavailable("models are still loading".into()));
+        }
+        self.validate_texts(&req.texts)?;
+        let truncation = truncation(req.truncation)?;
+        // Resolve tasks, grouped by the model that serves them.
+        let mut wanted: BTreeMap<usize, Vec<(String, usize)>> = BTreeMap::new();
+        if req.tasks.is_empty() {
+            if reg.tasks.is_empty() {
+                return Err(Error::Unavailable(
+                    "no classification task is loaded (only Embed is available)".into(),
+                ));
+            }
+            for (name, &(mi, hi)) in &reg.tasks {
+                wanted.entry(mi).or_default().push((name.clone(), hi));
+            }
+        } else {
+            for name in &req.tasks {
+                let &(mi, hi) = reg.tasks.get(name).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "unknown task {name:?}; loaded tasks: {}",
+                        reg.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                let entry = wanted.entry(mi).or_default();
+                if !entry.iter().any(|(n, _)| n == name) {
+                    entry.push((name.clone(), hi));
+                }
+            }
+        }
+        let _permit = self
+            .inner
+            .admission
+            .try_admit(req.texts.len() * wanted.len())
+            .inspect_err(|_| metrics::counter!(m::REJECTED).increment(1))?;
+        let texts = Arc::new(req.texts);
+        let runs = wanted.keys().map(|&mi| {
+            Self::run_texts(&reg.models[mi], texts.clone(), truncation, deadline)
+        });
+        let per_model = futures::future::try_join_all(runs).await?;
+
+        let mut results: Vec<pb::TextResult> = (0..texts.len())
+            .map(|_| pb::TextResult::default())
+            .collect();
+        for ((mi, heads), outs) in wanted.iter().zip(per_model) {
+            let model = reg.models[*mi].model();
+            let version = model.meta.versioned_id();
+            for (text_result, (enc, took, out)) in results.iter_mut().zip(outs) {
+                text_result.num_tokens = text_result.num_tokens.max(enc.ids.len() as u32);
+                text_result.truncated |= enc.truncated;
+                text_result.timings.push(pb::Timings {
+                    queue_us: out.queue.as_micros() as u64,
+                    tokenization_us: took.as_micros() as u64,
+                    inference_us: out.inference.as_micros() as u64,
+                    batch_size: out.batch_size as u32,
+                    batch_tokens: out.batch_tokens as u32,
+                });
+                for (name, hi) in heads {
+                    let labels = &model.tasks[*hi].labels;
+                    let probs = &out.probs[*hi];
+                    let (top, p) = probs
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map(|(i, p)| (i, *p))
+                        .unwrap_or((0, 0.0));
+                    text_result.results.push(pb::TaskResult {
+                        task: name.clone(),
+                        label: labels[top].clone(),
+                        probability: p,
+                        scores: labels
+                            .iter()
+                            .zip(probs)
+                            .map(|(l, p)| pb::LabelScore {
+                                label: l.clone(),
+                                probability: *p,
+                            })
+                            .collect(),
+                        model: version.clone(),
+                    });
+                }
+            }
+        }
+        Ok(pb::ClassifyResponse {
+            results,
+            total_us: start.elapsed().as_micros() as u64,
+        })
+    }
+
+    async fn embed_request(
+        &self,
+        req: pb::EmbedRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::EmbedResponse, Error> {
+        let reg = self.registry();
+        if reg.models.is_empty() {
+            return Err(Error::Unavailable("models are still loading".into()));
+        }
+        self.validate_texts(&req.texts)?;
+        let truncation = truncation(req.truncation)?;
+        let batcher = if req.model.is_empty() {
+            &reg.models[0]
+        } else {
+            reg.models
+                .iter()
+                .find(|b| b.model().meta.id == req.model || b.model().meta.versioned_id() == req.model)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "unknown model {:?}; loaded: {}",
+                        req.model,
+                        reg.models
+                            .iter()
+                            .map(|b| b.model().meta.id.clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?
+        };
+        let _permit = self
+            .inner
+            .admission
+            .try_admit(req.texts.len())
+            .inspect_err(|_| metrics::counter!(m::REJECTED).increment(1))?;
+        let meta = batcher.model().meta.clone();
+        let outs = Self::run_texts(batcher, Arc::new(req.texts), truncation, deadline).await?;
+        Ok(pb::EmbedResponse {
+            embeddings: outs
+                .into_iter()
+                .map(|(enc, _, out)| pb::Embedding {
+                    values: out.embedding,
+                    num_tokens: enc.ids.len() as u32,
+                    truncated: enc.truncated,
+                })
+                .collect(),
+            model: meta.versioned_id(),
+            dimensions: meta.hidden_size as u32,
+        })
+    }
+
+    pub fn info(&self) -> pb::InfoResponse {
+        let reg = self.registry();
+        let l = &self.inner.limits;
+        let mut tasks = Vec::new();
+        let models = reg
+            .models
+            .iter()
+            .map(|b| {
+                let model = b.model();
+                let meta = &model.meta;
+                for t in &model.tasks {
+                    tasks.push(pb::TaskInfo {
+                        name: t.name.clone(),
+                        labels: t.labels.clone(),
+                        model: meta.versioned_id(),
+                        kind: t.kind().into(),
+                    });
+                }
+                pb::ModelInfo {
+                    id: meta.id.clone(),
+                    revision: meta.revision.clone(),
+                    architecture: meta.arch.as_str().into(),
+                    hidden_size: meta.hidden_size as u32,
+                    max_length: meta.max_length as u32,
+                    device: meta.device.clone(),
+                    dtype: meta.dtype.clone(),
+                    tasks: model.tasks.iter().map(|t| t.name.clone()).collect(),
+                    pooling: meta.pooling.as_str().into(),
+                }
+            })
+            .collect();
+        pb::InfoResponse {
+            models,
+            tasks,
+            limits: Some(pb::Limits {
+                max_client_batch: l.max_client_batch as u32,
+                max_concurrent_requests: l.max_concurrent as u32,
+                max_batch_size: l.batch.max_batch_size as u32,
+                max_batch_tokens: l.batch.max_batch_tokens as u32,
+                max_text_bytes: l.max_text_bytes as u32,
+                max_wait_us: l.batch.max_wait.as_micros() as u64,
+            }),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+fn truncation(v: i32) -> Result<Truncation, Error> {
+    match pb::Truncation::try_from(v) {
+        Ok(pb::Truncation::Unspecified) | Ok(pb::Truncation::Truncate) => Ok(Truncation::Truncate),
+        Ok(pb::Truncation::Reject) => Ok(Truncation::Reject),
+        Err(_) => Err(Error::InvalidArgument(format!("unknown truncation value {v}"))),
+    }
+}
+
+/// The call's deadline from its `grpc-timeout` header (e.g. "50m" = 50 ms).
+pub fn deadline_of<T>(req: &Request<T>) -> Option<Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(Instant::now() + d)
+}
+
+/// The gRPC code for each error: the one mapping from `Error` to the wire.
+pub fn code_of(e: &Error) -> tonic::Code {
+    use tonic::Code;
+    match e {
+        Error::InvalidArgument(_) | Error::Tokenizer(_) => Code::InvalidArgument,
+        Error::Overloaded { .. } => Code::ResourceExhausted,
+        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::ModelLoad { .. } => Code::FailedPrecondition,
+        Error::Inference(_) | Error::Internal(_) => Code::Internal,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        Status::new(code_of(&e), e.to_string())
+    }
+}
+
+fn record(method: &'static str, start: Instant, result: &Result<impl Sized, Error>) {
+    let code = match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(e) => code_of(e),
+    };
+    metrics::counter!(m::REQUESTS, "method" => method, "code" => format!("{code:?}")).increment(1);
+    metrics::histogram!(m::REQUEST_SECONDS, "method" => method).record(start.elapsed().as_secs_f64());
+    if let Err(e) = result {
+        // Never the text itself: only what went wrong.
+        tracing::debug!(method, error = %e, "request failed");
+    }
+}
+
+type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ClassifyStreamResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Classifier for ClassifierService {
+    #[tracing::instrument(skip_all, fields(texts = req.get_ref().texts.len()))]
+    async fn classify(
+        &self,
+        req: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        let start = Instant::now();
+        let deadline = deadline_of(&req);
+        let result = self.classify_request(req.into_inner(), deadline).await;
+        record("Classify", start, &result);
+        Ok(Response::new(result?))
+    }
+
+    type ClassifyStreamStream = ResponseStream;
+
+    async fn classify_stream(
+        &self,
+        req: Request<Streaming<pb::ClassifyStreamRequest>>,
+    ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<pb::ClassifyStreamResponse, Status>>(256);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = tx.closed() => break,
+                };
+                let msg = match msg {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let (svc, tx) = (svc.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let work = svc.classify_request(msg.request.unwrap_or_default(), None);
+                    // The client went away: drop the work so the batcher skips it.
+                    let result = tokio::select! {
+                        r = work => r,
+                        _ = tx.closed() => return,
+                    };
+                    record("ClassifyStream", start, &result);
+                    let outcome = match result {
+                        Ok(r) => pb::classify_stream_response::Outcome::Response(r),
+                        Err(e) => {
+                            let status = Status::from(e);
+                            pb::classify_stream_response::Outcome::Error(pb::Error {
+                                code: status.code() as i32,
+                                message: status.message().to_string(),
+                            })
+                        }
+                    };
+                    let _ = tx
+                        .send(Ok(pb::ClassifyStreamResponse {
+                            request_id: msg.request_id,
+                            outcome: Some(outcome),
+                        }))
+                        .await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn embed(
+        &self,
+        req: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let start = Instant::now();
+        let deadline = deadline_of(&req);
+        let result = self.embed_request(req.into_inner(), deadline).await;
+        record("Embed", start, &result);
+        Ok(Response::new(result?))
+    }
+
+    async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        Ok(Response::new(ClassifierService::info(self)))
+    }
+}
