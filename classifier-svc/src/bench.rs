@@ -54,19 +54,73 @@ pub struct BenchArgs {
 }
 
 const WORDS: &[&str] = &[
-    "what", "is", "the", "capital", "of", "north", "carolina", "how", "do", "i", "compute",
-    "income", "tax", "for", "a", "small", "business", "explain", "why", "sky", "blue", "write",
-    "python", "function", "that", "reverses", "linked", "list", "prove", "there", "are",
-    "infinitely", "many", "primes", "summarize", "french", "revolution", "in", "three",
-    "sentences", "which", "drug", "interactions", "should", "patient", "know", "about",
-    "court", "ruled", "contract", "was", "void", "because", "energy", "photon", "wavelength",
+    "what",
+    "is",
+    "the",
+    "capital",
+    "of",
+    "north",
+    "carolina",
+    "how",
+    "do",
+    "i",
+    "compute",
+    "income",
+    "tax",
+    "for",
+    "a",
+    "small",
+    "business",
+    "explain",
+    "why",
+    "sky",
+    "blue",
+    "write",
+    "python",
+    "function",
+    "that",
+    "reverses",
+    "linked",
+    "list",
+    "prove",
+    "there",
+    "are",
+    "infinitely",
+    "many",
+    "primes",
+    "summarize",
+    "french",
+    "revolution",
+    "in",
+    "three",
+    "sentences",
+    "which",
+    "drug",
+    "interactions",
+    "should",
+    "patient",
+    "know",
+    "about",
+    "court",
+    "ruled",
+    "contract",
+    "was",
+    "void",
+    "because",
+    "energy",
+    "photon",
+    "wavelength",
 ];
 
 /// Deterministic English-like texts of `tokens` tokens each (as `model` tokenizes them).
 fn texts(model: &Model, tokens: usize, n: usize, seed: u64) -> Vec<String> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as usize
     };
     (0..n)
@@ -75,7 +129,10 @@ fn texts(model: &Model, tokens: usize, n: usize, seed: u64) -> Vec<String> {
             loop {
                 words.push(WORDS[next() % WORDS.len()]);
                 let text = words.join(" ");
-                let len = model.tokenize(&text, Truncation::Truncate).map(|e| e.ids.len()).unwrap_or(0);
+                let len = model
+                    .tokenize(&text, Truncation::Truncate)
+                    .map(|e| e.ids.len())
+                    .unwrap_or(0);
                 if len >= tokens || len >= model.meta.max_length {
                     return text;
                 }
@@ -147,7 +204,13 @@ async fn grpc(
     // Warm-up: one call per client.
     let warm = conns.iter().cloned().map(|mut c| {
         let t = texts[0].clone();
-        async move { c.classify(pb::ClassifyRequest { texts: vec![t], ..Default::default() }).await }
+        async move {
+            c.classify(pb::ClassifyRequest {
+                texts: vec![t],
+                ..Default::default()
+            })
+            .await
+        }
     });
     for r in futures::future::join_all(warm).await {
         r?;
@@ -163,9 +226,12 @@ async fn grpc(
                 let text = texts[k % texts.len()].clone();
                 k += clients;
                 let t = Instant::now();
-                c.classify(pb::ClassifyRequest { texts: vec![text], ..Default::default() })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("classify: {s}"))?;
+                c.classify(pb::ClassifyRequest {
+                    texts: vec![text],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("classify: {s}"))?;
                 lat.push(t.elapsed());
             }
             anyhow::Ok(lat)
@@ -245,7 +311,12 @@ fn modernbert(args: &BenchArgs) -> anyhow::Result<Subject> {
     Ok(Subject {
         name: "ModernBERT-base sizes (random weights), sequence classification, 14 labels".into(),
         model: Arc::new(model),
-        dims: (Arch::ModernBert, spec.hidden, spec.layers, spec.intermediate),
+        dims: (
+            Arch::ModernBert,
+            spec.hidden,
+            spec.layers,
+            spec.intermediate,
+        ),
     })
 }
 
@@ -253,15 +324,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut report = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let cmd: Vec<String> = std::env::args().collect();
     writeln!(report, "# classifier-svc benchmark\n")?;
-    writeln!(report, "Reproduce: `cargo run --release -p classifier-svc -- {}`\n", cmd[1..].join(" "))?;
+    writeln!(
+        report,
+        "Reproduce: `cargo run --release -p classifier-svc -- {}`\n",
+        cmd[1..].join(" ")
+    )?;
     writeln!(report, "Machine: {cpu}, {cores} cores; device cpu, f32. Clients run in the same process over loopback (closed loop, one text per call, one HTTP/2 connection per client).\n")?;
     let peak = matmul_gflops(2048)?;
-    writeln!(report, "candle f32 matmul, 2048x2048: **{peak:.1} GFLOP/s** (best of 5)\n")?;
+    writeln!(
+        report,
+        "candle f32 matmul, 2048x2048: **{peak:.1} GFLOP/s** (best of 5)\n"
+    )?;
     tracing::info!(peak, "matmul");
 
     for name in &args.models {
@@ -272,7 +356,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let model = subject.model.clone();
         writeln!(report, "## {}\n", subject.name)?;
-        writeln!(report, "| scenario | prompt tokens | texts/s | p50 ms | p99 ms | samples |")?;
+        writeln!(
+            report,
+            "| scenario | prompt tokens | texts/s | p50 ms | p99 ms | samples |"
+        )?;
         writeln!(report, "|---|---|---|---|---|---|")?;
         // gRPC server for this model.
         let limits = Limits {
@@ -293,7 +380,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         running
             .service
-            .add_model(Arc::try_unwrap(served).ok().expect("fresh model"), limits.batch.clone())
+            .add_model(
+                Arc::try_unwrap(served).ok().expect("fresh model"),
+                limits.batch.clone(),
+            )
             .await;
         let mut efficiency = Vec::new();
         for &len in &args.lengths {
@@ -304,8 +394,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let p2 = pool.clone();
                 let secs = args.seconds;
                 let s = tokio::task::spawn_blocking(move || offline(&m2, &p2, b, secs)).await??;
-                writeln!(report, "| offline batch {b} | {real_len} | {:.1} | {:.2} | {:.2} | {} |", s.throughput, s.p50_ms, s.p99_ms, s.n)?;
-                tracing::info!(model = name, len, batch = b, tput = s.throughput, p50 = s.p50_ms, "offline");
+                writeln!(
+                    report,
+                    "| offline batch {b} | {real_len} | {:.1} | {:.2} | {:.2} | {} |",
+                    s.throughput, s.p50_ms, s.p99_ms, s.n
+                )?;
+                tracing::info!(
+                    model = name,
+                    len,
+                    batch = b,
+                    tput = s.throughput,
+                    p50 = s.p50_ms,
+                    "offline"
+                );
                 let (arch, h, layers, inter) = subject.dims;
                 let flops = forward_flops(arch, h, layers, inter, b, real_len);
                 efficiency.push((b, real_len, flops / (s.p50_ms / 1e3) / 1e9));
@@ -313,8 +414,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let pool = Arc::new(pool);
             for &c in &args.clients {
                 let s = grpc(running.grpc_addr, pool.clone(), c, args.seconds).await?;
-                writeln!(report, "| gRPC {c} clients | {real_len} | {:.1} | {:.2} | {:.2} | {} |", s.throughput, s.p50_ms, s.p99_ms, s.n)?;
-                tracing::info!(model = name, len, clients = c, tput = s.throughput, p50 = s.p50_ms, p99 = s.p99_ms, "grpc");
+                writeln!(
+                    report,
+                    "| gRPC {c} clients | {real_len} | {:.1} | {:.2} | {:.2} | {} |",
+                    s.throughput, s.p50_ms, s.p99_ms, s.n
+                )?;
+                tracing::info!(
+                    model = name,
+                    len,
+                    clients = c,
+                    tput = s.throughput,
+                    p50 = s.p50_ms,
+                    p99 = s.p99_ms,
+                    "grpc"
+                );
             }
         }
         writeln!(report)?;
@@ -322,7 +435,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         writeln!(report, "| batch | tokens | GFLOP/s | % of matmul peak |")?;
         writeln!(report, "|---|---|---|---|")?;
         for (b, len, g) in &efficiency {
-            writeln!(report, "| {b} | {len} | {g:.1} | {:.0}% |", 100.0 * g / peak)?;
+            writeln!(
+                report,
+                "| {b} | {len} | {g:.1} | {:.0}% |",
+                100.0 * g / peak
+            )?;
         }
         if name == "modernbert" {
             // The efficiency target: batch 32 x 128 tokens.
@@ -331,7 +448,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let s = tokio::task::spawn_blocking(move || offline(&m2, &pool, 32, 0.0)).await??;
             let flops = forward_flops(Arch::ModernBert, 768, 22, 1152, 32, 128);
             let g = flops / (s.p50_ms / 1e3) / 1e9;
-            writeln!(report, "| 32 | 128 | {g:.1} | **{:.0}%** |", 100.0 * g / peak)?;
+            writeln!(
+                report,
+                "| 32 | 128 | {g:.1} | **{:.0}%** |",
+                100.0 * g / peak
+            )?;
         }
         if name == "minilm" {
             // Layout comparison: one encoder pass serves 3 tasks, vs 3 checkpoints = 3 passes.
@@ -339,7 +460,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let m2 = model.clone();
             let secs = args.seconds;
             let (shared, separate) = tokio::task::spawn_blocking(move || {
-                let ids: Vec<Vec<u32>> = pool.iter().map(|t| m2.tokenize(t, Truncation::Truncate).map(|e| e.ids)).collect::<Result<_, _>>()?;
+                let ids: Vec<Vec<u32>> = pool
+                    .iter()
+                    .map(|t| m2.tokenize(t, Truncation::Truncate).map(|e| e.ids))
+                    .collect::<Result<_, _>>()?;
                 let seqs: Vec<&[u32]> = ids.iter().map(|s| s.as_slice()).collect();
                 let (mut one, mut three) = (Vec::new(), Vec::new());
                 let start = Instant::now();
@@ -353,7 +477,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     }
                     three.push(t.elapsed());
                 }
-                anyhow::Ok((stats(one, start.elapsed(), 0).p50_ms, stats(three, start.elapsed(), 0).p50_ms))
+                anyhow::Ok((
+                    stats(one, start.elapsed(), 0).p50_ms,
+                    stats(three, start.elapsed(), 0).p50_ms,
+                ))
             })
             .await??;
             writeln!(report, "\nLayouts, 3 tasks on 32 texts of 21 tokens (p50 per batch): one shared encoder + 3 heads {shared:.1} ms; three sequence-classification checkpoints of this size (3 encoder passes) {separate:.1} ms, {:.2}x the cost.", separate / shared)?;

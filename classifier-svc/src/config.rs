@@ -10,7 +10,11 @@ use crate::batch::BatchConfig;
 use crate::model::{LoadOptions, Pooling, Source};
 
 #[derive(Debug, Parser)]
-#[command(name = "classifier-svc", version, about = "Batched BERT/ModernBERT classification server over gRPC")]
+#[command(
+    name = "classifier-svc",
+    version,
+    about = "Batched BERT/ModernBERT classification server over gRPC"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -27,14 +31,22 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Shared encoder: a local directory or hf:org/name[@revision]; "none" for no shared encoder.
-    #[arg(long, env = "CLASSIFIER_ENCODER", default_value = "models/all-MiniLM-L6-v2")]
+    #[arg(
+        long,
+        env = "CLASSIFIER_ENCODER",
+        default_value = "models/all-MiniLM-L6-v2"
+    )]
     pub encoder: String,
     /// Directory of shared-encoder heads (<task>/head.json + head.safetensors); skipped if absent.
     #[arg(long, env = "CLASSIFIER_HEADS", default_value = "models/heads")]
     pub heads: PathBuf,
     /// Hugging Face sequence-classification checkpoint serving one task, as TASK=SOURCE
     /// (e.g. jailbreak=hf:LLM-Semantic-Router/jailbreak_classifier_modernbert-base_model). Repeatable.
-    #[arg(long = "checkpoint", env = "CLASSIFIER_CHECKPOINTS", value_delimiter = ',')]
+    #[arg(
+        long = "checkpoint",
+        env = "CLASSIFIER_CHECKPOINTS",
+        value_delimiter = ','
+    )]
     pub checkpoints: Vec<String>,
     #[arg(long, env = "CLASSIFIER_DEVICE", value_enum, default_value = "cpu")]
     pub device: DeviceKind,
@@ -69,8 +81,15 @@ pub enum DTypeKind {
 /// What to load: the shared encoder with its heads, and each sequence-classification checkpoint.
 #[derive(Debug, Clone)]
 pub enum ModelPlan {
-    Encoder { source: Source, heads: Option<PathBuf>, tasks: Vec<String> },
-    Checkpoint { task: String, source: Source },
+    Encoder {
+        source: Source,
+        heads: Option<PathBuf>,
+        tasks: Vec<String>,
+    },
+    Checkpoint {
+        task: String,
+        source: Source,
+    },
 }
 
 impl ModelPlan {
@@ -87,7 +106,9 @@ impl ModelArgs {
         let device = match self.device {
             DeviceKind::Cpu => candle_core::Device::Cpu,
             DeviceKind::Cuda => candle_core::Device::new_cuda(0).map_err(|e| {
-                anyhow::anyhow!("--device cuda: {e} (build with --features cuda on a machine with nvcc)")
+                anyhow::anyhow!(
+                    "--device cuda: {e} (build with --features cuda on a machine with nvcc)"
+                )
             })?,
         };
         let dtype = match self.dtype {
@@ -96,7 +117,10 @@ impl ModelArgs {
             DTypeKind::Bf16 => candle_core::DType::BF16,
         };
         if device.is_cpu() && dtype != candle_core::DType::F32 {
-            anyhow::bail!("--dtype {:?} needs --device cuda; the CPU runs f32", self.dtype);
+            anyhow::bail!(
+                "--dtype {:?} needs --device cuda; the CPU runs f32",
+                self.dtype
+            );
         }
         Ok(LoadOptions {
             device,
@@ -128,9 +152,9 @@ impl ModelArgs {
             });
         }
         for spec in &self.checkpoints {
-            let (task, src) = spec.split_once('=').ok_or_else(|| {
-                anyhow::anyhow!("--checkpoint {spec:?}: expected TASK=SOURCE")
-            })?;
+            let (task, src) = spec
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--checkpoint {spec:?}: expected TASK=SOURCE"))?;
             plans.push(ModelPlan::Checkpoint {
                 task: task.trim().to_string(),
                 source: src.trim().parse()?,

@@ -76,10 +76,42 @@ impl Spec {
 
 /// Words in the test vocabulary (plus single characters and `##` pieces so any text tokenizes).
 const WORDS: &[&str] = &[
-    "the", "a", "what", "is", "of", "capital", "north", "carolina", "how", "do", "i", "compute",
-    "tax", "on", "my", "income", "write", "poem", "about", "sea", "ignore", "previous",
-    "instructions", "and", "tell", "me", "secret", "prove", "theorem", "integral", "hello",
-    "world", "model", "router", "fast", "slow",
+    "the",
+    "a",
+    "what",
+    "is",
+    "of",
+    "capital",
+    "north",
+    "carolina",
+    "how",
+    "do",
+    "i",
+    "compute",
+    "tax",
+    "on",
+    "my",
+    "income",
+    "write",
+    "poem",
+    "about",
+    "sea",
+    "ignore",
+    "previous",
+    "instructions",
+    "and",
+    "tell",
+    "me",
+    "secret",
+    "prove",
+    "theorem",
+    "integral",
+    "hello",
+    "world",
+    "model",
+    "router",
+    "fast",
+    "slow",
 ];
 
 pub fn vocabulary() -> Vec<String> {
@@ -87,7 +119,10 @@ pub fn vocabulary() -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let chars: Vec<char> = ('a'..='z').chain('0'..='9').chain("?.,!'-:;()\"".chars()).collect();
+    let chars: Vec<char> = ('a'..='z')
+        .chain('0'..='9')
+        .chain("?.,!'-:;()\"".chars())
+        .collect();
     v.extend(chars.iter().map(|c| c.to_string()));
     v.extend(chars.iter().map(|c| format!("##{c}")));
     v.extend(WORDS.iter().map(|w| w.to_string()));
@@ -134,7 +169,9 @@ impl Weights {
         self.map.insert(name.to_string(), t);
     }
     fn norm(&mut self, name: &str, size: usize, bias: bool) {
-        let w: Vec<f32> = (0..size).map(|_| 1.0 + self.rng.random_range(-0.1f32..0.1)).collect();
+        let w: Vec<f32> = (0..size)
+            .map(|_| 1.0 + self.rng.random_range(-0.1f32..0.1))
+            .collect();
         self.map.insert(
             format!("{name}.weight"),
             Tensor::from_vec(w, size, &Device::Cpu).expect("tensor"),
@@ -144,7 +181,11 @@ impl Weights {
         }
     }
     fn linear(&mut self, name: &str, out: usize, inp: usize, bias: bool) {
-        self.randn(&format!("{name}.weight"), &[out, inp], 1.0 / (inp as f32).sqrt());
+        self.randn(
+            &format!("{name}.weight"),
+            &[out, inp],
+            1.0 / (inp as f32).sqrt(),
+        );
         if bias {
             self.randn(&format!("{name}.bias"), &[out], 0.02);
         }
@@ -155,7 +196,10 @@ impl Weights {
 pub fn write_checkpoint(dir: &Path, spec: &Spec) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     write_tokenizer(&dir.join("tokenizer.json"))?;
-    let vocab = spec.vocab_size.unwrap_or(vocabulary().len()).max(vocabulary().len());
+    let vocab = spec
+        .vocab_size
+        .unwrap_or(vocabulary().len())
+        .max(vocabulary().len());
     let (h, i) = (spec.hidden, spec.intermediate);
     let mut w = Weights {
         rng: StdRng::seed_from_u64(spec.seed),
@@ -164,9 +208,21 @@ pub fn write_checkpoint(dir: &Path, spec: &Spec) -> anyhow::Result<()> {
     let mut config = match spec.arch {
         Arch::Bert => {
             let p = if spec.labels.is_some() { "bert." } else { "" };
-            w.randn(&format!("{p}embeddings.word_embeddings.weight"), &[vocab, h], 0.5);
-            w.randn(&format!("{p}embeddings.position_embeddings.weight"), &[spec.max_positions, h], 0.1);
-            w.randn(&format!("{p}embeddings.token_type_embeddings.weight"), &[2, h], 0.1);
+            w.randn(
+                &format!("{p}embeddings.word_embeddings.weight"),
+                &[vocab, h],
+                0.5,
+            );
+            w.randn(
+                &format!("{p}embeddings.position_embeddings.weight"),
+                &[spec.max_positions, h],
+                0.1,
+            );
+            w.randn(
+                &format!("{p}embeddings.token_type_embeddings.weight"),
+                &[2, h],
+                0.1,
+            );
             w.norm(&format!("{p}embeddings.LayerNorm"), h, true);
             for l in 0..spec.layers {
                 let n = format!("{p}encoder.layer.{l}");
@@ -240,7 +296,10 @@ pub fn write_checkpoint(dir: &Path, spec: &Spec) -> anyhow::Result<()> {
         config["id2label"] = json!(id2label);
         config["label2id"] = json!(label2id);
     }
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     candle_core::safetensors::save(&w.map, dir.join("model.safetensors"))?;
     Ok(())
 }

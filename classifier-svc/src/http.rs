@@ -31,7 +31,10 @@ pub fn router(
 async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
     match &s.metrics {
         Some(h) => (StatusCode::OK, h.render()),
-        None => (StatusCode::NOT_FOUND, "metrics recorder not installed".into()),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics recorder not installed".into(),
+        ),
     }
 }
 

@@ -76,12 +76,9 @@ pub async fn start(
         }
         conn
     });
-    let grpc = tokio::spawn(server.serve_with_incoming_shutdown(
-        incoming,
-        async move {
-            let _ = stopped_grpc.wait_for(|s| *s).await;
-        },
-    ));
+    let grpc = tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stopped_grpc.wait_for(|s| *s).await;
+    }));
     let ready = Arc::new(AtomicBool::new(false));
     let app = crate::http::router(metrics, service.clone(), ready.clone());
     tokio::spawn(async move {
@@ -108,7 +105,9 @@ pub async fn start(
 /// Loads one planned model (blocking: file I/O and weight conversion).
 pub fn load(plan: &ModelPlan, opts: &LoadOptions) -> crate::error::Result<Model> {
     match plan {
-        ModelPlan::Encoder { source, heads, .. } => Model::load_encoder(source, heads.as_deref(), opts),
+        ModelPlan::Encoder { source, heads, .. } => {
+            Model::load_encoder(source, heads.as_deref(), opts)
+        }
         ModelPlan::Checkpoint { task, source } => Model::load_checkpoint(task, source, opts),
     }
 }

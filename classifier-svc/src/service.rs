@@ -60,7 +60,8 @@ impl ClassifierService {
     pub async fn expect_tasks(&self, tasks: &[String]) {
         let h = &self.inner.health;
         h.set_service_status("", ServingStatus::NotServing).await;
-        h.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+        h.set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+            .await;
         for t in tasks {
             h.set_service_status(t, ServingStatus::NotServing).await;
         }
@@ -96,7 +97,8 @@ impl ClassifierService {
     pub async fn mark_ready(&self) {
         let h = &self.inner.health;
         h.set_service_status("", ServingStatus::Serving).await;
-        h.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+        h.set_service_status(SERVICE_NAME, ServingStatus::Serving)
+            .await;
     }
 
     pub fn is_ready(&self) -> bool {
@@ -118,7 +120,9 @@ impl ClassifierService {
     fn validate_texts(&self, texts: &[String]) -> Result<(), Error> {
         let l = &self.inner.limits;
         if texts.is_empty() {
-            return Err(Error::InvalidArgument("texts is empty: send at least one text".into()));
+            return Err(Error::InvalidArgument(
+                "texts is empty: send at least one text".into(),
+            ));
         }
         if texts.len() > l.max_client_batch {
             return Err(Error::InvalidArgument(format!(
@@ -189,7 +193,8 @@ impl ClassifierService {
             .into_iter()
             .zip(outputs)
             .map(|((e, took), out)| {
-                let out = out.map_err(|_| Error::Internal("batcher dropped the request".into()))??;
+                let out =
+                    out.map_err(|_| Error::Internal("batcher dropped the request".into()))??;
                 Ok((e, took, out))
             })
             .collect()
@@ -239,9 +244,9 @@ impl ClassifierService {
             .try_admit(req.texts.len() * wanted.len())
             .inspect_err(|_| metrics::counter!(m::REJECTED).increment(1))?;
         let texts = Arc::new(req.texts);
-        let runs = wanted.keys().map(|&mi| {
-            Self::run_texts(&reg.models[mi], texts.clone(), truncation, deadline)
-        });
+        let runs = wanted
+            .keys()
+            .map(|&mi| Self::run_texts(&reg.models[mi], texts.clone(), truncation, deadline));
         let per_model = futures::future::try_join_all(runs).await?;
 
         let mut results: Vec<pb::TextResult> = (0..texts.len())
@@ -308,7 +313,9 @@ impl ClassifierService {
         } else {
             reg.models
                 .iter()
-                .find(|b| b.model().meta.id == req.model || b.model().meta.versioned_id() == req.model)
+                .find(|b| {
+                    b.model().meta.id == req.model || b.model().meta.versioned_id() == req.model
+                })
                 .ok_or_else(|| {
                     Error::InvalidArgument(format!(
                         "unknown model {:?}; loaded: {}",
@@ -393,7 +400,9 @@ fn truncation(v: i32) -> Result<Truncation, Error> {
     match pb::Truncation::try_from(v) {
         Ok(pb::Truncation::Unspecified) | Ok(pb::Truncation::Truncate) => Ok(Truncation::Truncate),
         Ok(pb::Truncation::Reject) => Ok(Truncation::Reject),
-        Err(_) => Err(Error::InvalidArgument(format!("unknown truncation value {v}"))),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "unknown truncation value {v}"
+        ))),
     }
 }
 
@@ -439,7 +448,8 @@ fn record(method: &'static str, start: Instant, result: &Result<impl Sized, Erro
         Err(e) => code_of(e),
     };
     metrics::counter!(m::REQUESTS, "method" => method, "code" => format!("{code:?}")).increment(1);
-    metrics::histogram!(m::REQUEST_SECONDS, "method" => method).record(start.elapsed().as_secs_f64());
+    metrics::histogram!(m::REQUEST_SECONDS, "method" => method)
+        .record(start.elapsed().as_secs_f64());
     if let Err(e) = result {
         // Never the text itself: only what went wrong.
         tracing::debug!(method, error = %e, "request failed");
@@ -529,7 +539,10 @@ impl Classifier for ClassifierService {
         Ok(Response::new(result?))
     }
 
-    async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+    async fn info(
+        &self,
+        _req: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
         Ok(Response::new(ClassifierService::info(self)))
     }
 }

@@ -32,13 +32,19 @@ fn tokenize(model: &Model, texts: &[&str]) -> Vec<Vec<u32>> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Every text alone vs all together in two different orders: same outputs within 1e-4.
 fn assert_batch_equivalence(model: &Model) {
     let ids = tokenize(model, TEXTS);
-    let alone: Vec<_> = ids.iter().map(|s| model.run(&[s.as_slice()]).unwrap()).collect();
+    let alone: Vec<_> = ids
+        .iter()
+        .map(|s| model.run(&[s.as_slice()]).unwrap())
+        .collect();
     let forward: Vec<&[u32]> = ids.iter().map(|s| s.as_slice()).collect();
     let mut reversed = forward.clone();
     reversed.reverse();
@@ -75,7 +81,12 @@ fn modernbert_batching_is_equivalent_to_running_alone() {
 fn mean_normalized(hidden: &Tensor) -> Vec<f32> {
     let m = hidden.mean(1).unwrap();
     let n = m.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
-    m.broadcast_div(&n).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    m.broadcast_div(&n)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -87,13 +98,22 @@ fn bert_matches_candle_transformers() {
     let cfg: bert::Config =
         serde_json::from_str(&std::fs::read_to_string(enc.join("config.json")).unwrap()).unwrap();
     let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(&[enc.join("model.safetensors")], DType::F32, &Device::Cpu)
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[enc.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
     }
     .unwrap();
     let reference = bert::BertModel::load(vb, &cfg).unwrap();
     for ids in tokenize(&model, TEXTS) {
-        let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let hidden = reference.forward(&t, &t.zeros_like().unwrap(), None).unwrap();
+        let t = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let hidden = reference
+            .forward(&t, &t.zeros_like().unwrap(), None)
+            .unwrap();
         let ours = model.run(&[ids.as_slice()]).unwrap();
         let d = max_diff(&ours.embeddings[0], &mean_normalized(&hidden));
         assert!(d < 1e-4, "differs from candle-transformers by {d}");
@@ -112,12 +132,19 @@ fn modernbert_matches_candle_transformers() {
     raw["layer_norm_eps"] = raw["norm_eps"].clone();
     let cfg: modernbert::Config = serde_json::from_value(raw).unwrap();
     let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(&[enc.join("model.safetensors")], DType::F32, &Device::Cpu)
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[enc.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
     }
     .unwrap();
     let reference = modernbert::ModernBert::load(vb, &cfg).unwrap();
     for ids in tokenize(&model, TEXTS) {
-        let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let t = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let mask = t.ones_like().unwrap();
         let hidden = reference.forward(&t, &mask).unwrap();
         let ours = model.run(&[ids.as_slice()]).unwrap();
@@ -142,7 +169,9 @@ fn sequence_classification_checkpoints_load_with_their_labels() {
         assert_eq!(model.tasks[0].labels, labels);
         assert_eq!(model.tasks[0].kind(), "sequence_classification");
         assert_batch_equivalence(&model);
-        let out = model.run(&[tokenize(&model, &["hello"])[0].as_slice()]).unwrap();
+        let out = model
+            .run(&[tokenize(&model, &["hello"])[0].as_slice()])
+            .unwrap();
         let sum: f32 = out.probs[0][0].iter().sum();
         assert!((sum - 1.0).abs() < 1e-5);
     }
@@ -161,13 +190,20 @@ fn wrong_or_missing_labels_fail_loudly() {
     cfg["label2id"] = serde_json::json!({"a": 0, "b": 1});
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let src = Source::Local(dir.path().into());
-    let err = Model::load_checkpoint("t", &src, &LoadOptions::default()).err().unwrap();
-    assert!(err.to_string().contains("do not match the 2 labels"), "{err}");
+    let err = Model::load_checkpoint("t", &src, &LoadOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("do not match the 2 labels"),
+        "{err}"
+    );
     // No labels at all.
     cfg.as_object_mut().unwrap().remove("id2label");
     cfg.as_object_mut().unwrap().remove("label2id");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let err = Model::load_checkpoint("t", &src, &LoadOptions::default()).err().unwrap();
+    let err = Model::load_checkpoint("t", &src, &LoadOptions::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("no id2label"), "{err}");
 }
 
@@ -221,6 +257,9 @@ fn real_minilm_embeddings_are_deterministic_and_semantic() {
     let para = dot(&e[0], &e[1]);
     let unrelated = dot(&e[0], &e[2]);
     assert!(para > 0.8, "paraphrase similarity {para}");
-    assert!(para > unrelated + 0.3, "paraphrase {para} vs unrelated {unrelated}");
+    assert!(
+        para > unrelated + 0.3,
+        "paraphrase {para} vs unrelated {unrelated}"
+    );
     assert!((dot(&e[0], &e[0]) - 1.0).abs() < 1e-5, "normalised");
 }

@@ -35,7 +35,12 @@ fn encoder(dir: &Path, arch: Arch) -> Model {
 fn checkpoint(dir: &Path) -> Model {
     let spec = Spec::tiny(Arch::ModernBert).with_labels(&["benign", "jailbreak"]);
     fixtures::write_checkpoint(dir, &spec).unwrap();
-    Model::load_checkpoint("jailbreak", &Source::Local(dir.into()), &LoadOptions::default()).unwrap()
+    Model::load_checkpoint(
+        "jailbreak",
+        &Source::Local(dir.into()),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 async fn start(limits: Limits, tasks: &[&str]) -> Running {
@@ -57,7 +62,9 @@ async fn full_server(limits: Limits) -> (Running, tempfile::TempDir) {
         .add_model(checkpoint(&dir.path().join("jb")), limits.batch.clone())
         .await;
     running.service.mark_ready().await;
-    running.ready.store(true, std::sync::atomic::Ordering::Release);
+    running
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     (running, dir)
 }
 
@@ -82,7 +89,10 @@ async fn classify_returns_every_task_with_distributions_and_timings() {
     let (running, _dir) = full_server(Limits::default()).await;
     let mut c = ClassifierClient::new(channel(&running).await);
     let r = c
-        .classify(req(&["What is the capital of North Carolina?", "hello world"], &[]))
+        .classify(req(
+            &["What is the capital of North Carolina?", "hello world"],
+            &[],
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -95,19 +105,33 @@ async fn classify_returns_every_task_with_distributions_and_timings() {
             assert!((sum - 1.0).abs() < 1e-4);
             let best = t.scores.iter().map(|s| s.probability).fold(0.0, f32::max);
             assert_eq!(best, t.probability);
-            assert!(t.scores.iter().any(|s| s.label == t.label && s.probability == t.probability));
+            assert!(t
+                .scores
+                .iter()
+                .any(|s| s.label == t.label && s.probability == t.probability));
             assert!(t.model.contains('@'), "versioned model id: {}", t.model);
         }
         assert_eq!(text.timings.len(), 2, "two encoders ran");
-        assert!(text.timings.iter().all(|t| t.batch_size >= 1 && t.batch_tokens >= 1));
+        assert!(text
+            .timings
+            .iter()
+            .all(|t| t.batch_size >= 1 && t.batch_tokens >= 1));
         assert!(text.num_tokens > 2);
         assert!(!text.truncated);
     }
     // A subset of tasks only touches the model that serves them.
-    let r = c.classify(req(&["hello"], &["jailbreak"])).await.unwrap().into_inner();
+    let r = c
+        .classify(req(&["hello"], &["jailbreak"]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.results[0].results.len(), 1);
     assert_eq!(r.results[0].timings.len(), 1);
-    let labels: Vec<_> = r.results[0].results[0].scores.iter().map(|s| s.label.as_str()).collect();
+    let labels: Vec<_> = r.results[0].results[0]
+        .scores
+        .iter()
+        .map(|s| s.label.as_str())
+        .collect();
     assert_eq!(labels, vec!["benign", "jailbreak"]);
     running.shutdown().await;
 }
@@ -117,7 +141,11 @@ async fn truncation_is_reported_or_refused() {
     let (running, _dir) = full_server(Limits::default()).await;
     let mut c = ClassifierClient::new(channel(&running).await);
     let long = "the capital of north carolina ".repeat(30);
-    let r = c.classify(req(&[long.as_str()], &["domain"])).await.unwrap().into_inner();
+    let r = c
+        .classify(req(&[long.as_str()], &["domain"]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.results[0].truncated);
     assert_eq!(r.results[0].num_tokens, 24);
     let mut refuse = req(&[long.as_str()], &["domain"]);
@@ -157,7 +185,11 @@ async fn malformed_requests_get_invalid_argument_with_a_message() {
     for (r, needle) in cases {
         let e = c.classify(r).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
-        assert!(e.message().contains(needle), "{:?} lacks {needle:?}", e.message());
+        assert!(
+            e.message().contains(needle),
+            "{:?} lacks {needle:?}",
+            e.message()
+        );
     }
     let e = c
         .embed(pb::EmbedRequest {
@@ -223,23 +255,50 @@ async fn health_goes_from_not_serving_to_serving_per_task() {
     let status = |svc: &str| HealthCheckRequest {
         service: svc.to_string(),
     };
-    for svc in ["", "semroute.classifier.v1.Classifier", "domain", "jailbreak"] {
+    for svc in [
+        "",
+        "semroute.classifier.v1.Classifier",
+        "domain",
+        "jailbreak",
+    ] {
         let s = h.check(status(svc)).await.unwrap().into_inner().status;
         assert_eq!(s, ServingStatus::NotServing as i32, "{svc}");
     }
     // Calls before loading: UNAVAILABLE, and /healthz 503.
     let mut c = ClassifierClient::new(channel(&running).await);
-    assert_eq!(c.classify(req(&["hi"], &[])).await.unwrap_err().code(), Code::Unavailable);
-    assert!(http_get(running.http_addr, "/healthz").await.starts_with("HTTP/1.1 503"));
+    assert_eq!(
+        c.classify(req(&["hi"], &[])).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    assert!(http_get(running.http_addr, "/healthz")
+        .await
+        .starts_with("HTTP/1.1 503"));
 
-    running.service.add_model(encoder(dir.path(), Arch::Bert), limits.batch.clone()).await;
+    running
+        .service
+        .add_model(encoder(dir.path(), Arch::Bert), limits.batch.clone())
+        .await;
     let s = h.check(status("domain")).await.unwrap().into_inner().status;
     assert_eq!(s, ServingStatus::Serving as i32);
-    let s = h.check(status("jailbreak")).await.unwrap().into_inner().status;
-    assert_eq!(s, ServingStatus::NotServing as i32, "its model is not loaded yet");
-    running.service.add_model(checkpoint(&dir.path().join("jb")), limits.batch.clone()).await;
+    let s = h
+        .check(status("jailbreak"))
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        s,
+        ServingStatus::NotServing as i32,
+        "its model is not loaded yet"
+    );
+    running
+        .service
+        .add_model(checkpoint(&dir.path().join("jb")), limits.batch.clone())
+        .await;
     running.service.mark_ready().await;
-    running.ready.store(true, std::sync::atomic::Ordering::Release);
+    running
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     for svc in ["", "semroute.classifier.v1.Classifier", "jailbreak"] {
         let s = h.check(status(svc)).await.unwrap().into_inner().status;
         assert_eq!(s, ServingStatus::Serving as i32, "{svc}");
@@ -272,8 +331,14 @@ async fn reflection_lists_the_services() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"semroute.classifier.v1.Classifier".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"semroute.classifier.v1.Classifier".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
     running.shutdown().await;
 }
 
@@ -288,9 +353,15 @@ async fn over_the_concurrency_limit_is_resource_exhausted_at_once() {
     // More texts than the whole server admits.
     let mut c = ClassifierClient::new(ch.clone());
     let started = Instant::now();
-    let e = c.classify(req(&["a", "b", "c"], &["domain"])).await.unwrap_err();
+    let e = c
+        .classify(req(&["a", "b", "c"], &["domain"]))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
-    assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
     // A flood: every call either succeeds or is refused; none hangs.
     let calls = (0..100).map(|i| {
         let mut c = ClassifierClient::new(ch.clone());
@@ -331,7 +402,8 @@ async fn expired_deadlines_are_dropped_before_inference() {
     let (running, _dir2) = full_server(Limits::default()).await;
     let mut c = ClassifierClient::new(channel(&running).await);
     let mut r = tonic::Request::new(req(&["hello"], &[]));
-    r.metadata_mut().insert("grpc-timeout", "1n".parse().unwrap());
+    r.metadata_mut()
+        .insert("grpc-timeout", "1n".parse().unwrap());
     let e = c.classify(r).await.unwrap_err();
     assert!(
         matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
@@ -381,18 +453,32 @@ async fn batches_form_under_concurrent_load_and_match_single_results() {
     let (running, _dir) = full_server(Limits::default()).await;
     let ch = channel(&running).await;
     let texts: Vec<String> = (0..40)
-        .map(|i| format!("what is the capital {} of north carolina", "tax ".repeat(i % 7)))
+        .map(|i| {
+            format!(
+                "what is the capital {} of north carolina",
+                "tax ".repeat(i % 7)
+            )
+        })
         .collect();
     let mut c = ClassifierClient::new(ch.clone());
     let mut alone = Vec::new();
     for t in &texts {
-        let r = c.classify(req(&[t.as_str()], &["domain"])).await.unwrap().into_inner();
+        let r = c
+            .classify(req(&[t.as_str()], &["domain"]))
+            .await
+            .unwrap()
+            .into_inner();
         alone.push(r.results[0].results[0].scores.clone());
     }
     let calls = texts.iter().map(|t| {
         let mut c = ClassifierClient::new(ch.clone());
         let t = t.clone();
-        async move { c.classify(req(&[t.as_str()], &["domain"])).await.unwrap().into_inner() }
+        async move {
+            c.classify(req(&[t.as_str()], &["domain"]))
+                .await
+                .unwrap()
+                .into_inner()
+        }
     });
     let together = futures::future::join_all(calls).await;
     let max_batch = together
@@ -416,8 +502,13 @@ async fn metrics_are_exported() {
     let dir = tempfile::tempdir().unwrap();
     let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = server::start(g, h, Limits::default(), &[], Some(handle)).await.unwrap();
-    running.service.add_model(encoder(dir.path(), Arch::Bert), BatchConfig::default()).await;
+    let running = server::start(g, h, Limits::default(), &[], Some(handle))
+        .await
+        .unwrap();
+    running
+        .service
+        .add_model(encoder(dir.path(), Arch::Bert), BatchConfig::default())
+        .await;
     let mut c = ClassifierClient::new(channel(&running).await);
     c.classify(req(&["hello"], &[])).await.unwrap();
     let _ = c.classify(req(&[], &[])).await;

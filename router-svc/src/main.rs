@@ -1,1 +1,4 @@
-fn main() { eprintln!("router-svc: not built yet (issue 3)"); std::process::exit(2); }
+fn main() {
+    eprintln!("router-svc: not built yet (issue 3)");
+    std::process::exit(2);
+}

@@ -48,10 +48,7 @@ impl Admission {
         match self.sem.clone().try_acquire_many_owned(n) {
             Ok(p) => {
                 metrics::gauge!(m::IN_FLIGHT).increment(texts as f64);
-                Ok(Permit {
-                    _permit: p,
-                    texts,
-                })
+                Ok(Permit { _permit: p, texts })
             }
             Err(_) => Err(Error::Overloaded {
                 in_flight: self.in_flight(),

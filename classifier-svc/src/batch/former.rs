@@ -15,12 +15,7 @@ pub(crate) struct Formed {
     pub prepared: Prepared,
 }
 
-pub(crate) fn run(
-    model: Arc<Model>,
-    cfg: BatchConfig,
-    rx: Receiver<Msg>,
-    out: SyncSender<Formed>,
-) {
+pub(crate) fn run(model: Arc<Model>, cfg: BatchConfig, rx: Receiver<Msg>, out: SyncSender<Formed>) {
     let labels = [("model", model.meta.id.clone())];
     let mut pending: Vec<Request> = Vec::new();
     // Batches handed to the inference thread and not finished: at most one running + one ready.
@@ -31,7 +26,11 @@ pub(crate) fn run(
         let wait = if pending.is_empty() || in_flight >= 2 {
             None // block
         } else if in_flight == 0 {
-            let oldest = pending.iter().map(|r| r.enqueued).min().unwrap_or_else(Instant::now);
+            let oldest = pending
+                .iter()
+                .map(|r| r.enqueued)
+                .min()
+                .unwrap_or_else(Instant::now);
             let left = cfg.max_wait.saturating_sub(oldest.elapsed());
             if is_full(&pending, &cfg) || left.is_zero() {
                 Some(Duration::ZERO)
@@ -86,7 +85,11 @@ pub(crate) fn run(
         }
         let form_now = match in_flight {
             0 => {
-                let oldest = pending.iter().map(|r| r.enqueued).min().unwrap_or_else(Instant::now);
+                let oldest = pending
+                    .iter()
+                    .map(|r| r.enqueued)
+                    .min()
+                    .unwrap_or_else(Instant::now);
                 is_full(&pending, &cfg) || oldest.elapsed() >= cfg.max_wait || !open
             }
             1 => is_full(&pending, &cfg),
@@ -102,7 +105,9 @@ pub(crate) fn run(
                 in_flight += 1;
                 if let Err(e) = out.send(Formed { requests, prepared }) {
                     for r in e.0.requests {
-                        let _ = r.reply.send(Err(Error::Unavailable("inference thread stopped".into())));
+                        let _ = r
+                            .reply
+                            .send(Err(Error::Unavailable("inference thread stopped".into())));
                     }
                     return;
                 }
@@ -110,7 +115,9 @@ pub(crate) fn run(
             Err(e) => {
                 metrics::gauge!(m::QUEUE_SIZE, &labels).decrement(requests.len() as f64);
                 for r in requests {
-                    let _ = r.reply.send(Err(Error::Internal(format!("batch preparation: {e}"))));
+                    let _ = r
+                        .reply
+                        .send(Err(Error::Internal(format!("batch preparation: {e}"))));
                 }
             }
         }
@@ -214,7 +221,13 @@ mod tests {
             max_batch_tokens: 10_000,
             max_wait: Duration::ZERO,
         };
-        let mut p = vec![req(100, 1), req(10, 50), req(12, 2), req(11, 3), req(200, 4)];
+        let mut p = vec![
+            req(100, 1),
+            req(10, 50),
+            req(12, 2),
+            req(11, 3),
+            req(200, 4),
+        ];
         let b = take_batch(&mut p, &cfg);
         let mut lens: Vec<_> = b.iter().map(|r| r.ids.len()).collect();
         lens.sort();
@@ -251,6 +264,9 @@ mod tests {
         let mut p = vec![expired, cancelled, req(5, 1)];
         drop_dead(&mut p, &labels);
         assert_eq!(p.len(), 1);
-        assert!(matches!(rx.blocking_recv(), Ok(Err(Error::DeadlineExceeded(_)))));
+        assert!(matches!(
+            rx.blocking_recv(),
+            Ok(Err(Error::DeadlineExceeded(_)))
+        ));
     }
 }

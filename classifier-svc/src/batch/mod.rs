@@ -130,8 +130,10 @@ fn inference_loop(model: Arc<Model>, rx: mpsc::Receiver<former::Formed>, idle: m
         let start = Instant::now();
         let live = batch.requests.iter().any(|r| !r.reply.is_closed());
         let result = if live {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.forward(&batch.prepared)))
-                .unwrap_or_else(|_| Err(Error::Internal("inference panicked".into())))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                model.forward(&batch.prepared)
+            }))
+            .unwrap_or_else(|_| Err(Error::Internal("inference panicked".into())))
         } else {
             Err(Error::Internal("every caller left".into()))
         };

@@ -48,8 +48,10 @@ impl Bert {
         };
         let emb = vb.pp("embeddings");
         let word_embeddings = emb.get((cfg.vocab_size, h), "word_embeddings.weight")?;
-        let position_embeddings =
-            emb.get((cfg.max_position_embeddings, h), "position_embeddings.weight")?;
+        let position_embeddings = emb.get(
+            (cfg.max_position_embeddings, h),
+            "position_embeddings.weight",
+        )?;
         let token_type_row = emb
             .get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?
             .get(0)?;
@@ -62,10 +64,17 @@ impl Bert {
             let (q, k, v) = (s.pp("query"), s.pp("key"), s.pp("value"));
             // One fused QKV product instead of three.
             let w = Tensor::cat(
-                &[q.get((h, h), "weight")?, k.get((h, h), "weight")?, v.get((h, h), "weight")?],
+                &[
+                    q.get((h, h), "weight")?,
+                    k.get((h, h), "weight")?,
+                    v.get((h, h), "weight")?,
+                ],
                 0,
             )?;
-            let b = Tensor::cat(&[q.get(h, "bias")?, k.get(h, "bias")?, v.get(h, "bias")?], 0)?;
+            let b = Tensor::cat(
+                &[q.get(h, "bias")?, k.get(h, "bias")?, v.get(h, "bias")?],
+                0,
+            )?;
             layers.push(Layer {
                 qkv: Linear::new(w, Some(b))?,
                 attn_out: Linear::load(&a.pp("output.dense"), h, h)?,
@@ -104,12 +113,19 @@ impl Bert {
                 .qkv
                 .forward(&x)?
                 .reshape((b, t, 3, self.num_heads, self.head_dim))?;
-            let split = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
+            let split = |i: usize| {
+                qkv.narrow(2, i, 1)?
+                    .squeeze(2)?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
             let (q, k, v) = (split(0)?, split(1)?, split(2)?);
             let scores = q.matmul(&k.t()?)?;
             let probs = ops::masked_softmax(&scores, lengths, None, scale)?;
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
-            let a = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
+            let a = layer
+                .attn_norm
+                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
             let i = ops::activate(&layer.intermediate.forward(&a)?, self.act)?;
             x = layer.out_norm.forward(&(layer.output.forward(&i)? + &a)?)?;
         }

@@ -146,7 +146,9 @@ impl EncoderConfig {
             Some(other) => {
                 return Err(Error::load(
                     model,
-                    format!("config.json: model_type {other:?} is not supported (bert, modernbert)"),
+                    format!(
+                        "config.json: model_type {other:?} is not supported (bert, modernbert)"
+                    ),
                 ))
             }
             None => match raw.architectures.as_ref().and_then(|a| a.first()) {
@@ -155,7 +157,8 @@ impl EncoderConfig {
                 _ => return Err(Error::load(model, "config.json has no model_type")),
             },
         };
-        if raw.hidden_size % raw.num_attention_heads != 0 {
+        if raw.num_attention_heads == 0 || !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
+        {
             return Err(Error::load(
                 model,
                 format!(

@@ -36,7 +36,10 @@ fn default_act() -> String {
 
 pub enum Head {
     /// Over the normalised pooled embedding: `layers.0`, `layers.1`, ... with `act` between.
-    Mlp { layers: Vec<Linear>, act: Activation },
+    Mlp {
+        layers: Vec<Linear>,
+        act: Activation,
+    },
     /// BERT: tanh(pooler(CLS)) -> classifier.
     BertPooler { pooler: Linear, classifier: Linear },
     /// ModernBERT: pool -> dense -> act -> norm -> classifier.
@@ -111,7 +114,10 @@ impl TaskHead {
         model: &str,
     ) -> Result<Self> {
         let labels = cfg.labels.clone().ok_or_else(|| {
-            Error::load(model, "config.json has no id2label: not a sequence-classification checkpoint")
+            Error::load(
+                model,
+                "config.json has no id2label: not a sequence-classification checkpoint",
+            )
         })?;
         let h = cfg.hidden_size;
         let n = labels.len();
@@ -183,7 +189,10 @@ impl TaskHead {
                 .unwrap_or_default();
         }
         if spec.labels.len() < 2 {
-            return Err(Error::load(&name, "head.json: a head needs at least 2 labels"));
+            return Err(Error::load(
+                &name,
+                "head.json: a head needs at least 2 labels",
+            ));
         }
         if spec.labels.iter().collect::<HashSet<_>>().len() != spec.labels.len() {
             return Err(Error::load(&name, "head.json: duplicate labels"));
@@ -206,12 +215,17 @@ impl TaskHead {
                     ),
                 ));
             }
-            let b = tensors.get(&format!("layers.{}.bias", layers.len())).cloned();
+            let b = tensors
+                .get(&format!("layers.{}.bias", layers.len()))
+                .cloned();
             layers.push(Linear::new(w.clone(), b)?);
             in_dim = out;
         }
         if layers.is_empty() {
-            return Err(Error::load(&name, "head.safetensors has no layers.0.weight"));
+            return Err(Error::load(
+                &name,
+                "head.safetensors has no layers.0.weight",
+            ));
         }
         if in_dim != spec.labels.len() {
             return Err(Error::load(

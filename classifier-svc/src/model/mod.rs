@@ -91,7 +91,11 @@ pub struct BatchOutput {
 
 impl Model {
     /// A shared encoder with the heads found in `heads_dir` (layout b).
-    pub fn load_encoder(source: &Source, heads_dir: Option<&Path>, opts: &LoadOptions) -> Result<Self> {
+    pub fn load_encoder(
+        source: &Source,
+        heads_dir: Option<&Path>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let (files, cfg, vb, mut model) = Self::load_common(source, opts)?;
         if let Some(dir) = heads_dir {
             model.tasks = TaskHead::load_dir(dir, cfg.hidden_size, &opts.device)?;
@@ -218,7 +222,9 @@ impl Model {
         let head_input = embedding.to_dtype(hidden.dtype())?;
         let mut per_task = Vec::with_capacity(self.tasks.len());
         for task in &self.tasks {
-            let p: Vec<Vec<f32>> = task.probabilities(&hidden, lengths, &head_input)?.to_vec2()?;
+            let p: Vec<Vec<f32>> = task
+                .probabilities(&hidden, lengths, &head_input)?
+                .to_vec2()?;
             per_task.push(p);
         }
         let embeddings: Vec<Vec<f32>> = embedding.to_vec2()?;
@@ -254,10 +260,10 @@ impl Prepared {
 }
 
 fn pooling_from_sentence_transformers(path: &Path) -> Result<Pooling> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::load(path.display().to_string(), e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::load(path.display().to_string(), e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::load(path.display().to_string(), e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::load(path.display().to_string(), e))?;
     if v["pooling_mode_cls_token"].as_bool() == Some(true) {
         Ok(Pooling::Cls)
     } else {

@@ -16,7 +16,13 @@ struct Rotary {
 }
 
 impl Rotary {
-    fn new(head_dim: usize, max_len: usize, theta: f64, dtype: DType, dev: &Device) -> Result<Self> {
+    fn new(
+        head_dim: usize,
+        max_len: usize,
+        theta: f64,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
         let inv: Vec<f32> = (0..head_dim)
             .step_by(2)
             .map(|i| 1.0 / theta.powf(i as f64 / head_dim as f64) as f32)
@@ -101,8 +107,20 @@ impl ModernBert {
             embed_norm,
             layers,
             final_norm,
-            global_rope: Rotary::new(head_dim, max_len, cfg.global_rope_theta, vb.dtype(), vb.device())?,
-            local_rope: Rotary::new(head_dim, max_len, cfg.local_rope_theta, vb.dtype(), vb.device())?,
+            global_rope: Rotary::new(
+                head_dim,
+                max_len,
+                cfg.global_rope_theta,
+                vb.dtype(),
+                vb.device(),
+            )?,
+            local_rope: Rotary::new(
+                head_dim,
+                max_len,
+                cfg.local_rope_theta,
+                vb.dtype(),
+                vb.device(),
+            )?,
             window: cfg.local_attention / 2,
             num_heads: cfg.num_heads,
             head_dim,
@@ -126,12 +144,22 @@ impl ModernBert {
                 Some(n) => n.forward(&x)?,
                 None => x.clone(),
             };
-            let qkv = layer
-                .wqkv
-                .forward(&normed)?
-                .reshape((b, t, 3, self.num_heads, self.head_dim))?;
-            let split = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
-            let rope = if layer.local { &self.local_rope } else { &self.global_rope };
+            let qkv =
+                layer
+                    .wqkv
+                    .forward(&normed)?
+                    .reshape((b, t, 3, self.num_heads, self.head_dim))?;
+            let split = |i: usize| {
+                qkv.narrow(2, i, 1)?
+                    .squeeze(2)?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let rope = if layer.local {
+                &self.local_rope
+            } else {
+                &self.global_rope
+            };
             let q = rope.apply(&split(0)?)?;
             let k = rope.apply(&split(1)?)?;
             let v = split(2)?;

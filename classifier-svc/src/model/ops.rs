@@ -38,7 +38,8 @@ fn gelu_erf_one(x: f32) -> f32 {
     let a = z.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
-        * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+        * (0.254_829_6
+            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
     let erf_abs = 1.0 - poly * exp_poly(-a * a);
     let erf = f32::copysign(erf_abs, z);
     0.5 * x * (1.0 + erf)
@@ -204,7 +205,10 @@ impl CustomOp1 for MaskedSoftmax<'_> {
         let src = contiguous_f32(s, l)?;
         let (b, h, q, k) = l.shape().dims4()?;
         if self.lengths.len() != b {
-            candle_core::bail!("masked softmax: {} lengths for batch {b}", self.lengths.len())
+            candle_core::bail!(
+                "masked softmax: {} lengths for batch {b}",
+                self.lengths.len()
+            )
         }
         let mut dst = src.to_vec();
         let per_batch = h * q * k;
@@ -242,7 +246,13 @@ pub fn masked_softmax(
         let n = n.min(k);
         for qi in 0..q {
             let (lo, hi) = KeyMask { valid: n, window }.range(qi);
-            mask.extend((0..k).map(|j| if (lo..hi).contains(&j) { 0.0 } else { f32::NEG_INFINITY }));
+            mask.extend((0..k).map(|j| {
+                if (lo..hi).contains(&j) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
         }
     }
     let mask = Tensor::from_vec(mask, (b, 1, q, k), scores.device())?.to_dtype(scores.dtype())?;
@@ -301,7 +311,11 @@ impl Module for Linear {
 
 /// LayerNorm through candle's fused kernel; a missing bias (ModernBERT) becomes zeros so the
 /// fused path still applies.
-pub fn layer_norm(vb: &candle_nn::VarBuilder, size: usize, eps: f64) -> Result<candle_nn::LayerNorm> {
+pub fn layer_norm(
+    vb: &candle_nn::VarBuilder,
+    size: usize,
+    eps: f64,
+) -> Result<candle_nn::LayerNorm> {
     let w = vb.get(size, "weight").or_else(|_| vb.get(size, "gamma"))?;
     let b = if vb.contains_tensor("bias") {
         vb.get(size, "bias")?
@@ -343,7 +357,11 @@ pub fn cls_pool(hidden: &Tensor) -> Result<Tensor> {
 
 /// Row-wise L2 normalisation of `(b, h)`.
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norm)
 }
 
@@ -389,7 +407,14 @@ mod tests {
             &(scores * 0.5).unwrap().broadcast_add(&mask).unwrap(),
         )
         .unwrap();
-        let diff: f32 = (fast - slow).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff: f32 = (fast - slow)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(diff < 1e-6, "{diff}");
     }
 }

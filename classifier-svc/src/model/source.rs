@@ -161,7 +161,9 @@ mod tests {
 
     #[test]
     fn missing_dir_says_what_to_do() {
-        let e = Source::Local("/nonexistent/m".into()).resolve().unwrap_err();
+        let e = Source::Local("/nonexistent/m".into())
+            .resolve()
+            .unwrap_err();
         assert!(e.to_string().contains("fetch.sh"), "{e}");
     }
 }
