@@ -125,7 +125,11 @@ pub fn vocabulary() -> Vec<String> {
         .collect();
     v.extend(chars.iter().map(|c| c.to_string()));
     v.extend(chars.iter().map(|c| format!("##{c}")));
-    v.extend(WORDS.iter().map(|w| w.to_string()));
+    for w in WORDS {
+        if !v.iter().any(|x| x == w) {
+            v.push(w.to_string());
+        }
+    }
     v
 }
 
