@@ -23,7 +23,10 @@ fn free_port() -> u16 {
 
 fn minilm() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").is_file(), "run models/fetch.sh first");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "run models/fetch.sh first"
+    );
     dir
 }
 
@@ -44,7 +47,12 @@ fn stop(mut child: Child) -> (bool, String) {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (status.success(), err);
         }
         assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
@@ -64,10 +72,21 @@ async fn serve_binary_loads_classifies_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let heads = dir.path().join("heads");
     fixtures::write_head(&heads, "domain", &["math", "law", "other"], 384, &[], 1).unwrap();
-    fixtures::write_head(&heads, "complexity", &["simple", "reasoning"], 384, &[16], 2).unwrap();
+    fixtures::write_head(
+        &heads,
+        "complexity",
+        &["simple", "reasoning"],
+        384,
+        &[16],
+        2,
+    )
+    .unwrap();
     let jb = dir.path().join("jailbreak-ckpt");
-    fixtures::write_checkpoint(&jb, &Spec::tiny(Arch::ModernBert).with_labels(&["benign", "jailbreak"]))
-        .unwrap();
+    fixtures::write_checkpoint(
+        &jb,
+        &Spec::tiny(Arch::ModernBert).with_labels(&["benign", "jailbreak"]),
+    )
+    .unwrap();
     let (grpc, http) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_classifier-svc"))
         .arg("serve")
@@ -75,7 +94,10 @@ async fn serve_binary_loads_classifies_and_stops_cleanly() {
         .args(["--heads", heads.to_str().unwrap()])
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .env("CLASSIFIER_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("CLASSIFIER_CHECKPOINTS", format!("jailbreak={}", jb.display()))
+        .env(
+            "CLASSIFIER_CHECKPOINTS",
+            format!("jailbreak={}", jb.display()),
+        )
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -88,10 +110,15 @@ async fn serve_binary_loads_classifies_and_stops_cleanly() {
                 break;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "not healthy within 60 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not healthy within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut c = ClassifierClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
+    let mut c = ClassifierClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .unwrap();
     let r = c
         .classify(pb::ClassifyRequest {
             texts: vec![SECRET_PROMPT.into()],
@@ -101,7 +128,11 @@ async fn serve_binary_loads_classifies_and_stops_cleanly() {
         .await
         .unwrap()
         .into_inner();
-    let tasks: Vec<_> = r.results[0].results.iter().map(|t| t.task.clone()).collect();
+    let tasks: Vec<_> = r.results[0]
+        .results
+        .iter()
+        .map(|t| t.task.clone())
+        .collect();
     assert_eq!(tasks, vec!["complexity", "domain", "jailbreak"]);
     let info = c.info(pb::InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.models[0].id, "all-MiniLM-L6-v2");
@@ -125,5 +156,8 @@ fn a_bad_model_path_fails_loudly_at_start() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/encoder") && err.contains("fetch.sh"), "{err}");
+    assert!(
+        err.contains("/nonexistent/encoder") && err.contains("fetch.sh"),
+        "{err}"
+    );
 }

@@ -13,6 +13,9 @@ use super::ops::{self, Linear};
 struct Rotary {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as f32 rows, for the fused CPU attention kernel.
+    cos_f32: Vec<f32>,
+    sin_f32: Vec<f32>,
 }
 
 impl Rotary {
@@ -33,10 +36,20 @@ impl Rotary {
             .to_dtype(DType::F32)?
             .reshape((max_len, 1))?;
         let freqs = t.matmul(&inv)?;
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
         Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
+            cos_f32: cos.flatten_all()?.to_vec1()?,
+            sin_f32: sin.flatten_all()?.to_vec1()?,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
         })
+    }
+
+    fn tables(&self) -> ops::RopeTables<'_> {
+        ops::RopeTables {
+            cos: &self.cos_f32,
+            sin: &self.sin_f32,
+        }
     }
 
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
@@ -144,29 +157,33 @@ impl ModernBert {
                 Some(n) => n.forward(&x)?,
                 None => x.clone(),
             };
-            let qkv =
-                layer
-                    .wqkv
-                    .forward(&normed)?
-                    .reshape((b, t, 3, self.num_heads, self.head_dim))?;
-            let split = |i: usize| {
-                qkv.narrow(2, i, 1)?
-                    .squeeze(2)?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
+            let qkv = layer.wqkv.forward(&normed)?;
             let rope = if layer.local {
                 &self.local_rope
             } else {
                 &self.global_rope
             };
-            let q = rope.apply(&split(0)?)?;
-            let k = rope.apply(&split(1)?)?;
-            let v = split(2)?;
-            let scores = q.matmul(&k.t()?)?;
             let window = layer.local.then_some(self.window);
-            let probs = ops::masked_softmax(&scores, lengths, window, scale)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+            let fused =
+                ops::fused_attention(&qkv, self.num_heads, lengths, window, Some(rope.tables()))?;
+            let ctx = match fused {
+                Some(ctx) => ctx,
+                None => {
+                    let qkv = qkv.reshape((b, t, 3, self.num_heads, self.head_dim))?;
+                    let split = |i: usize| {
+                        qkv.narrow(2, i, 1)?
+                            .squeeze(2)?
+                            .transpose(1, 2)?
+                            .contiguous()
+                    };
+                    let q = rope.apply(&split(0)?)?;
+                    let k = rope.apply(&split(1)?)?;
+                    let v = split(2)?;
+                    let scores = q.matmul(&k.t()?)?;
+                    let probs = ops::masked_softmax(&scores, lengths, window, scale)?;
+                    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?
+                }
+            };
             x = (x + layer.wo.forward(&ctx)?)?;
             let wi = layer.wi.forward(&layer.mlp_norm.forward(&x)?)?;
             let input = wi.narrow(2, 0, self.intermediate)?;

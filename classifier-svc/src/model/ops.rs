@@ -418,3 +418,220 @@ mod tests {
         assert!(diff < 1e-6, "{diff}");
     }
 }
+
+// ---------- fused attention for short sequences ----------
+
+/// Sequences up to this many tokens use [`fused_attention`]; longer ones go through gemm, whose
+/// blocking wins once the per-head matrices are large.
+pub const FUSED_ATTENTION_MAX_LEN: usize = 64;
+
+/// Rotary tables `(positions, head_dim / 2)`, row-major, for the fused kernel.
+#[derive(Clone, Copy)]
+pub struct RopeTables<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+struct FusedAttention<'a> {
+    lengths: &'a [usize],
+    window: Option<usize>,
+    scale: f32,
+    num_heads: usize,
+    rope: Option<RopeTables<'a>>,
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // 8 partial sums so LLVM keeps a vector accumulator.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+#[inline(always)]
+fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    for d in 0..half {
+        let (x1, x2) = (x[d], x[d + half]);
+        x[d] = x1 * cos[d] - x2 * sin[d];
+        x[d + half] = x2 * cos[d] + x1 * sin[d];
+    }
+}
+
+/// One (batch row, head): softmax(q k^T * scale) v over the allowed keys, written to `out`
+/// (`len x head_dim`). `q`, `k`, `v` are gathered `len x head_dim` rows.
+#[inline(always)]
+fn attend_head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    scores: &mut [f32],
+    hd: usize,
+    mask: KeyMask,
+    scale: f32,
+) {
+    let len = mask.valid;
+    for i in 0..len {
+        let (lo, hi) = mask.range(i);
+        let qi = &q[i * hd..(i + 1) * hd];
+        let mut max = f32::NEG_INFINITY;
+        for j in lo..hi {
+            let s = dot(qi, &k[j * hd..(j + 1) * hd]) * scale;
+            scores[j] = s;
+            max = max.max(s);
+        }
+        let mut sum = 0.0;
+        for s in &mut scores[lo..hi] {
+            *s = exp_poly(*s - max);
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        let oi = &mut out[i * hd..(i + 1) * hd];
+        oi.fill(0.0);
+        for j in lo..hi {
+            let p = scores[j] * inv;
+            for (o, vv) in oi.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+                *o += p * vv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_head_avx2(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    scores: &mut [f32],
+    hd: usize,
+    mask: KeyMask,
+    scale: f32,
+) {
+    attend_head(q, k, v, out, scores, hd, mask, scale)
+}
+
+impl FusedAttention<'_> {
+    /// Gathers one head's q/k/v rows from `(b, t, 3, nh, hd)`, applies rotary, attends.
+    fn head(&self, src: &[f32], t: usize, hd: usize, bi: usize, head: usize) -> Vec<f32> {
+        let nh = self.num_heads;
+        let h = nh * hd;
+        let len = self.lengths[bi].min(t);
+        let gather = |which: usize| {
+            let mut m = vec![0f32; len * hd];
+            for i in 0..len {
+                let at = ((bi * t + i) * 3 + which) * h + head * hd;
+                m[i * hd..(i + 1) * hd].copy_from_slice(&src[at..at + hd]);
+            }
+            m
+        };
+        let (mut q, mut k, v) = (gather(0), gather(1), gather(2));
+        if let Some(r) = self.rope {
+            let half = hd / 2;
+            for i in 0..len {
+                let (c, s) = (
+                    &r.cos[i * half..(i + 1) * half],
+                    &r.sin[i * half..(i + 1) * half],
+                );
+                rotate(&mut q[i * hd..(i + 1) * hd], c, s);
+                rotate(&mut k[i * hd..(i + 1) * hd], c, s);
+            }
+        }
+        let mut out = vec![0f32; len * hd];
+        let mut scores = vec![0f32; len];
+        let mask = KeyMask {
+            valid: len,
+            window: self.window,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            unsafe { attend_head_avx2(&q, &k, &v, &mut out, &mut scores, hd, mask, self.scale) };
+            return out;
+        }
+        attend_head(&q, &k, &v, &mut out, &mut scores, hd, mask, self.scale);
+        out
+    }
+}
+
+impl CustomOp1 for FusedAttention<'_> {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(s, l)?;
+        let dims = l.shape().dims();
+        let [b, t, 3, nh, hd] = dims else {
+            candle_core::bail!("fused attention wants (b, t, 3, heads, head_dim), got {dims:?}")
+        };
+        let (b, t, nh, hd) = (*b, *t, *nh, *hd);
+        if nh != self.num_heads || self.lengths.len() != b {
+            candle_core::bail!(
+                "fused attention: shape {dims:?} vs {} heads, {} lengths",
+                self.num_heads,
+                self.lengths.len()
+            )
+        }
+        if let Some(r) = self.rope {
+            if r.cos.len() < t * hd / 2 || r.sin.len() < t * hd / 2 {
+                candle_core::bail!("fused attention: rotary tables shorter than {t} positions")
+            }
+        }
+        let h = nh * hd;
+        let heads: Vec<(usize, usize, Vec<f32>)> = (0..b * nh)
+            .into_par_iter()
+            .map(|job| {
+                let (bi, head) = (job / nh, job % nh);
+                (bi, head, self.head(src, t, hd, bi, head))
+            })
+            .collect();
+        // Padded query rows stay zero: nothing downstream reads them.
+        let mut dst = vec![0f32; b * t * h];
+        for (bi, head, out) in heads {
+            for (i, row) in out.chunks_exact(hd).enumerate() {
+                let at = (bi * t + i) * h + head * hd;
+                dst[at..at + hd].copy_from_slice(row);
+            }
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((b, t, h))))
+    }
+}
+
+/// Attention straight from the fused QKV projection `(b, t, 3 * h)` -> context `(b, t, h)`, for
+/// short f32 CPU batches: no transposes, no per-head gemm calls, mask/window/rotary fused.
+/// Returns `None` when the batch should take the gemm path instead.
+pub fn fused_attention(
+    qkv: &Tensor,
+    num_heads: usize,
+    lengths: &[usize],
+    window: Option<usize>,
+    rope: Option<RopeTables<'_>>,
+) -> Result<Option<Tensor>> {
+    let (b, t, three_h) = qkv.dims3()?;
+    if !is_fast_path(qkv) || t > FUSED_ATTENTION_MAX_LEN {
+        return Ok(None);
+    }
+    let hd = three_h / 3 / num_heads;
+    let x = qkv.reshape((b, t, 3, num_heads, hd))?.contiguous()?;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let op = FusedAttention {
+        lengths,
+        window,
+        scale,
+        num_heads,
+        rope,
+    };
+    Ok(Some(x.apply_op1_no_bwd(&op)?))
+}
