@@ -421,9 +421,20 @@ mod tests {
 
 // ---------- fused attention for short sequences ----------
 
-/// Sequences up to this many tokens use [`fused_attention`]; longer ones go through gemm, whose
-/// blocking wins once the per-head matrices are large.
-pub const FUSED_ATTENTION_MAX_LEN: usize = 64;
+/// Sequences up to this many tokens use [`fused_attention`]; longer ones go through gemm, which
+/// measured faster from ~256 tokens at batch 1 (see classifier-svc/BENCH.md).
+pub const FUSED_ATTENTION_MAX_LEN: usize = 128;
+
+/// The threshold in force: `SEMROUTE_FUSED_MAX_LEN` overrides it, to measure the crossover.
+pub fn fused_max_len() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("SEMROUTE_FUSED_MAX_LEN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(FUSED_ATTENTION_MAX_LEN)
+    })
+}
 
 /// Rotary tables `(positions, head_dim / 2)`, row-major, for the fused kernel.
 #[derive(Clone, Copy)]
@@ -441,23 +452,6 @@ struct FusedAttention<'a> {
 }
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // 8 partial sums so LLVM keeps a vector accumulator.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
-}
-
-#[inline(always)]
 fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = x.len() / 2;
     for d in 0..half {
@@ -467,39 +461,45 @@ fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// One (batch row, head): softmax(q k^T * scale) v over the allowed keys, written to `out`
-/// (`len x head_dim`). `q`, `k`, `v` are gathered `len x head_dim` rows.
+/// One (batch row, head): softmax(q k^T) v over the allowed keys, written to `out`
+/// (`len x head_dim`). `q` (`len x hd`, already scaled), `kt` (`hd x len`, keys transposed so
+/// score rows are contiguous FMA streams) and `v` (`len x hd`).
 #[inline(always)]
 fn attend_head(
     q: &[f32],
-    k: &[f32],
+    kt: &[f32],
     v: &[f32],
     out: &mut [f32],
     scores: &mut [f32],
     hd: usize,
     mask: KeyMask,
-    scale: f32,
 ) {
     let len = mask.valid;
     for i in 0..len {
         let (lo, hi) = mask.range(i);
-        let qi = &q[i * hd..(i + 1) * hd];
+        let row = &mut scores[lo..hi];
+        row.fill(0.0);
+        for d in 0..hd {
+            let qd = q[i * hd + d];
+            let keys = &kt[d * len + lo..d * len + hi];
+            for (s, k) in row.iter_mut().zip(keys) {
+                *s += qd * k;
+            }
+        }
         let mut max = f32::NEG_INFINITY;
-        for j in lo..hi {
-            let s = dot(qi, &k[j * hd..(j + 1) * hd]) * scale;
-            scores[j] = s;
-            max = max.max(s);
+        for s in row.iter() {
+            max = max.max(*s);
         }
         let mut sum = 0.0;
-        for s in &mut scores[lo..hi] {
+        for s in row.iter_mut() {
             *s = exp_poly(*s - max);
             sum += *s;
         }
         let inv = 1.0 / sum;
         let oi = &mut out[i * hd..(i + 1) * hd];
         oi.fill(0.0);
-        for j in lo..hi {
-            let p = scores[j] * inv;
+        for (j, p) in (lo..hi).zip(row.iter()) {
+            let p = p * inv;
             for (o, vv) in oi.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
                 *o += p * vv;
             }
@@ -509,7 +509,6 @@ fn attend_head(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn attend_head_avx2(
     q: &[f32],
     k: &[f32],
@@ -518,9 +517,8 @@ unsafe fn attend_head_avx2(
     scores: &mut [f32],
     hd: usize,
     mask: KeyMask,
-    scale: f32,
 ) {
-    attend_head(q, k, v, out, scores, hd, mask, scale)
+    attend_head(q, k, v, out, scores, hd, mask)
 }
 
 impl FusedAttention<'_> {
@@ -549,6 +547,16 @@ impl FusedAttention<'_> {
                 rotate(&mut k[i * hd..(i + 1) * hd], c, s);
             }
         }
+        for x in q.iter_mut() {
+            *x *= self.scale;
+        }
+        let mut kt = vec![0f32; len * hd];
+        for i in 0..len {
+            for d in 0..hd {
+                kt[d * len + i] = k[i * hd + d];
+            }
+        }
+        let k = kt;
         let mut out = vec![0f32; len * hd];
         let mut scores = vec![0f32; len];
         let mask = KeyMask {
@@ -558,10 +566,10 @@ impl FusedAttention<'_> {
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
             // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            unsafe { attend_head_avx2(&q, &k, &v, &mut out, &mut scores, hd, mask, self.scale) };
+            unsafe { attend_head_avx2(&q, &k, &v, &mut out, &mut scores, hd, mask) };
             return out;
         }
-        attend_head(&q, &k, &v, &mut out, &mut scores, hd, mask, self.scale);
+        attend_head(&q, &k, &v, &mut out, &mut scores, hd, mask);
         out
     }
 }
@@ -620,7 +628,7 @@ pub fn fused_attention(
     rope: Option<RopeTables<'_>>,
 ) -> Result<Option<Tensor>> {
     let (b, t, three_h) = qkv.dims3()?;
-    if !is_fast_path(qkv) || t > FUSED_ATTENTION_MAX_LEN {
+    if !is_fast_path(qkv) || t > fused_max_len() {
         return Ok(None);
     }
     let hd = three_h / 3 / num_heads;
