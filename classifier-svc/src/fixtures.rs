@@ -42,7 +42,7 @@ impl Spec {
             layers: 4,
             heads: 4,
             intermediate: 48,
-            max_positions: 128,
+            max_positions: 256,
             vocab_size: None,
             labels: None,
             pooling: "mean",
