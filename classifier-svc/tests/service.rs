@@ -450,7 +450,10 @@ async fn stream_answers_each_request_and_survives_errors() {
 
 #[tokio::test]
 async fn batches_form_under_concurrent_load_and_match_single_results() {
-    let (running, _dir) = full_server(Limits::default()).await;
+    // A short max wait lets the first batch gather company even on a fast tiny model.
+    let mut limits = Limits::default();
+    limits.batch.max_wait = Duration::from_millis(2);
+    let (running, _dir) = full_server(limits).await;
     let ch = channel(&running).await;
     let texts: Vec<String> = (0..40)
         .map(|i| {
