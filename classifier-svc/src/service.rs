@@ -475,6 +475,7 @@ impl Classifier for ClassifierService {
 
     type ClassifyStreamStream = ResponseStream;
 
+    #[tracing::instrument(skip_all)]
     async fn classify_stream(
         &self,
         req: Request<Streaming<pb::ClassifyStreamRequest>>,
@@ -528,6 +529,7 @@ impl Classifier for ClassifierService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    #[tracing::instrument(skip_all, fields(texts = req.get_ref().texts.len()))]
     async fn embed(
         &self,
         req: Request<pb::EmbedRequest>,

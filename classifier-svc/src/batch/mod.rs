@@ -127,6 +127,13 @@ impl Batcher {
 fn inference_loop(model: Arc<Model>, rx: mpsc::Receiver<former::Formed>, idle: mpsc::Sender<Msg>) {
     let labels = [("model", model.meta.id.clone())];
     for batch in rx {
+        let _span = tracing::debug_span!(
+            "inference",
+            model = %model.meta.id,
+            size = batch.requests.len(),
+            tokens = batch.prepared.padded_tokens()
+        )
+        .entered();
         let start = Instant::now();
         let live = batch.requests.iter().any(|r| !r.reply.is_closed());
         let result = if live {

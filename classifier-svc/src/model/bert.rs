@@ -7,6 +7,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
+use super::attention;
 use super::config::{Activation, EncoderConfig};
 use super::ops::{self, Linear};
 
@@ -107,25 +108,9 @@ impl Bert {
         let pos = self.position_embeddings.narrow(0, 0, t)?;
         let x = x.broadcast_add(&(pos.broadcast_add(&self.token_type_row)?))?;
         let mut x = self.embed_norm.forward(&x)?;
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let ctx = match ops::fused_attention(&qkv, self.num_heads, lengths, None, None)? {
-                Some(ctx) => ctx,
-                None => {
-                    let qkv = qkv.reshape((b, t, 3, self.num_heads, self.head_dim))?;
-                    let split = |i: usize| {
-                        qkv.narrow(2, i, 1)?
-                            .squeeze(2)?
-                            .transpose(1, 2)?
-                            .contiguous()
-                    };
-                    let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-                    let scores = q.matmul(&k.t()?)?;
-                    let probs = ops::masked_softmax(&scores, lengths, None, scale)?;
-                    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?
-                }
-            };
+            let ctx = attention::attend(&qkv, self.num_heads, lengths, None, None)?;
             let a = layer
                 .attn_norm
                 .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;

@@ -1,6 +1,7 @@
 //! Models: where they come from, which encoder they are, their heads and labels, tokenization.
 //! Pure inference: no queues, no networking.
 
+pub mod attention;
 pub mod bert;
 pub mod config;
 pub mod heads;

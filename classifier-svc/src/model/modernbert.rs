@@ -1,66 +1,15 @@
 //! ModernBERT encoder (answerdotai/ModernBERT and its fine-tunes), over candle tensors.
 //!
 //! Same computation as Hugging Face `ModernBertModel` (pre-norm layers, rotary embeddings with a
-//! global and a local theta, sliding-window attention on all but every n-th layer, GeGLU MLP), with
-//! the attention mask and window fused into the softmax kernel in `ops`.
+//! global and a local theta, sliding-window attention on all but every n-th layer, GeGLU MLP); the
+//! attention (mask, window, rotary) is `attention::attend`, shared with BERT.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
+use super::attention::{self, Rotary};
 use super::config::{Activation, EncoderConfig};
 use super::ops::{self, Linear};
-
-struct Rotary {
-    cos: Tensor,
-    sin: Tensor,
-    /// The same tables as f32 rows, for the fused CPU attention kernel.
-    cos_f32: Vec<f32>,
-    sin_f32: Vec<f32>,
-}
-
-impl Rotary {
-    fn new(
-        head_dim: usize,
-        max_len: usize,
-        theta: f64,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Self> {
-        let inv: Vec<f32> = (0..head_dim)
-            .step_by(2)
-            .map(|i| 1.0 / theta.powf(i as f64 / head_dim as f64) as f32)
-            .collect();
-        let n = inv.len();
-        let inv = Tensor::from_vec(inv, (1, n), dev)?;
-        let t = Tensor::arange(0u32, max_len as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((max_len, 1))?;
-        let freqs = t.matmul(&inv)?;
-        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
-        Ok(Self {
-            cos_f32: cos.flatten_all()?.to_vec1()?,
-            sin_f32: sin.flatten_all()?.to_vec1()?,
-            cos: cos.to_dtype(dtype)?,
-            sin: sin.to_dtype(dtype)?,
-        })
-    }
-
-    fn tables(&self) -> ops::RopeTables<'_> {
-        ops::RopeTables {
-            cos: &self.cos_f32,
-            sin: &self.sin_f32,
-        }
-    }
-
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let t = x.dim(2)?;
-        candle_nn::rotary_emb::rope(
-            x,
-            &self.cos.narrow(0, 0, t)?.contiguous()?,
-            &self.sin.narrow(0, 0, t)?.contiguous()?,
-        )
-    }
-}
 
 struct Layer {
     attn_norm: Option<LayerNorm>,
@@ -151,39 +100,18 @@ impl ModernBert {
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((b, t, h))?;
         let mut x = self.embed_norm.forward(&x)?;
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
         for layer in &self.layers {
             let normed = match &layer.attn_norm {
                 Some(n) => n.forward(&x)?,
                 None => x.clone(),
             };
             let qkv = layer.wqkv.forward(&normed)?;
-            let rope = if layer.local {
-                &self.local_rope
+            let (rope, window) = if layer.local {
+                (&self.local_rope, Some(self.window))
             } else {
-                &self.global_rope
+                (&self.global_rope, None)
             };
-            let window = layer.local.then_some(self.window);
-            let fused =
-                ops::fused_attention(&qkv, self.num_heads, lengths, window, Some(rope.tables()))?;
-            let ctx = match fused {
-                Some(ctx) => ctx,
-                None => {
-                    let qkv = qkv.reshape((b, t, 3, self.num_heads, self.head_dim))?;
-                    let split = |i: usize| {
-                        qkv.narrow(2, i, 1)?
-                            .squeeze(2)?
-                            .transpose(1, 2)?
-                            .contiguous()
-                    };
-                    let q = rope.apply(&split(0)?)?;
-                    let k = rope.apply(&split(1)?)?;
-                    let v = split(2)?;
-                    let scores = q.matmul(&k.t()?)?;
-                    let probs = ops::masked_softmax(&scores, lengths, window, scale)?;
-                    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?
-                }
-            };
+            let ctx = attention::attend(&qkv, self.num_heads, lengths, window, Some(rope))?;
             x = (x + layer.wo.forward(&ctx)?)?;
             let wi = layer.wi.forward(&layer.mlp_norm.forward(&x)?)?;
             let input = wi.narrow(2, 0, self.intermediate)?;
