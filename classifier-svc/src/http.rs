@@ -10,22 +10,13 @@ use crate::service::ClassifierService;
 struct HttpState {
     metrics: Option<PrometheusHandle>,
     service: ClassifierService,
-    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-pub fn router(
-    metrics: Option<PrometheusHandle>,
-    service: ClassifierService,
-    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Router {
+pub fn router(metrics: Option<PrometheusHandle>, service: ClassifierService) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
-        .with_state(HttpState {
-            metrics,
-            service,
-            ready,
-        })
+        .with_state(HttpState { metrics, service })
 }
 
 async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
@@ -39,7 +30,7 @@ async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
-    let ready = s.ready.load(std::sync::atomic::Ordering::Acquire);
+    let ready = s.service.is_ready();
     let body = json!({
         "status": if ready { "serving" } else { "loading" },
         "models": s.service.model_ids(),

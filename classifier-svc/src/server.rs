@@ -2,8 +2,6 @@
 //! background (tasks NOT_SERVING until loaded), graceful shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use semroute_proto::classifier::v1::classifier_server::ClassifierServer;
@@ -21,7 +19,7 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub service: ClassifierService,
-    pub ready: Arc<AtomicBool>,
+
     stop: watch::Sender<bool>,
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -79,8 +77,7 @@ pub async fn start(
     let grpc = tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped_grpc.wait_for(|s| *s).await;
     }));
-    let ready = Arc::new(AtomicBool::new(false));
-    let app = crate::http::router(metrics, service.clone(), ready.clone());
+    let app = crate::http::router(metrics, service.clone());
     tokio::spawn(async move {
         let r = axum::serve(http, app)
             .with_graceful_shutdown(async move {
@@ -96,7 +93,6 @@ pub async fn start(
         grpc_addr,
         http_addr,
         service,
-        ready,
         stop,
         grpc,
     })
@@ -134,7 +130,7 @@ pub async fn load_all(
         running.service.add_model(model, batch.clone()).await;
     }
     running.service.mark_ready().await;
-    running.ready.store(true, Ordering::Release);
+
     Ok(())
 }
 

@@ -34,6 +34,8 @@ struct Registry {
 
 struct Inner {
     registry: RwLock<Arc<Registry>>,
+    /// Every planned model is loaded.
+    ready: std::sync::atomic::AtomicBool,
     admission: Admission,
     limits: Limits,
     health: HealthReporter,
@@ -49,6 +51,7 @@ impl ClassifierService {
         Self {
             inner: Arc::new(Inner {
                 registry: RwLock::new(Arc::new(Registry::default())),
+                ready: std::sync::atomic::AtomicBool::new(false),
                 admission: Admission::new(limits.max_concurrent),
                 limits,
                 health,
@@ -99,10 +102,14 @@ impl ClassifierService {
         h.set_service_status("", ServingStatus::Serving).await;
         h.set_service_status(SERVICE_NAME, ServingStatus::Serving)
             .await;
+        self.inner
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// True once `mark_ready` ran: what /healthz reports.
     pub fn is_ready(&self) -> bool {
-        !self.registry().models.is_empty()
+        self.inner.ready.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn model_ids(&self) -> Vec<String> {

@@ -101,6 +101,32 @@ fn mean_normalized(hidden: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
+/// The checkpoint's weights for a candle-transformers reference model.
+fn reference_weights(enc: &Path) -> candle_nn::VarBuilder<'static> {
+    // SAFETY: the file is not modified while mapped.
+    unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[enc.join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+    }
+    .unwrap()
+}
+
+/// Our pooled embedding of each text vs the mean-pooled hidden states of a reference forward.
+fn assert_matches_reference(model: &Model, reference: impl Fn(&Tensor) -> Tensor) {
+    for ids in tokenize(model, TEXTS) {
+        let t = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let ours = model.run(&[ids.as_slice()]).unwrap();
+        let d = max_diff(&ours.embeddings[0], &mean_normalized(&reference(&t)));
+        assert!(d < 1e-4, "differs from candle-transformers by {d}");
+    }
+}
+
 #[test]
 fn bert_matches_candle_transformers() {
     use candle_transformers::models::bert;
@@ -109,27 +135,12 @@ fn bert_matches_candle_transformers() {
     let enc = dir.path().join("enc");
     let cfg: bert::Config =
         serde_json::from_str(&std::fs::read_to_string(enc.join("config.json")).unwrap()).unwrap();
-    let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(
-            &[enc.join("model.safetensors")],
-            DType::F32,
-            &Device::Cpu,
-        )
-    }
-    .unwrap();
-    let reference = bert::BertModel::load(vb, &cfg).unwrap();
-    for ids in tokenize(&model, TEXTS) {
-        let t = Tensor::new(ids.as_slice(), &Device::Cpu)
+    let reference = bert::BertModel::load(reference_weights(&enc), &cfg).unwrap();
+    assert_matches_reference(&model, |t| {
+        reference
+            .forward(t, &t.zeros_like().unwrap(), None)
             .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let hidden = reference
-            .forward(&t, &t.zeros_like().unwrap(), None)
-            .unwrap();
-        let ours = model.run(&[ids.as_slice()]).unwrap();
-        let d = max_diff(&ours.embeddings[0], &mean_normalized(&hidden));
-        assert!(d < 1e-4, "differs from candle-transformers by {d}");
-    }
+    });
 }
 
 #[test]
@@ -143,26 +154,10 @@ fn modernbert_matches_candle_transformers() {
         serde_json::from_str(&std::fs::read_to_string(enc.join("config.json")).unwrap()).unwrap();
     raw["layer_norm_eps"] = raw["norm_eps"].clone();
     let cfg: modernbert::Config = serde_json::from_value(raw).unwrap();
-    let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(
-            &[enc.join("model.safetensors")],
-            DType::F32,
-            &Device::Cpu,
-        )
-    }
-    .unwrap();
-    let reference = modernbert::ModernBert::load(vb, &cfg).unwrap();
-    for ids in tokenize(&model, TEXTS) {
-        let t = Tensor::new(ids.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let mask = t.ones_like().unwrap();
-        let hidden = reference.forward(&t, &mask).unwrap();
-        let ours = model.run(&[ids.as_slice()]).unwrap();
-        let d = max_diff(&ours.embeddings[0], &mean_normalized(&hidden));
-        assert!(d < 1e-4, "differs from candle-transformers by {d}");
-    }
+    let reference = modernbert::ModernBert::load(reference_weights(&enc), &cfg).unwrap();
+    assert_matches_reference(&model, |t| {
+        reference.forward(t, &t.ones_like().unwrap()).unwrap()
+    });
 }
 
 #[test]

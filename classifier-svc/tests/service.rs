@@ -62,9 +62,6 @@ async fn full_server(limits: Limits) -> (Running, tempfile::TempDir) {
         .add_model(checkpoint(&dir.path().join("jb")), limits.batch.clone())
         .await;
     running.service.mark_ready().await;
-    running
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
     (running, dir)
 }
 
@@ -296,9 +293,6 @@ async fn health_goes_from_not_serving_to_serving_per_task() {
         .add_model(checkpoint(&dir.path().join("jb")), limits.batch.clone())
         .await;
     running.service.mark_ready().await;
-    running
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
     for svc in ["", "semroute.classifier.v1.Classifier", "jailbreak"] {
         let s = h.check(status(svc)).await.unwrap().into_inner().status;
         assert_eq!(s, ServingStatus::Serving as i32, "{svc}");
