@@ -202,7 +202,18 @@ impl Model {
     }
 
     /// Runs the encoder once over a prepared batch and every head on its output.
+    ///
+    /// On the CPU the pass runs inside the rayon pool, so the many small parallel ops (gemm,
+    /// fused kernels) fork from a pool worker instead of parking the calling thread once per op.
     pub fn forward(&self, batch: &Prepared) -> Result<BatchOutput> {
+        if self.device.is_cpu() {
+            rayon::scope(|_| self.forward_here(batch))
+        } else {
+            self.forward_here(batch)
+        }
+    }
+
+    fn forward_here(&self, batch: &Prepared) -> Result<BatchOutput> {
         let b = batch.lengths.len();
         if b == 0 {
             return Ok(BatchOutput {

@@ -67,6 +67,50 @@ fn gelu_slice(src: &[f32], dst: &mut [f32]) {
     gelu_slice_generic(src, dst)
 }
 
+/// Max of a slice with 8 independent lanes, so the loop vectorises (a single running max is a
+/// serial dependency chain LLVM must keep in order).
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for v in acc.iter().chain(chunks.remainder()) {
+        m = m.max(*v);
+    }
+    m
+}
+
+/// Sum of a slice with 8 independent lanes (vectorises; a running sum would not).
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// In place: `x = softmax(x * scale)`, in three vectorisable passes.
+#[inline(always)]
+fn softmax_in_place(x: &mut [f32], scale: f32) {
+    let max = max_lanes(x);
+    for v in x.iter_mut() {
+        *v = exp_poly((*v - max) * scale);
+    }
+    let inv = 1.0 / sum_lanes(x);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
 /// Softmax of `row[lo..hi] * scale` in place; the rest of the row becomes 0 (masked keys).
 #[inline(always)]
 fn softmax_row_generic(row: &mut [f32], lo: usize, hi: usize, scale: f32) {
@@ -74,20 +118,7 @@ fn softmax_row_generic(row: &mut [f32], lo: usize, hi: usize, scale: f32) {
     rest.fill(0.0);
     let (dead, live) = head.split_at_mut(lo);
     dead.fill(0.0);
-    let mut max = f32::NEG_INFINITY;
-    for v in live.iter() {
-        max = max.max(*v);
-    }
-    let mut sum = 0.0;
-    for v in live.iter_mut() {
-        let e = exp_poly((*v - max) * scale);
-        *v = e;
-        sum += e;
-    }
-    let inv = 1.0 / sum;
-    for v in live.iter_mut() {
-        *v *= inv;
-    }
+    softmax_in_place(live, scale);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -486,20 +517,10 @@ fn attend_head(
                 *s += qd * k;
             }
         }
-        let mut max = f32::NEG_INFINITY;
-        for s in row.iter() {
-            max = max.max(*s);
-        }
-        let mut sum = 0.0;
-        for s in row.iter_mut() {
-            *s = exp_poly(*s - max);
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
+        softmax_in_place(row, 1.0);
         let oi = &mut out[i * hd..(i + 1) * hd];
         oi.fill(0.0);
         for (j, p) in (lo..hi).zip(row.iter()) {
-            let p = p * inv;
             for (o, vv) in oi.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
                 *o += p * vv;
             }
