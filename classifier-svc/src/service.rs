@@ -24,6 +24,14 @@ use crate::model::{Encoded, Model, Truncation};
 /// gRPC service name used in health checks for the whole server.
 pub const SERVICE_NAME: &str = "semroute.classifier.v1.Classifier";
 
+/// One text's trip through one model.
+struct TextRun {
+    num_tokens: u32,
+    truncated: bool,
+    tokenization: Duration,
+    output: Output,
+}
+
 /// Loaded models and the task -> (model, head) index. Replaced whole when a model is added.
 #[derive(Default)]
 struct Registry {
@@ -159,7 +167,7 @@ impl ClassifierService {
         texts: Arc<Vec<String>>,
         truncation: Truncation,
         deadline: Option<Instant>,
-    ) -> Result<Vec<(Encoded, Duration, Output)>, Error> {
+    ) -> Result<Vec<TextRun>, Error> {
         let model = batcher.model().clone();
         let labels = [("model", model.meta.id.clone())];
         let big = texts.iter().map(|t| t.len()).sum::<usize>() > 16 * 1024;
@@ -182,12 +190,14 @@ impl ClassifierService {
             tokenize()?
         };
         let mut waits = Vec::with_capacity(encoded.len());
-        for (e, took) in &encoded {
+        let mut runs = Vec::with_capacity(encoded.len());
+        for (e, took) in encoded {
             metrics::histogram!(m::TOKENIZATION_SECONDS, &labels).record(took.as_secs_f64());
             if e.truncated {
                 metrics::counter!(m::TRUNCATED, &labels).increment(1);
             }
-            waits.push(batcher.submit(e.ids.clone(), deadline));
+            runs.push((e.ids.len() as u32, e.truncated, took));
+            waits.push(batcher.submit(e.ids, deadline));
         }
         let all = futures::future::join_all(waits);
         let outputs = match deadline {
@@ -196,13 +206,17 @@ impl ClassifierService {
                 .map_err(|_| Error::DeadlineExceeded(Duration::ZERO))?,
             None => all.await,
         };
-        encoded
-            .into_iter()
+        runs.into_iter()
             .zip(outputs)
-            .map(|((e, took), out)| {
-                let out =
+            .map(|((num_tokens, truncated, tokenization), out)| {
+                let output =
                     out.map_err(|_| Error::Internal("batcher dropped the request".into()))??;
-                Ok((e, took, out))
+                Ok(TextRun {
+                    num_tokens,
+                    truncated,
+                    tokenization,
+                    output,
+                })
             })
             .collect()
     }
@@ -262,12 +276,13 @@ impl ClassifierService {
         for ((mi, heads), outs) in wanted.iter().zip(per_model) {
             let model = reg.models[*mi].model();
             let version = model.meta.versioned_id();
-            for (text_result, (enc, took, out)) in results.iter_mut().zip(outs) {
-                text_result.num_tokens = text_result.num_tokens.max(enc.ids.len() as u32);
-                text_result.truncated |= enc.truncated;
+            for (text_result, run) in results.iter_mut().zip(outs) {
+                let out = &run.output;
+                text_result.num_tokens = text_result.num_tokens.max(run.num_tokens);
+                text_result.truncated |= run.truncated;
                 text_result.timings.push(pb::Timings {
                     queue_us: out.queue.as_micros() as u64,
-                    tokenization_us: took.as_micros() as u64,
+                    tokenization_us: run.tokenization.as_micros() as u64,
                     inference_us: out.inference.as_micros() as u64,
                     batch_size: out.batch_size as u32,
                     batch_tokens: out.batch_tokens as u32,
@@ -345,10 +360,10 @@ impl ClassifierService {
         Ok(pb::EmbedResponse {
             embeddings: outs
                 .into_iter()
-                .map(|(enc, _, out)| pb::Embedding {
-                    values: out.embedding,
-                    num_tokens: enc.ids.len() as u32,
-                    truncated: enc.truncated,
+                .map(|run| pb::Embedding {
+                    values: run.output.embedding,
+                    num_tokens: run.num_tokens,
+                    truncated: run.truncated,
                 })
                 .collect(),
             model: meta.versioned_id(),
