@@ -1,0 +1,456 @@
+//! A vLLM stand-in: OpenAI-compatible chat and text completions, plain or streamed (SSE) at a set
+//! token rate after a set time to first token; echoes the model it was asked for; exposes vLLM's
+//! `/metrics` gauges; fails, hangs or slows down on command (`/sim/control`, or per request with
+//! the `x-sim-mode` header). Every response carries `x-sim-backend` so tests see who answered.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+/// How the simulator answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Answer normally.
+    Ok,
+    /// Answer every request with `fail_status` and an OpenAI-format error (and /health 503).
+    Fail,
+    /// Accept the request and never answer (until the client gives up).
+    Hang,
+    /// Answer normally, `slow_factor` times slower.
+    Slow,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Shown in `x-sim-backend` and the metrics' labels.
+    pub name: String,
+    /// Model names served; empty = answer for any model name.
+    pub models: Vec<String>,
+    pub ttft: Duration,
+    /// Time between streamed tokens.
+    pub token_interval: Duration,
+    /// Completion length when the request sets no max_tokens.
+    pub default_max_tokens: usize,
+    /// Requests processed at once (vLLM's max_num_seqs); more wait (num_requests_waiting).
+    pub max_num_seqs: usize,
+    pub control: Control,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            name: "sim".into(),
+            models: Vec::new(),
+            ttft: Duration::from_millis(20),
+            token_interval: Duration::from_millis(5),
+            default_max_tokens: 16,
+            max_num_seqs: 256,
+            control: Control::default(),
+        }
+    }
+}
+
+/// Fault settings, changeable at run time through `POST /sim/control`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Control {
+    pub mode: Mode,
+    #[serde(default = "default_fail_status")]
+    pub fail_status: u16,
+    #[serde(default = "default_slow_factor")]
+    pub slow_factor: f64,
+}
+
+fn default_fail_status() -> u16 {
+    500
+}
+fn default_slow_factor() -> f64 {
+    10.0
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Ok,
+            fail_status: default_fail_status(),
+            slow_factor: default_slow_factor(),
+        }
+    }
+}
+
+struct Sim {
+    cfg: SimConfig,
+    control: Mutex<Control>,
+    slots: Arc<Semaphore>,
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    ids: AtomicU64,
+    /// The last request bodies, as received (for tests checking what was forwarded).
+    log: Mutex<VecDeque<Value>>,
+}
+
+const LOG_LEN: usize = 256;
+
+/// The simulator's routes.
+pub fn router(cfg: SimConfig) -> Router {
+    let sim = Arc::new(Sim {
+        control: Mutex::new(cfg.control),
+        slots: Arc::new(Semaphore::new(cfg.max_num_seqs.max(1))),
+        running: AtomicUsize::new(0),
+        waiting: AtomicUsize::new(0),
+        ids: AtomicU64::new(0),
+        log: Mutex::new(VecDeque::new()),
+        cfg,
+    });
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/sim/control", get(get_control).post(set_control))
+        .route("/sim/requests", get(requests).delete(clear_requests))
+        .with_state(sim)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cfg: SimConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(cfg))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn openai_error(status: StatusCode, message: &str, kind: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": status.as_u16()}});
+    (status, Json(body)).into_response()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+async fn chat(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    complete(sim, headers, body, Kind::Chat).await
+}
+
+async fn completions(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    complete(sim, headers, body, Kind::Text).await
+}
+
+/// Decrements `running` when a request (or its stream) ends, however it ends.
+struct Running(Arc<Sim>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) -> Response {
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "body must be a JSON object",
+                "invalid_request_error",
+            )
+        }
+        Err(e) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid JSON: {e}"),
+                "invalid_request_error",
+            )
+        }
+    };
+    let Some(model) = req["model"].as_str().map(str::to_string) else {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "model is required",
+            "invalid_request_error",
+        );
+    };
+    if !sim.cfg.models.is_empty() && !sim.cfg.models.contains(&model) {
+        return openai_error(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{model}` does not exist."),
+            "NotFoundError",
+        );
+    }
+    {
+        let mut log = sim.log.lock().expect("log lock");
+        if log.len() == LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(req.clone());
+    }
+    let mut control = *sim.control.lock().expect("control lock");
+    if let Some(m) = headers.get("x-sim-mode").and_then(|v| v.to_str().ok()) {
+        if let Ok(mode) = serde_json::from_value(json!(m)) {
+            control.mode = mode;
+        }
+    }
+    match control.mode {
+        Mode::Fail => {
+            let status = StatusCode::from_u16(control.fail_status)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return with_backend(
+                &sim,
+                openai_error(status, "simulated failure", "InternalServerError"),
+            );
+        }
+        Mode::Hang => std::future::pending::<()>().await,
+        Mode::Ok | Mode::Slow => {}
+    }
+    let factor = if control.mode == Mode::Slow {
+        control.slow_factor.max(0.0)
+    } else {
+        1.0
+    };
+    let ttft = sim.cfg.ttft.mul_f64(factor);
+    let interval = sim.cfg.token_interval.mul_f64(factor);
+    let max_tokens = req["max_completion_tokens"]
+        .as_u64()
+        .or(req["max_tokens"].as_u64())
+        .map(|n| n as usize)
+        .unwrap_or(sim.cfg.default_max_tokens)
+        .max(1);
+    let stream = req["stream"].as_bool().unwrap_or(false);
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let prompt_tokens = prompt_tokens(&req);
+
+    // Queue for a slot like vLLM's scheduler.
+    sim.waiting.fetch_add(1, Ordering::Relaxed);
+    let permit = sim.slots.clone().acquire_owned().await;
+    sim.waiting.fetch_sub(1, Ordering::Relaxed);
+    let Ok(permit) = permit else {
+        return openai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "simulator shutting down",
+            "ServiceUnavailable",
+        );
+    };
+    sim.running.fetch_add(1, Ordering::Relaxed);
+    let guard = Running(sim.clone());
+    let id = format!(
+        "{}-{}",
+        if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        },
+        sim.ids.fetch_add(1, Ordering::Relaxed)
+    );
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens, "total_tokens": prompt_tokens + max_tokens});
+
+    if !stream {
+        tokio::time::sleep(ttft + interval * (max_tokens as u32 - 1)).await;
+        let text: String = (0..max_tokens).map(token).collect();
+        let body = match kind {
+            Kind::Chat => json!({
+                "id": id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
+                "usage": usage,
+            }),
+            Kind::Text => json!({
+                "id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
+                "usage": usage,
+            }),
+        };
+        drop((permit, guard));
+        return with_backend(&sim, Json(body).into_response());
+    }
+
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let _hold = (permit, guard);
+        let chunk = |delta: Value, finish: Value| match kind {
+            Kind::Chat => {
+                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            }
+            Kind::Text => {
+                json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": delta["content"].as_str().unwrap_or(""), "finish_reason": finish}]})
+            }
+        };
+        let sse = |v: &Value| Bytes::from(format!("data: {v}\n\n"));
+        tokio::time::sleep(ttft).await;
+        if kind == Kind::Chat
+            && tx
+                .send(sse(&chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                )))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        for i in 0..max_tokens {
+            if i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            let last = i + 1 == max_tokens;
+            let finish = if last { json!("length") } else { Value::Null };
+            // The client went away: stop generating, as vLLM aborts the request.
+            if tx
+                .send(sse(&chunk(json!({"content": token(i)}), finish)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if include_usage {
+            let mut u = chunk(json!({}), Value::Null);
+            u["choices"] = json!([]);
+            u["usage"] = usage;
+            if tx.send(sse(&u)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    let mut resp = Response::new(Body::from_stream(rx.map(Ok::<_, Infallible>)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    with_backend(&sim, resp)
+}
+
+/// Token `i` of every completion: deterministic, so tests can check order.
+fn token(i: usize) -> String {
+    format!("t{i} ")
+}
+
+/// Rough prompt size: ~4 characters a token, as a stand-in for a tokenizer.
+fn prompt_tokens(req: &Value) -> usize {
+    let chars: usize = match (&req["messages"], &req["prompt"]) {
+        (Value::Array(msgs), _) => msgs
+            .iter()
+            .map(|m| match &m["content"] {
+                Value::String(s) => s.len(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .map(str::len)
+                    .sum(),
+                _ => 0,
+            })
+            .sum(),
+        (_, Value::String(p)) => p.len(),
+        _ => 0,
+    };
+    chars.div_ceil(4).max(1)
+}
+
+fn with_backend(sim: &Sim, mut resp: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&sim.cfg.name) {
+        resp.headers_mut().insert("x-sim-backend", v);
+    }
+    resp
+}
+
+async fn models(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    let names = if sim.cfg.models.is_empty() {
+        vec!["sim-model".to_string()]
+    } else {
+        sim.cfg.models.clone()
+    };
+    let data: Vec<Value> = names
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "vllm-sim"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn metrics(State(sim): State<Arc<Sim>>) -> impl IntoResponse {
+    let running = sim.running.load(Ordering::Relaxed);
+    let waiting = sim.waiting.load(Ordering::Relaxed);
+    let usage = running as f64 / sim.cfg.max_num_seqs.max(1) as f64;
+    let label = sim
+        .cfg
+        .models
+        .first()
+        .cloned()
+        .unwrap_or_else(|| sim.cfg.name.clone());
+    let body = format!(
+        "# HELP vllm:num_requests_running Number of requests currently running.\n\
+         # TYPE vllm:num_requests_running gauge\n\
+         vllm:num_requests_running{{model_name=\"{label}\"}} {running}\n\
+         # HELP vllm:num_requests_waiting Number of requests waiting.\n\
+         # TYPE vllm:num_requests_waiting gauge\n\
+         vllm:num_requests_waiting{{model_name=\"{label}\"}} {waiting}\n\
+         # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\n\
+         vllm:kv_cache_usage_perc{{model_name=\"{label}\"}} {usage}\n"
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+async fn health(State(sim): State<Arc<Sim>>) -> Response {
+    let mode = sim.control.lock().expect("control lock").mode;
+    match mode {
+        Mode::Fail => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Mode::Hang => std::future::pending().await,
+        Mode::Ok | Mode::Slow => StatusCode::OK.into_response(),
+    }
+}
+
+async fn get_control(State(sim): State<Arc<Sim>>) -> Json<Control> {
+    Json(*sim.control.lock().expect("control lock"))
+}
+
+async fn set_control(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Control>(&body) {
+        Ok(c) => {
+            *sim.control.lock().expect("control lock") = c;
+            Json(c).into_response()
+        }
+        Err(e) => openai_error(
+            StatusCode::BAD_REQUEST,
+            &format!("control: {e}"),
+            "invalid_request_error",
+        ),
+    }
+}
+
+async fn requests(State(sim): State<Arc<Sim>>) -> Json<Vec<Value>> {
+    Json(sim.log.lock().expect("log lock").iter().cloned().collect())
+}
+
+async fn clear_requests(State(sim): State<Arc<Sim>>) -> StatusCode {
+    sim.log.lock().expect("log lock").clear();
+    StatusCode::NO_CONTENT
+}
