@@ -195,9 +195,20 @@ async fn fails_hangs_and_slows_on_command() {
 async fn exposes_vllm_gauges() {
     let base = start(fast()).await;
     let c = reqwest::Client::new();
+    // 100 x slower: a 3 s time to first token keeps the request running while we look.
+    let ctl = Control {
+        mode: Mode::Ok,
+        fail_status: 500,
+        slow_factor: 100.0,
+    };
+    c.post(format!("{base}/sim/control"))
+        .json(&ctl)
+        .send()
+        .await
+        .unwrap();
     let body =
         json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
-    let hung = {
+    let slow = {
         let c = c.clone();
         let url = format!("{base}/v1/chat/completions");
         tokio::spawn(async move {
@@ -208,33 +219,32 @@ async fn exposes_vllm_gauges() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let m = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        m.contains("vllm:num_requests_running{model_name=\"b1\"} 1"),
-        "{m}"
-    );
+    let metrics = || async {
+        c.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut m = metrics().await;
+    while !m.contains("vllm:num_requests_running{model_name=\"b1\"} 1") {
+        assert!(
+            Instant::now() < deadline,
+            "request never showed as running:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        m = metrics().await;
+    }
     assert!(
         m.contains("vllm:num_requests_waiting{model_name=\"b1\"} 0"),
         "{m}"
     );
     assert!(m.contains("vllm:kv_cache_usage_perc"), "{m}");
-    hung.await.unwrap().unwrap();
-    let m = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+    let m = metrics().await;
     assert!(
         m.contains("vllm:num_requests_running{model_name=\"b1\"} 0"),
         "{m}"
