@@ -13,6 +13,16 @@ async fn start(cfg: SimConfig) -> String {
     format!("http://{addr}")
 }
 
+async fn control(c: &reqwest::Client, base: &str, ctl: Control) {
+    let r = c
+        .post(format!("{base}/sim/control"))
+        .json(&ctl)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 fn fast() -> SimConfig {
     SimConfig {
         name: "b1".into(),
@@ -139,11 +149,7 @@ async fn fails_hangs_and_slows_on_command() {
         fail_status: 503,
         slow_factor: 10.0,
     };
-    c.post(format!("{base}/sim/control"))
-        .json(&ctl)
-        .send()
-        .await
-        .unwrap();
+    control(&c, &base, ctl).await;
     let r = c
         .post(format!("{base}/v1/chat/completions"))
         .json(&body)
@@ -163,11 +169,7 @@ async fn fails_hangs_and_slows_on_command() {
         mode: Mode::Ok,
         ..ctl
     };
-    c.post(format!("{base}/sim/control"))
-        .json(&ctl)
-        .send()
-        .await
-        .unwrap();
+    control(&c, &base, ctl).await;
     assert_eq!(
         c.get(format!("{base}/health"))
             .send()
@@ -201,11 +203,7 @@ async fn exposes_vllm_gauges() {
         fail_status: 500,
         slow_factor: 100.0,
     };
-    c.post(format!("{base}/sim/control"))
-        .json(&ctl)
-        .send()
-        .await
-        .unwrap();
+    control(&c, &base, ctl).await;
     let body =
         json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
     let slow = {
