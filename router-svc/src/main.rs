@@ -1,4 +1,72 @@
-fn main() {
-    eprintln!("router-svc: not built yet (issue 3)");
-    std::process::exit(2);
+//! router-svc binary. The road a request takes (src/api/mod.rs `road`):
+//!
+//! ```text
+//! POST /v1/chat/completions | /v1/completions
+//!   -> api::openai::parse        checked JSON, unknown fields kept (400/413/429 in OpenAI format)
+//!   -> decide::decide            "auto": text -> cache (LRU, Redis) -> classifier -> policy
+//!                                a named model: straight to it; unknown: 404
+//!   -> upstream::Upstream::send  fewest in-flight of two endpoints, retry, alternatives, fallback
+//!   -> relay::relay              body or SSE stream back, x-vsr-* and Server-Timing headers
+//! ```
+
+use clap::Parser;
+use semroute_router::config::{Cli, Config};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let cfg = Config::load(cli.config.as_deref())?;
+    if cli.check {
+        println!("config OK (policy version {})", cfg.policy_version());
+        return Ok(());
+    }
+    let metrics = semroute_router::metrics::install()?;
+    let addr = cfg.server.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, config = ?cli.config, models = cfg.models.len(), "router-svc listening");
+    semroute_router::serve(
+        listener,
+        cfg,
+        cli.config,
+        std::time::Duration::from_millis(cli.reload_interval_ms),
+        Some(metrics),
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("router-svc stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -1,0 +1,331 @@
+//! The HTTP face: OpenAI-compatible routes, thin handlers over one road:
+//! admit -> read body -> parse -> decide -> forward -> relay. Health, readiness and metrics too.
+
+pub mod openai;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::ms;
+use crate::decide::{self, Decision};
+use crate::error::Error;
+use crate::relay::{self, Report};
+use crate::state::{Runtime, Shared};
+use openai::Kind;
+
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    pub metrics: Option<PrometheusHandle>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router {
+    let state = Arc::new(AppState {
+        shared,
+        metrics,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+    });
+    let x_request_id = header::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/route", post(route))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .fallback(not_found)
+        // Our own limit answers 413 in OpenAI format.
+        .layer(DefaultBodyLimit::disable())
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        // Method and path only: no bodies, no prompt text.
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    let msg = "Unknown path; the router serves /v1/chat/completions, /v1/completions, /v1/models and /v1/route.";
+    (
+        StatusCode::NOT_FOUND,
+        Json(crate::error::body(msg, "invalid_request_error", None, "not_found")),
+    )
+        .into_response()
+}
+
+/// Step 2 of the road: an explicit model skips classification; the alias classifies.
+async fn decide_for(rt: &Runtime, req: &openai::Parsed) -> Result<decide::Outcome, Error> {
+    if req.model == rt.cfg.server.auto_model {
+        let text = req.classify_text(&rt.cfg.classifier.input);
+        Ok(decide::decide(rt, text.as_deref()).await)
+    } else if rt.cfg.model(&req.model).is_some() {
+        Ok(decide::Outcome {
+            decision: Decision::explicit(&req.model),
+            classify: None,
+            cache: None,
+            cache_key: None,
+        })
+    } else {
+        Err(Error::ModelNotFound(req.model.clone()))
+    }
+}
+
+async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy(&s, Kind::Chat, headers, body).await
+}
+
+async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy(&s, Kind::Completion, headers, body).await
+}
+
+/// One admission slot per request, held until its response body ends.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn admit(s: &AppState, limit: usize) -> Result<Admitted, Error> {
+    if s.in_flight.fetch_add(1, Ordering::Relaxed) >= limit {
+        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        metrics::counter!("router_rejected_total", "reason" => "in_flight_limit").increment(1);
+        return Err(Error::Overloaded(limit));
+    }
+    Ok(Admitted(s.in_flight.clone()))
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::PayloadTooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit")
+        {
+            Error::PayloadTooLarge(limit)
+        } else {
+            Error::bad_request(format!("Could not read the request body: {e}"), None)
+        }
+    })
+}
+
+/// The road of a request.
+async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let rt = s.shared.current();
+    let endpoint = kind.path();
+    let result = road(s, &rt, kind, &headers, body, started).await;
+    let (resp, model, category) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(endpoint, error = %e, "request failed");
+            }
+            (e.into_response(), String::new(), String::new())
+        }
+    };
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("router_requests_total", "endpoint" => endpoint, "model" => model.clone(),
+        "category" => category.clone(), "status" => status)
+    .increment(1);
+    metrics::histogram!("router_request_duration_seconds", "endpoint" => endpoint)
+        .record(started.elapsed().as_secs_f64());
+    tracing::info!(endpoint, model, category, status = resp.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+    resp
+}
+
+async fn road(
+    s: &AppState,
+    rt: &Runtime,
+    kind: Kind,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Result<(Response, String, String), Error> {
+    let cfg = &rt.cfg;
+    // 1. admit and parse
+    let admitted = admit(s, cfg.server.max_in_flight)?;
+    let bytes = read_body(headers, body, cfg.server.max_body_bytes).await?;
+    let req = openai::parse(kind, &bytes)?;
+
+    // 2. decide (cache, classify, policy)
+    let outcome = decide_for(rt, &req).await?;
+    let d = &outcome.decision;
+    let category = d.category.clone().unwrap_or_default();
+    if d.jailbreak {
+        let action = if d.blocked { "blocked" } else { "flagged" };
+        metrics::counter!("router_jailbreak_total", "action" => action).increment(1);
+        tracing::warn!(action, "jailbreak detected");
+    }
+    if d.blocked {
+        let (sse, body) = openai::refusal(&req, &cfg.routing.jailbreak.message);
+        let mut resp = Response::new(Body::from(body));
+        let ct = if sse { "text/event-stream" } else { "application/json" };
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        relay::report_headers(
+            resp.headers_mut(),
+            &Report {
+                decision: d,
+                served_by: "",
+                classify: outcome.classify,
+                cache: outcome.cache,
+                upstream: None,
+            },
+        );
+        return Ok((resp, String::new(), category));
+    }
+
+    // 3. pick endpoint and forward: the decided model, its alternatives, then the fallback
+    let mut order: Vec<&str> = vec![&d.model];
+    order.extend(d.alternatives.iter().map(String::as_str));
+    if d.source != decide::Source::Explicit {
+        if let Some(f) = &cfg.routing.fallback_model {
+            order.push(f);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    order.retain(|m| seen.insert(*m));
+    let models: Vec<_> = order.iter().filter_map(|m| cfg.model(m)).collect();
+    let answered = rt
+        .upstream
+        .send(
+            &rt.pools,
+            &models,
+            kind.path(),
+            |m| openai::body_for(&req, cfg, m, d),
+            headers.get(header::AUTHORIZATION),
+            &rt.api_keys,
+        )
+        .await?;
+
+    // 4. relay
+    let served = answered.model.clone();
+    let pricing = cfg.model(&served).map(|m| m.pricing.clone()).unwrap_or_default();
+    let ttfb = answered.ttfb;
+    let deadline = started + ms(cfg.upstream.total_timeout_ms);
+    let resp = relay::relay(
+        answered,
+        &Report {
+            decision: d,
+            served_by: &served,
+            classify: outcome.classify,
+            cache: outcome.cache,
+            upstream: Some(ttfb),
+        },
+        deadline,
+        &pricing,
+        admitted,
+    )
+    .await?;
+    Ok((resp, served, category))
+}
+
+/// The decision for a request body, without forwarding it.
+async fn route(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let rt = s.shared.current();
+    let result: Result<Response, Error> = async {
+        let bytes = read_body(&headers, body, rt.cfg.server.max_body_bytes).await?;
+        let probe: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let kind = if probe.get("prompt").is_some() && probe.get("messages").is_none() {
+            Kind::Completion
+        } else {
+            Kind::Chat
+        };
+        let req = openai::parse(kind, &bytes)?;
+        let outcome = decide_for(&rt, &req).await?;
+        let d = &outcome.decision;
+        let reasoning = rt
+            .cfg
+            .model(&d.model)
+            .filter(|_| d.source != decide::Source::Explicit)
+            .and_then(|m| openai::reasoning_fields(m, d.use_reasoning))
+            .map(|(k, v)| json!({k: v}));
+        let mut resp = Json(json!({
+            "decision": d,
+            "cache_hit": d.source.is_cache_hit(),
+            "cache_key": outcome.cache_key,
+            "policy_version": rt.policy_version,
+            "reasoning_fields": reasoning,
+            "timings_ms": {
+                "classify": outcome.classify.map(|t| t.as_secs_f64() * 1000.0),
+                "cache": outcome.cache.map(|t| t.as_secs_f64() * 1000.0),
+            },
+        }))
+        .into_response();
+        relay::report_headers(
+            resp.headers_mut(),
+            &Report {
+                decision: d,
+                served_by: &d.model,
+                classify: outcome.classify,
+                cache: outcome.cache,
+                upstream: None,
+            },
+        );
+        Ok(resp)
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
+    let rt = s.shared.current();
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut data = vec![json!({"id": rt.cfg.server.auto_model, "object": "model",
+        "created": created, "owned_by": "semroute",
+        "description": "semantic routing: the router picks the model"})];
+    for m in &rt.cfg.models {
+        data.push(json!({"id": m.name, "object": "model", "created": created,
+            "owned_by": "semroute", "max_model_len": m.max_context}));
+    }
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// Ready when the config is loaded (it is, once serving) and a backend endpoint is healthy.
+/// A dead classifier or Redis does not make the router unready: it degrades.
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let rt = s.shared.current();
+    if rt.pools.any_available() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "no healthy backend endpoint"})),
+        )
+            .into_response()
+    }
+}
+
+async fn render_metrics(State(s): State<Arc<AppState>>) -> Response {
+    match &s.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}

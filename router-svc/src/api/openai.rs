@@ -1,0 +1,351 @@
+//! The OpenAI wire format as far as the router needs it: parse and check a request (unknown fields
+//! are kept untouched), write the body sent to a model (name, reasoning switch, system prompt),
+//! and the refusal answered for a blocked request.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::config::{Config, InputConfig, ModelConfig, ReasoningFamily};
+use crate::decide::{text, Decision};
+use crate::error::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Completion,
+}
+
+impl Kind {
+    pub fn path(self) -> &'static str {
+        match self {
+            Kind::Chat => "/v1/chat/completions",
+            Kind::Completion => "/v1/completions",
+        }
+    }
+}
+
+/// A checked request. `body` is the client's JSON object, every field kept.
+#[derive(Debug)]
+pub struct Parsed {
+    pub kind: Kind,
+    pub body: Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+fn bad(message: impl Into<String>, param: &'static str) -> Error {
+    Error::bad_request(message, Some(param))
+}
+
+pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        Error::bad_request(
+            format!("We could not parse the JSON body of your request: {e}"),
+            None,
+        )
+    })?;
+    let Value::Object(body) = value else {
+        return Err(Error::bad_request(
+            "The request body must be a JSON object.",
+            None,
+        ));
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        None | Some(Value::Null) => return Err(bad("You must provide a model parameter.", "model")),
+        Some(_) => return Err(bad("`model` must be a non-empty string.", "model")),
+    };
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("`stream` must be a boolean.", "stream")),
+    };
+    let include_usage = match body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(bad(
+                    "`stream_options.include_usage` must be a boolean.",
+                    "stream_options",
+                ))
+            }
+        },
+        Some(_) => return Err(bad("`stream_options` must be an object.", "stream_options")),
+    };
+    match kind {
+        Kind::Chat => {
+            let msgs = match body.get("messages") {
+                None | Some(Value::Null) => {
+                    return Err(bad("`messages` is required.", "messages"))
+                }
+                Some(Value::Array(a)) => a,
+                Some(_) => return Err(bad("`messages` must be an array.", "messages")),
+            };
+            if msgs.is_empty() {
+                return Err(bad(
+                    "`messages` must contain at least one message.",
+                    "messages",
+                ));
+            }
+            for (i, m) in msgs.iter().enumerate() {
+                if !m.get("role").is_some_and(Value::is_string) {
+                    return Err(bad(
+                        format!("`messages[{i}]` must be an object with a string `role`."),
+                        "messages",
+                    ));
+                }
+                match m.get("content") {
+                    None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+                    Some(_) => {
+                        return Err(bad(
+                            format!("`messages[{i}].content` must be a string or an array of parts."),
+                            "messages",
+                        ))
+                    }
+                }
+            }
+        }
+        Kind::Completion => match body.get("prompt") {
+            Some(Value::String(_) | Value::Array(_)) => {}
+            None | Some(Value::Null) => return Err(bad("`prompt` is required.", "prompt")),
+            Some(_) => {
+                return Err(bad(
+                    "`prompt` must be a string or an array.",
+                    "prompt",
+                ))
+            }
+        },
+    }
+    Ok(Parsed {
+        kind,
+        body,
+        model,
+        stream,
+        include_usage,
+    })
+}
+
+impl Parsed {
+    /// What is classified (see `decide::text`).
+    pub fn classify_text(&self, cfg: &InputConfig) -> Option<String> {
+        match self.kind {
+            Kind::Chat => self
+                .body
+                .get("messages")
+                .and_then(Value::as_array)
+                .and_then(|m| text::from_messages(m, cfg)),
+            Kind::Completion => self.body.get("prompt").and_then(|p| text::from_prompt(p, cfg)),
+        }
+    }
+}
+
+/// The reasoning switch of `model`'s family as JSON fields, for the decision's `on`.
+pub fn reasoning_fields(model: &ModelConfig, on: bool) -> Option<(&'static str, Value)> {
+    match model.reasoning_family? {
+        ReasoningFamily::Qwen3 => Some(("chat_template_kwargs.enable_thinking", json!(on))),
+        ReasoningFamily::DeepSeek => Some(("chat_template_kwargs.thinking", json!(on))),
+        ReasoningFamily::GptOss => Some((
+            "reasoning_effort",
+            json!(if on {
+                model.reasoning_effort.as_str()
+            } else {
+                "low"
+            }),
+        )),
+    }
+}
+
+/// The body sent to `model`: the client's fields untouched except `model`, and under semantic
+/// routing the reasoning switch (unless the client set it) and the category's system prompt.
+pub fn body_for(p: &Parsed, cfg: &Config, model: &ModelConfig, d: &Decision) -> Bytes {
+    let mut body = p.body.clone();
+    body.insert("model".into(), Value::String(model.name.clone()));
+    let routed = d.source != crate::decide::Source::Explicit;
+    if routed && p.kind == Kind::Chat {
+        if let Some((path, value)) = reasoning_fields(model, d.use_reasoning) {
+            match path.split_once('.') {
+                Some((outer, inner)) => {
+                    let kw = body.entry(outer).or_insert_with(|| json!({}));
+                    if let Value::Object(kw) = kw {
+                        kw.entry(inner).or_insert(value);
+                    }
+                }
+                None => {
+                    body.entry(path).or_insert(value);
+                }
+            }
+        }
+        let prompt = d
+            .category
+            .as_ref()
+            .filter(|_| model.name == d.model)
+            .and_then(|c| cfg.routing.categories.get(c))
+            .and_then(|r| r.system_prompt.as_ref());
+        if let (Some(prompt), Some(Value::Array(msgs))) = (prompt, body.get_mut("messages")) {
+            let first_system = msgs
+                .first()
+                .is_some_and(|m| m.get("role").and_then(Value::as_str) == Some("system"));
+            match msgs.first_mut().and_then(|m| m.get_mut("content")) {
+                Some(Value::String(s)) if first_system => *s = format!("{prompt}\n\n{s}"),
+                _ => msgs.insert(0, json!({"role": "system", "content": prompt})),
+            }
+        }
+    }
+    Bytes::from(serde_json::to_vec(&body).expect("JSON value serialises"))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An OpenAI-style refusal for a blocked request: a normal completion whose content is the
+/// refusal, `finish_reason: content_filter`; as SSE when the client asked for a stream.
+pub fn refusal(p: &Parsed, message: &str) -> (bool, Bytes) {
+    let id = format!("chatcmpl-vsr-{:x}", rand::random::<u64>());
+    let created = now_secs();
+    let usage = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
+    let (object, choice, chunk_object, delta) = match p.kind {
+        Kind::Chat => (
+            "chat.completion",
+            json!({"index": 0, "finish_reason": "content_filter", "logprobs": null,
+                   "message": {"role": "assistant", "content": message, "refusal": message}}),
+            "chat.completion.chunk",
+            json!({"index": 0, "finish_reason": "content_filter", "logprobs": null,
+                   "delta": {"role": "assistant", "content": message, "refusal": message}}),
+        ),
+        Kind::Completion => (
+            "text_completion",
+            json!({"index": 0, "text": message, "finish_reason": "content_filter", "logprobs": null}),
+            "text_completion",
+            json!({"index": 0, "text": message, "finish_reason": "content_filter", "logprobs": null}),
+        ),
+    };
+    if !p.stream {
+        let v = json!({"id": id, "object": object, "created": created, "model": p.model,
+                       "choices": [choice], "usage": usage});
+        return (false, Bytes::from(v.to_string()));
+    }
+    let mut out = String::new();
+    let chunk = json!({"id": id, "object": chunk_object, "created": created, "model": p.model,
+                       "choices": [delta]});
+    out.push_str(&format!("data: {chunk}\n\n"));
+    if p.include_usage {
+        let u = json!({"id": id, "object": chunk_object, "created": created, "model": p.model,
+                       "choices": [], "usage": usage});
+        out.push_str(&format!("data: {u}\n\n"));
+    }
+    out.push_str("data: [DONE]\n\n");
+    (true, Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Source;
+
+    fn cfg() -> Config {
+        Config::from_yaml(crate::config::EMBEDDED_DEFAULT).unwrap()
+    }
+
+    #[test]
+    fn bad_inputs_name_the_param() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"{not json", None),
+            (b"[1,2]", None),
+            (br#"{"messages":[{"role":"user","content":"x"}]}"#, Some("model")),
+            (br#"{"model":3,"messages":[]}"#, Some("model")),
+            (br#"{"model":"auto"}"#, Some("messages")),
+            (br#"{"model":"auto","messages":"hi"}"#, Some("messages")),
+            (br#"{"model":"auto","messages":[]}"#, Some("messages")),
+            (br#"{"model":"auto","messages":[{"content":"x"}]}"#, Some("messages")),
+            (br#"{"model":"auto","messages":[{"role":"user","content":5}]}"#, Some("messages")),
+            (br#"{"model":"auto","stream":"yes","messages":[{"role":"user","content":"x"}]}"#, Some("stream")),
+        ];
+        for (body, param) in cases {
+            match parse(Kind::Chat, body) {
+                Err(Error::BadRequest { param: p, .. }) => {
+                    assert_eq!(p, *param, "{}", String::from_utf8_lossy(body))
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
+            }
+        }
+        assert!(parse(Kind::Completion, br#"{"model":"m","prompt":{}}"#).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_survive_and_reasoning_is_set_per_family() {
+        let p = parse(
+            Kind::Chat,
+            br#"{"model":"auto","messages":[{"role":"user","content":"x"}],
+                 "guided_json":{"type":"object"},"logprobs":true,"top_k":5}"#,
+        )
+        .unwrap();
+        let mut cfg = cfg();
+        let mut d = Decision::default_model(&cfg, Source::Classified);
+        d.use_reasoning = true;
+        let out: Value =
+            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &d)).unwrap();
+        assert_eq!(out["model"], "qwen3-8b");
+        assert_eq!(out["guided_json"], json!({"type": "object"}));
+        assert_eq!(out["top_k"], 5);
+        assert_eq!(out["chat_template_kwargs"]["enable_thinking"], true);
+
+        cfg.models[1].reasoning_family = Some(ReasoningFamily::DeepSeek);
+        let out: Value =
+            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &d)).unwrap();
+        assert_eq!(out["chat_template_kwargs"]["thinking"], true);
+
+        cfg.models[1].reasoning_family = Some(ReasoningFamily::GptOss);
+        d.use_reasoning = false;
+        let out: Value =
+            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &d)).unwrap();
+        assert_eq!(out["reasoning_effort"], "low");
+
+        // An explicit model is forwarded as asked.
+        let e = Decision::explicit("qwen3-8b");
+        let out: Value =
+            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &e)).unwrap();
+        assert!(out.get("reasoning_effort").is_none());
+    }
+
+    #[test]
+    fn client_reasoning_choice_wins_and_system_prompt_is_added() {
+        let p = parse(
+            Kind::Chat,
+            br#"{"model":"auto","messages":[{"role":"user","content":"x"}],
+                 "chat_template_kwargs":{"enable_thinking":false}}"#,
+        )
+        .unwrap();
+        let cfg = cfg();
+        let mut d = Decision::default_model(&cfg, Source::Classified);
+        d.model = "qwen3-8b".into();
+        d.category = Some("math".into());
+        d.use_reasoning = true;
+        let out: Value =
+            serde_json::from_slice(&body_for(&p, &cfg, cfg.model("qwen3-8b").unwrap(), &d))
+                .unwrap();
+        assert_eq!(out["chat_template_kwargs"]["enable_thinking"], false);
+        assert_eq!(out["messages"][0]["role"], "system");
+        assert_eq!(out["messages"][1]["content"], "x");
+    }
+
+    #[test]
+    fn refusal_streams_with_done() {
+        let p = parse(
+            Kind::Chat,
+            br#"{"model":"auto","stream":true,"stream_options":{"include_usage":true},
+                 "messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
+        let (sse, body) = refusal(&p, "no");
+        let s = String::from_utf8(body.to_vec()).unwrap();
+        assert!(sse && s.ends_with("data: [DONE]\n\n") && s.contains("\"usage\""));
+    }
+}

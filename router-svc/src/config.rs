@@ -1,0 +1,694 @@
+//! Every setting of router-svc in one place: the YAML schema (with defaults), the command line,
+//! environment overrides for addresses and secrets, and validation whose errors name the bad field.
+//!
+//! The file is re-read on change (see `state.rs`); the policy part of it is hashed into the
+//! policy version so a new policy never serves a stale cached decision.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+
+/// The config the binary runs with when given no `--config`: two local (simulated) backends,
+/// the classifier on :50051, Redis on :6379. Also the documented example of every field.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/router.yaml");
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "router-svc",
+    version,
+    about = "OpenAI-compatible semantic router: classify, cache the decision, forward to vLLM"
+)]
+pub struct Cli {
+    /// YAML config file (watched and reloaded on change). Without it: the embedded defaults.
+    #[arg(long, env = "ROUTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Check the config (after env overrides) and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// JSON logs on stderr (text otherwise); RUST_LOG filters.
+    #[arg(long, env = "ROUTER_LOG_JSON")]
+    pub log_json: bool,
+    /// How often the config file is checked for changes, ms.
+    #[arg(long, env = "ROUTER_RELOAD_INTERVAL_MS", default_value_t = 1000)]
+    pub reload_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub classifier: ClassifierConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    pub models: Vec<ModelConfig>,
+    pub routing: RoutingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP listen address (env ROUTER_LISTEN). Read at start only.
+    pub listen: SocketAddr,
+    /// The model name that asks for semantic routing.
+    pub auto_model: String,
+    /// Request bodies over this many bytes get 413.
+    pub max_body_bytes: usize,
+    /// Requests handled at once; more get 429 at once (nothing queues without bound).
+    pub max_in_flight: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            auto_model: "auto".into(),
+            max_body_bytes: 8 << 20,
+            max_in_flight: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifierConfig {
+    /// gRPC addresses of classifier-svc replicas (env ROUTER_CLASSIFIER_ADDRS, comma-separated);
+    /// calls are balanced over them. Empty: no classification, every `auto` request goes to the
+    /// default model.
+    pub addresses: Vec<String>,
+    /// Deadline of one Classify call (sent as grpc-timeout too).
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Consecutive failures that open the circuit breaker...
+    pub breaker_failures: u32,
+    /// ...and how long it stays open before one probe call is let through.
+    pub breaker_cooldown_ms: u64,
+    /// How often the classifier's Info (tasks, model versions) is refreshed.
+    pub info_refresh_ms: u64,
+    /// What text of a request is classified.
+    pub input: InputConfig,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        Self {
+            addresses: vec!["http://127.0.0.1:50051".into()],
+            timeout_ms: 50,
+            connect_timeout_ms: 250,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 2000,
+            info_refresh_ms: 10_000,
+            input: InputConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Prepend the system prompt to the classified text.
+    pub include_system: bool,
+    /// Earlier user/assistant turns to include before the latest user message (newest first,
+    /// within `max_chars`).
+    pub history_messages: usize,
+    /// Budget for the classified text, in characters (the latest user message is cut to it).
+    pub max_chars: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            include_system: false,
+            history_messages: 0,
+            max_chars: 8000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Redis URL (env ROUTER_REDIS_URL; empty = in-process cache only).
+    pub redis_url: Option<String>,
+    pub key_prefix: String,
+    /// TTL of a decision in Redis.
+    pub ttl_secs: u64,
+    /// In-process LRU in front of Redis: entries, and their (shorter) TTL.
+    pub local_capacity: u64,
+    pub local_ttl_secs: u64,
+    /// Budget of one Redis call; past it the cache is skipped for this request.
+    pub redis_timeout_ms: u64,
+    /// After a Redis failure, Redis is skipped for this long (then one call probes it).
+    pub redis_retry_ms: u64,
+    pub redis_pool_size: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            key_prefix: "vsr:decision:".into(),
+            ttl_secs: 3600,
+            local_capacity: 10_000,
+            local_ttl_secs: 300,
+            redis_timeout_ms: 5,
+            redis_retry_ms: 1000,
+            redis_pool_size: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_ms: u64,
+    /// Until the response headers arrive (vLLM sends them with the first token when streaming).
+    pub first_byte_timeout_ms: u64,
+    /// The whole exchange, body or stream included.
+    pub total_timeout_ms: u64,
+    /// Endpoints tried per model (connection failures and 5xx before any byte).
+    pub max_attempts: usize,
+    pub health_path: String,
+    pub health_interval_ms: u64,
+    pub health_timeout_ms: u64,
+    /// Consecutive request failures that eject an endpoint...
+    pub eject_after_failures: u32,
+    /// ...for this long.
+    pub eject_ms: u64,
+    pub max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 1000,
+            first_byte_timeout_ms: 60_000,
+            total_timeout_ms: 600_000,
+            max_attempts: 3,
+            health_path: "/health".into(),
+            health_interval_ms: 2000,
+            health_timeout_ms: 1000,
+            eject_after_failures: 3,
+            eject_ms: 10_000,
+            max_idle_per_host: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name clients use and the name sent to the backend.
+    pub name: String,
+    /// Base URLs of the vLLM servers serving it (env ROUTER_ENDPOINTS_<NAME>, comma-separated).
+    pub endpoints: Vec<String>,
+    /// How reasoning is switched on and off for this model.
+    #[serde(default)]
+    pub reasoning_family: Option<ReasoningFamily>,
+    /// gpt-oss: the effort sent when reasoning is on ("low" when off).
+    #[serde(default = "default_effort")]
+    pub reasoning_effort: String,
+    #[serde(default)]
+    pub pricing: Pricing,
+    #[serde(default)]
+    pub max_context: Option<u32>,
+    /// Name of an environment variable holding the backend's API key (sent as a Bearer token).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+fn default_effort() -> String {
+    "high".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReasoningFamily {
+    /// chat_template_kwargs.enable_thinking
+    #[serde(rename = "qwen3")]
+    Qwen3,
+    /// chat_template_kwargs.thinking
+    #[serde(rename = "deepseek")]
+    DeepSeek,
+    /// reasoning_effort
+    #[serde(rename = "gpt-oss")]
+    GptOss,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    /// Currency units per million prompt tokens.
+    #[serde(default)]
+    pub input_per_million: f64,
+    #[serde(default)]
+    pub output_per_million: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Used when nothing else decides: no text, low confidence, classifier down.
+    pub default_model: String,
+    /// Tried when every endpoint of the chosen model (and its alternatives) failed.
+    #[serde(default)]
+    pub fallback_model: Option<String>,
+    /// Under this probability a task's label is ignored.
+    #[serde(default = "default_threshold")]
+    pub confidence_threshold: f32,
+    /// Classifier task names.
+    #[serde(default)]
+    pub tasks: TaskNames,
+    /// Domain label -> candidates (best first by score) and an optional system prompt.
+    #[serde(default)]
+    pub categories: BTreeMap<String, CategoryRule>,
+    /// Complexity label -> overrides applied after the category rule.
+    #[serde(default)]
+    pub complexity: BTreeMap<String, ComplexityRule>,
+    #[serde(default)]
+    pub jailbreak: JailbreakPolicy,
+}
+
+fn default_threshold() -> f32 {
+    0.5
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskNames {
+    pub domain: String,
+    pub complexity: String,
+    pub jailbreak: String,
+}
+
+impl Default for TaskNames {
+    fn default() -> Self {
+        Self {
+            domain: "domain".into(),
+            complexity: "complexity".into(),
+            jailbreak: "jailbreak".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryRule {
+    pub candidates: Vec<Candidate>,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    pub model: String,
+    #[serde(default = "one")]
+    pub score: f32,
+    #[serde(default)]
+    pub use_reasoning: bool,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplexityRule {
+    /// Route to this model instead of the category's choice.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Switch reasoning on or off whatever the category said.
+    #[serde(default)]
+    pub use_reasoning: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JailbreakAction {
+    /// Answer with an OpenAI-style refusal; nothing is forwarded.
+    Block,
+    /// Forward, and say so in `x-vsr-jailbreak` and the metrics.
+    Flag,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JailbreakPolicy {
+    pub enabled: bool,
+    pub action: JailbreakAction,
+    /// Classifier labels that mean "attack" (any of them).
+    pub labels: Vec<String>,
+    pub threshold: f32,
+    pub message: String,
+}
+
+impl Default for JailbreakPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            action: JailbreakAction::Block,
+            labels: vec!["jailbreak".into(), "malicious".into()],
+            threshold: 0.7,
+            message: "I can't help with that request.".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses YAML, applies environment overrides, validates. Errors name the field.
+    pub fn from_yaml(text: &str) -> Result<Self, Error> {
+        let de = serde_norway::Deserializer::from_str(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            Error::Config {
+                field: if path == "." { "(root)".into() } else { path },
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        cfg.apply_env(|k| std::env::var(k).ok());
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, Error> {
+        match path {
+            None => Self::from_yaml(EMBEDDED_DEFAULT),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::Config {
+                    field: "(file)".into(),
+                    message: format!("cannot read {}: {e}", p.display()),
+                })?;
+                Self::from_yaml(&text)
+            }
+        }
+    }
+
+    /// Addresses and secrets from the environment win over the file.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        if let Some(v) = get("ROUTER_LISTEN") {
+            if let Ok(a) = v.parse() {
+                self.server.listen = a;
+            }
+        }
+        if let Some(v) = get("ROUTER_CLASSIFIER_ADDRS") {
+            self.classifier.addresses = list(v);
+        }
+        if let Some(v) = get("ROUTER_REDIS_URL") {
+            self.cache.redis_url = (!v.trim().is_empty()).then(|| v.trim().to_string());
+        }
+        for m in &mut self.models {
+            if let Some(v) = get(&endpoints_env_name(&m.name)) {
+                m.endpoints = list(v);
+            }
+        }
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |field: String, message: String| Err(Error::Config { field, message });
+        if self.models.is_empty() {
+            return bad("models".into(), "at least one model is needed".into());
+        }
+        let mut names = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name.trim().is_empty() {
+                return bad(format!("models[{i}].name"), "empty".into());
+            }
+            if !names.insert(m.name.as_str()) {
+                return bad(
+                    format!("models[{i}].name"),
+                    format!("duplicate model {:?}", m.name),
+                );
+            }
+            if m.endpoints.is_empty() {
+                return bad(
+                    format!("models[{i}].endpoints"),
+                    format!("model {:?} has no endpoint", m.name),
+                );
+            }
+            for (j, e) in m.endpoints.iter().enumerate() {
+                match reqwest::Url::parse(e) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                    _ => {
+                        return bad(
+                            format!("models[{i}].endpoints[{j}]"),
+                            format!("{e:?} is not an http(s) URL"),
+                        )
+                    }
+                }
+            }
+            if m.pricing.input_per_million < 0.0 || m.pricing.output_per_million < 0.0 {
+                return bad(format!("models[{i}].pricing"), "negative price".into());
+            }
+        }
+        if names.contains(self.server.auto_model.as_str()) {
+            return bad(
+                "server.auto_model".into(),
+                format!(
+                    "{:?} is also a model name; the alias must differ",
+                    self.server.auto_model
+                ),
+            );
+        }
+        let known = |field: String, m: &str| -> Result<(), Error> {
+            if names.contains(m) {
+                Ok(())
+            } else {
+                let mut list: Vec<_> = names.iter().copied().collect();
+                list.sort();
+                bad(
+                    field,
+                    format!("unknown model {m:?} (known: {})", list.join(", ")),
+                )
+            }
+        };
+        let r = &self.routing;
+        known("routing.default_model".into(), &r.default_model)?;
+        if let Some(f) = &r.fallback_model {
+            known("routing.fallback_model".into(), f)?;
+        }
+        let prob = |field: &str, v: f32| -> Result<(), Error> {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                bad(field.into(), format!("{v} is not a probability in [0, 1]"))
+            }
+        };
+        prob("routing.confidence_threshold", r.confidence_threshold)?;
+        prob("routing.jailbreak.threshold", r.jailbreak.threshold)?;
+        for (cat, rule) in &r.categories {
+            if rule.candidates.is_empty() {
+                return bad(
+                    format!("routing.categories.{cat}.candidates"),
+                    "at least one candidate model is needed".into(),
+                );
+            }
+            for (i, c) in rule.candidates.iter().enumerate() {
+                known(
+                    format!("routing.categories.{cat}.candidates[{i}].model"),
+                    &c.model,
+                )?;
+            }
+        }
+        for (label, rule) in &r.complexity {
+            if let Some(m) = &rule.model {
+                known(format!("routing.complexity.{label}.model"), m)?;
+            }
+        }
+        let positive = [
+            ("classifier.timeout_ms", self.classifier.timeout_ms),
+            (
+                "classifier.connect_timeout_ms",
+                self.classifier.connect_timeout_ms,
+            ),
+            ("classifier.info_refresh_ms", self.classifier.info_refresh_ms),
+            ("cache.redis_timeout_ms", self.cache.redis_timeout_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.first_byte_timeout_ms",
+                self.upstream.first_byte_timeout_ms,
+            ),
+            ("upstream.total_timeout_ms", self.upstream.total_timeout_ms),
+            ("upstream.health_interval_ms", self.upstream.health_interval_ms),
+            ("upstream.health_timeout_ms", self.upstream.health_timeout_ms),
+            ("upstream.max_attempts", self.upstream.max_attempts as u64),
+            ("server.max_body_bytes", self.server.max_body_bytes as u64),
+            ("server.max_in_flight", self.server.max_in_flight as u64),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return bad(field.into(), "must be greater than 0".into());
+            }
+        }
+        for (i, a) in self.classifier.addresses.iter().enumerate() {
+            if tonic::transport::Endpoint::from_shared(a.clone()).is_err()
+                || !(a.starts_with("http://") || a.starts_with("https://"))
+            {
+                return bad(
+                    format!("classifier.addresses[{i}]"),
+                    format!("{a:?} is not an http(s) gRPC address"),
+                );
+            }
+        }
+        if !self.upstream.health_path.starts_with('/') {
+            return bad(
+                "upstream.health_path".into(),
+                "must start with '/'".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Hash of everything a decision depends on (routing policy, what text is classified).
+    /// Part of every cache key: a new policy never serves an old decision.
+    pub fn policy_version(&self) -> String {
+        #[derive(Serialize)]
+        struct Policy<'a> {
+            routing: &'a RoutingConfig,
+            input: &'a InputConfig,
+        }
+        let bytes = serde_json::to_vec(&Policy {
+            routing: &self.routing,
+            input: &self.classifier.input,
+        })
+        .expect("config serialises");
+        hex::encode(&Sha256::digest(&bytes)[..8])
+    }
+}
+
+/// `ROUTER_ENDPOINTS_<NAME>`, the model name upper-cased with non-alphanumerics as `_`.
+pub fn endpoints_env_name(model: &str) -> String {
+    let up: String = model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ROUTER_ENDPOINTS_{up}")
+}
+
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> String {
+        r#"
+models:
+  - name: small
+    endpoints: ["http://127.0.0.1:8001"]
+  - name: big
+    endpoints: ["http://127.0.0.1:8002"]
+    reasoning_family: qwen3
+routing:
+  default_model: small
+  categories:
+    math:
+      candidates: [{model: big, use_reasoning: true}]
+"#
+        .into()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let mut cfg: Config = serde_norway::from_str(EMBEDDED_DEFAULT).unwrap();
+        cfg.validate().unwrap();
+        assert!(!cfg.routing.categories.is_empty());
+    }
+
+    #[test]
+    fn defaults_fill_missing_sections() {
+        let cfg = Config::from_yaml(&minimal()).unwrap();
+        assert_eq!(cfg.server.auto_model, "auto");
+        assert_eq!(cfg.classifier.timeout_ms, 50);
+        assert_eq!(
+            cfg.models[1].reasoning_family,
+            Some(ReasoningFamily::Qwen3)
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = minimal().replace("default_model: small", "default_model: small\n  typo: 1");
+        let e = Config::from_yaml(&text).unwrap_err().to_string();
+        assert!(e.contains("typo"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_path() {
+        let text = minimal().replace("[\"http://127.0.0.1:8001\"]", "42");
+        let e = Config::from_yaml(&text).unwrap_err().to_string();
+        assert!(e.contains("models[0].endpoints"), "{e}");
+    }
+
+    #[test]
+    fn unknown_candidate_model_is_named() {
+        let text = minimal().replace("{model: big,", "{model: huge,");
+        let e = Config::from_yaml(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("routing.categories.math.candidates[0].model") && e.contains("huge"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_endpoint_url_is_named() {
+        let text = minimal().replace("http://127.0.0.1:8002", "not a url");
+        let e = Config::from_yaml(&text).unwrap_err().to_string();
+        assert!(e.contains("models[1].endpoints[0]"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_addresses() {
+        let mut cfg: Config = serde_norway::from_str(&minimal()).unwrap();
+        cfg.apply_env(|k| match k {
+            "ROUTER_ENDPOINTS_BIG" => Some("http://10.0.0.1:9000, http://10.0.0.2:9000".into()),
+            "ROUTER_REDIS_URL" => Some("".into()),
+            "ROUTER_CLASSIFIER_ADDRS" => Some("http://a:1,http://b:2".into()),
+            _ => None,
+        });
+        assert_eq!(cfg.models[1].endpoints.len(), 2);
+        assert_eq!(cfg.cache.redis_url, None);
+        assert_eq!(cfg.classifier.addresses, ["http://a:1", "http://b:2"]);
+    }
+
+    #[test]
+    fn policy_version_follows_policy_only() {
+        let a = Config::from_yaml(&minimal()).unwrap();
+        let mut b = a.clone();
+        b.models[0].endpoints = vec!["http://127.0.0.1:9999".into()];
+        assert_eq!(a.policy_version(), b.policy_version());
+        b.routing.confidence_threshold = 0.9;
+        assert_ne!(a.policy_version(), b.policy_version());
+    }
+}

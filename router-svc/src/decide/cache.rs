@@ -1,0 +1,250 @@
+//! The decision cache: a small in-process LRU in front of Redis (shared by every replica).
+//! Identical concurrent misses are coalesced into one classification (moka runs one init per
+//! key and hands its result to every waiter). Redis is the one place Redis is called: every call
+//! has a budget of a few milliseconds, after an error Redis is skipped for a while (then probed),
+//! and writes happen off the request path. Only the compact decision is stored, never text.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis::AsyncCommands;
+use sha2::{Digest, Sha256};
+
+use super::Decision;
+use crate::config::{ms, CacheConfig};
+
+/// Where a decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hit {
+    /// The in-process LRU.
+    Local,
+    /// Redis (another replica, or this one earlier).
+    Redis,
+    /// Another request's classification of the same text, in flight at the same time.
+    Coalesced,
+    /// Nowhere: this request classified it.
+    Miss,
+}
+
+impl Hit {
+    pub fn is_hit(self) -> bool {
+        self != Hit::Miss
+    }
+}
+
+pub struct DecisionCache {
+    prefix: String,
+    local: moka::future::Cache<String, Arc<Decision>>,
+    redis: Option<Arc<RedisLayer>>,
+}
+
+/// `prefix + sha256(text) + ":" + hash(classifier version, policy version)`.
+pub fn key(prefix: &str, text: &str, classifier_version: &str, policy_version: &str) -> String {
+    let text_hash = hex::encode(Sha256::digest(text.as_bytes()));
+    let mut h = Sha256::new();
+    h.update(classifier_version.as_bytes());
+    h.update([0]);
+    h.update(policy_version.as_bytes());
+    let ver = hex::encode(&h.finalize()[..8]);
+    format!("{prefix}{text_hash}:{ver}")
+}
+
+struct RedisLayer {
+    pool: deadpool_redis::Pool,
+    timeout: Duration,
+    ttl_secs: u64,
+    retry: Duration,
+    /// Redis is skipped until this instant (ms since `epoch`) after an error.
+    skip_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl RedisLayer {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn usable(&self) -> bool {
+        self.now_ms() >= self.skip_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, what: &str, err: &str) {
+        let until = self.now_ms() + self.retry.as_millis() as u64;
+        let prev = self.skip_until_ms.swap(until, Ordering::Relaxed);
+        if prev <= self.now_ms() {
+            tracing::warn!(op = what, error = err, retry_ms = self.retry.as_millis() as u64,
+                "redis failed; decision cache runs in-process only until it answers again");
+        }
+        metrics::counter!("router_cache_requests_total", "layer" => "redis", "result" => "error")
+            .increment(1);
+    }
+
+    async fn get(&self, key: &str) -> Option<Decision> {
+        if !self.usable() {
+            metrics::counter!("router_cache_requests_total", "layer" => "redis", "result" => "skipped")
+                .increment(1);
+            return None;
+        }
+        let pool = self.pool.clone();
+        let out = tokio::time::timeout(self.timeout, async move {
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            conn.get::<_, Option<Vec<u8>>>(key)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match out {
+            Err(_) => {
+                self.failed("get", "timeout");
+                None
+            }
+            Ok(Err(e)) => {
+                self.failed("get", &e);
+                None
+            }
+            Ok(Ok(None)) => {
+                metrics::counter!("router_cache_requests_total", "layer" => "redis", "result" => "miss")
+                    .increment(1);
+                None
+            }
+            Ok(Ok(Some(bytes))) => match serde_json::from_slice(&bytes) {
+                Ok(d) => {
+                    metrics::counter!("router_cache_requests_total", "layer" => "redis", "result" => "hit")
+                        .increment(1);
+                    Some(d)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable cached decision ignored");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Off the request path.
+    fn set(self: &Arc<Self>, key: String, d: &Decision) {
+        if !self.usable() {
+            return;
+        }
+        let Ok(bytes) = serde_json::to_vec(d) else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let pool = this.pool.clone();
+            let ttl = this.ttl_secs;
+            let out = tokio::time::timeout(this.timeout * 4, async move {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                conn.set_ex::<_, _, ()>(key, bytes, ttl)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            match out {
+                Err(_) => this.failed("set", "timeout"),
+                Ok(Err(e)) => this.failed("set", &e),
+                Ok(Ok(())) => {}
+            }
+        });
+    }
+}
+
+impl DecisionCache {
+    pub fn new(cfg: &CacheConfig) -> anyhow::Result<Self> {
+        let local = moka::future::Cache::builder()
+            .max_capacity(cfg.local_capacity)
+            .time_to_live(Duration::from_secs(cfg.local_ttl_secs.max(1)))
+            .build();
+        let redis = match &cfg.redis_url {
+            None => None,
+            Some(url) => {
+                let mut rc = deadpool_redis::Config::from_url(url.clone());
+                let t = ms(cfg.redis_timeout_ms);
+                rc.pool = Some(deadpool_redis::PoolConfig {
+                    max_size: cfg.redis_pool_size.max(1),
+                    timeouts: deadpool_redis::Timeouts {
+                        wait: Some(t),
+                        // Connecting may take longer than one call's budget; the call's own
+                        // timeout still bounds what a request waits.
+                        create: Some(t.max(Duration::from_millis(250))),
+                        recycle: Some(t.max(Duration::from_millis(50))),
+                    },
+                    ..Default::default()
+                });
+                let pool = rc
+                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .map_err(|e| anyhow::anyhow!("cache.redis_url {url:?}: {e}"))?;
+                Some(RedisLayer {
+                    pool,
+                    timeout: t,
+                    ttl_secs: cfg.ttl_secs.max(1),
+                    retry: ms(cfg.redis_retry_ms),
+                    skip_until_ms: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                })
+            }
+        };
+        Ok(Self {
+            prefix: cfg.key_prefix.clone(),
+            local,
+            redis: redis.map(Arc::new),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn has_redis(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The cached decision for `key`, or the result of `classify` (stored in both layers).
+    /// Errors are not cached: every coalesced waiter gets the same error and fails open.
+    pub async fn get_or_classify<F, E>(
+        &self,
+        key: &str,
+        classify: F,
+    ) -> Result<(Arc<Decision>, Hit), Arc<E>>
+    where
+        F: Future<Output = Result<Decision, E>>,
+        E: Send + Sync + 'static,
+    {
+        if let Some(d) = self.local.get(key).await {
+            metrics::counter!("router_cache_requests_total", "layer" => "local", "result" => "hit")
+                .increment(1);
+            return Ok((d, Hit::Local));
+        }
+        metrics::counter!("router_cache_requests_total", "layer" => "local", "result" => "miss")
+            .increment(1);
+        // 0 = classified here, 1 = found in Redis.
+        let origin = AtomicU8::new(0);
+        let entry = self
+            .local
+            .entry_by_ref(key)
+            .or_try_insert_with(async {
+                if let Some(r) = &self.redis {
+                    if let Some(d) = r.get(key).await {
+                        origin.store(1, Ordering::Relaxed);
+                        return Ok(Arc::new(d));
+                    }
+                }
+                let d = classify.await?;
+                if let Some(r) = &self.redis {
+                    r.set(key.to_string(), &d);
+                }
+                Ok(Arc::new(d))
+            })
+            .await?;
+        let hit = if !entry.is_fresh() {
+            Hit::Coalesced
+        } else if origin.load(Ordering::Relaxed) == 1 {
+            Hit::Redis
+        } else {
+            Hit::Miss
+        };
+        Ok((entry.into_value(), hit))
+    }
+}

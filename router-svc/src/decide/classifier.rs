@@ -1,0 +1,381 @@
+//! The one place router-svc calls classifier-svc: a gRPC channel balanced over every configured
+//! address, a deadline per call, a circuit breaker that stops waiting on a dead classifier, and
+//! the classifier's model versions (from Info, refreshed in the background) for the cache keys.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use semroute_proto::classifier::v1 as pb;
+use semroute_proto::classifier::v1::classifier_client::ClassifierClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::{ms, ClassifierConfig};
+
+/// Why a classification did not happen (the request then fails open to the default model).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("no classifier configured")]
+    NotConfigured,
+    #[error("circuit breaker open")]
+    CircuitOpen,
+    #[error("deadline exceeded")]
+    Timeout,
+    #[error("classifier overloaded")]
+    Overloaded,
+    #[error("classifier unavailable: {0}")]
+    Unavailable(String),
+    #[error("classifier refused the text: {0}")]
+    Rejected(String),
+}
+
+impl ClassifyError {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ClassifyError::NotConfigured => "not_configured",
+            ClassifyError::CircuitOpen => "circuit_open",
+            ClassifyError::Timeout => "timeout",
+            ClassifyError::Overloaded => "overloaded",
+            ClassifyError::Unavailable(_) => "unavailable",
+            ClassifyError::Rejected(_) => "rejected",
+        }
+    }
+}
+
+/// Consecutive failures open it for a cooldown; then one probe call decides.
+#[derive(Debug)]
+struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+impl Breaker {
+    fn allow(&self) -> bool {
+        let mut s = self.state.lock().unwrap();
+        match s.open_until {
+            None => true,
+            Some(t) if Instant::now() >= t && !s.probing => {
+                s.probing = true;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn success(&self) {
+        let mut s = self.state.lock().unwrap();
+        if s.open_until.is_some() {
+            tracing::info!("classifier circuit breaker closed");
+            metrics::gauge!("router_classifier_circuit_open").set(0.0);
+        }
+        *s = BreakerState::default();
+    }
+
+    fn failure(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.failures += 1;
+        s.probing = false;
+        if s.failures >= self.threshold {
+            if s.open_until.is_none() {
+                tracing::warn!(
+                    failures = s.failures,
+                    "classifier circuit breaker opened: failing open to the default model"
+                );
+                metrics::gauge!("router_classifier_circuit_open").set(1.0);
+            }
+            s.open_until = Some(Instant::now() + self.cooldown);
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Known {
+    /// Tasks the classifier serves (None until Info answered once).
+    tasks: Option<BTreeSet<String>>,
+    /// task -> "model@revision".
+    models: Vec<(String, String)>,
+}
+
+pub struct Classifier {
+    client: Option<ClassifierClient<Channel>>,
+    timeout: Duration,
+    breaker: Breaker,
+    known: RwLock<Known>,
+}
+
+impl Classifier {
+    /// Builds the (lazy) channel and starts the Info refresher; needs a tokio runtime.
+    pub fn new(cfg: &ClassifierConfig) -> anyhow::Result<Arc<Self>> {
+        let client = if cfg.addresses.is_empty() {
+            None
+        } else {
+            let endpoints = cfg
+                .addresses
+                .iter()
+                .map(|a| {
+                    Ok(Endpoint::from_shared(a.clone())?
+                        .connect_timeout(ms(cfg.connect_timeout_ms))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(10))
+                        .keep_alive_timeout(Duration::from_secs(5)))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let channel = if endpoints.len() == 1 {
+                endpoints.into_iter().next().unwrap().connect_lazy()
+            } else {
+                Channel::balance_list(endpoints.into_iter())
+            };
+            Some(ClassifierClient::new(channel))
+        };
+        let this = Arc::new(Self {
+            client,
+            timeout: ms(cfg.timeout_ms),
+            breaker: Breaker {
+                threshold: cfg.breaker_failures.max(1),
+                cooldown: ms(cfg.breaker_cooldown_ms),
+                state: Mutex::default(),
+            },
+            known: RwLock::default(),
+        });
+        if this.client.is_some() {
+            tokio::spawn(refresh_info(Arc::downgrade(&this), ms(cfg.info_refresh_ms)));
+        }
+        Ok(this)
+    }
+
+    pub fn configured(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// The tasks to ask for out of `wanted`: those the classifier serves (all of them until it
+    /// has told us). Empty means nothing to classify.
+    pub fn tasks_for(&self, wanted: &[&str]) -> Vec<String> {
+        let known = self.known.read().unwrap();
+        wanted
+            .iter()
+            .filter(|t| known.tasks.as_ref().is_none_or(|set| set.contains(**t)))
+            .map(|t| t.to_string())
+            .collect()
+    }
+
+    /// "task=model@revision,..." of the given tasks: part of the cache key.
+    pub fn version(&self, tasks: &[String]) -> String {
+        let known = self.known.read().unwrap();
+        let mut v: Vec<String> = known
+            .models
+            .iter()
+            .filter(|(t, _)| tasks.contains(t))
+            .map(|(t, m)| format!("{t}={m}"))
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            "unknown".into()
+        } else {
+            v.join(",")
+        }
+    }
+
+    /// One Classify call for every task, within the deadline, through the breaker.
+    pub async fn classify(
+        &self,
+        text: &str,
+        tasks: &[String],
+    ) -> Result<Vec<pb::TaskResult>, ClassifyError> {
+        let Some(client) = &self.client else {
+            return Err(ClassifyError::NotConfigured);
+        };
+        if !self.breaker.allow() {
+            return Err(ClassifyError::CircuitOpen);
+        }
+        let mut req = tonic::Request::new(pb::ClassifyRequest {
+            texts: vec![text.to_string()],
+            tasks: tasks.to_vec(),
+            truncation: pb::Truncation::Truncate as i32,
+        });
+        req.set_timeout(self.timeout);
+        let mut client = client.clone();
+        let started = Instant::now();
+        let out = tokio::time::timeout(self.timeout, client.classify(req)).await;
+        metrics::histogram!("router_classify_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let result = match out {
+            Err(_) => Err(ClassifyError::Timeout),
+            Ok(Err(status)) => Err(match status.code() {
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ClassifyError::Timeout,
+                tonic::Code::ResourceExhausted => ClassifyError::Overloaded,
+                tonic::Code::InvalidArgument => {
+                    ClassifyError::Rejected(status.message().to_string())
+                }
+                _ => ClassifyError::Unavailable(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                )),
+            }),
+            Ok(Ok(resp)) => Ok(resp
+                .into_inner()
+                .results
+                .into_iter()
+                .next()
+                .map(|r| r.results)
+                .unwrap_or_default()),
+        };
+        match &result {
+            Ok(results) => {
+                self.breaker.success();
+                self.note_versions(results);
+            }
+            // The text's fault, not the classifier's.
+            Err(ClassifyError::Rejected(_)) => self.breaker.success(),
+            Err(e) => {
+                metrics::counter!("router_classifier_errors_total", "reason" => e.reason())
+                    .increment(1);
+                self.breaker.failure();
+            }
+        }
+        result
+    }
+
+    /// A response naming another model version than Info did (a model was swapped): adopt it,
+    /// so later cache keys carry the new version at once.
+    fn note_versions(&self, results: &[pb::TaskResult]) {
+        let changed = {
+            let known = self.known.read().unwrap();
+            results.iter().any(|r| {
+                !known
+                    .models
+                    .iter()
+                    .any(|(t, m)| *t == r.task && *m == r.model)
+            })
+        };
+        if changed {
+            let mut known = self.known.write().unwrap();
+            for r in results {
+                known.models.retain(|(t, _)| *t != r.task);
+                known.models.push((r.task.clone(), r.model.clone()));
+            }
+        }
+    }
+
+    async fn info(&self) -> anyhow::Result<()> {
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        let mut req = tonic::Request::new(pb::InfoRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        let resp = tokio::time::timeout(Duration::from_secs(2), client.clone().info(req))
+            .await??
+            .into_inner();
+        let versions: Vec<(String, String)> = resp
+            .tasks
+            .iter()
+            .map(|t| {
+                let rev = resp
+                    .models
+                    .iter()
+                    .find(|m| m.id == t.model)
+                    .map(|m| m.revision.as_str())
+                    .unwrap_or("");
+                (t.name.clone(), format!("{}@{}", t.model, rev))
+            })
+            .collect();
+        let tasks: BTreeSet<String> = resp.tasks.into_iter().map(|t| t.name).collect();
+        let mut known = self.known.write().unwrap();
+        if known.tasks.as_ref() != Some(&tasks) {
+            tracing::info!(tasks = ?tasks, "classifier tasks");
+        }
+        known.tasks = Some(tasks);
+        known.models = versions;
+        Ok(())
+    }
+}
+
+/// Asks Info at start (every second until it answers) and then every `every`; stops when the
+/// classifier client is dropped (config reload to other addresses).
+async fn refresh_info(this: Weak<Classifier>, every: Duration) {
+    let mut answered = false;
+    loop {
+        let Some(c) = this.upgrade() else { return };
+        match c.info().await {
+            Ok(()) => answered = true,
+            Err(e) => tracing::debug!(error = %e, "classifier Info failed"),
+        }
+        drop(c);
+        tokio::time::sleep(if answered {
+            every
+        } else {
+            Duration::from_secs(1)
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Breaker {
+        Breaker {
+            threshold: 2,
+            cooldown: Duration::from_millis(30),
+            state: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn breaker_opens_after_threshold_then_probes_once() {
+        let b = breaker();
+        assert!(b.allow());
+        b.failure();
+        assert!(b.allow(), "one failure keeps it closed");
+        b.failure();
+        assert!(!b.allow(), "open after two");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "one probe after the cooldown");
+        assert!(!b.allow(), "only one probe at a time");
+        b.failure();
+        assert!(!b.allow(), "failed probe reopens");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow());
+        b.success();
+        assert!(b.allow() && b.allow(), "closed after a good probe");
+    }
+
+    #[tokio::test]
+    async fn dead_address_fails_fast_and_opens_breaker() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = ClassifierConfig {
+            addresses: vec![format!("http://127.0.0.1:{port}")],
+            breaker_failures: 2,
+            ..Default::default()
+        };
+        let c = Classifier::new(&cfg).unwrap();
+        let tasks = vec!["domain".to_string()];
+        for _ in 0..2 {
+            let e = c.classify("hi", &tasks).await.unwrap_err();
+            assert!(
+                matches!(e, ClassifyError::Unavailable(_) | ClassifyError::Timeout),
+                "{e:?}"
+            );
+        }
+        let t = Instant::now();
+        assert!(matches!(
+            c.classify("hi", &tasks).await,
+            Err(ClassifyError::CircuitOpen)
+        ));
+        assert!(t.elapsed() < Duration::from_millis(5));
+    }
+}

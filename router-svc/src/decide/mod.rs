@@ -1,0 +1,227 @@
+//! The decision: which model serves a request, with reasoning on or off, and why.
+//!
+//! text (what is classified) -> cache (local LRU, then Redis; concurrent misses coalesced)
+//! -> classifier (one Classify call for every task) -> policy (config) -> `Decision`.
+//! Any failure on the way fails open to the default model and is counted.
+
+pub mod cache;
+pub mod classifier;
+pub mod policy;
+pub mod text;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::state::Runtime;
+
+/// One classifier output the policy looked at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    pub task: String,
+    pub label: String,
+    pub probability: f32,
+}
+
+/// How the decision was reached (headers, metrics, /v1/route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// This request's classification.
+    #[default]
+    Classified,
+    CacheLocal,
+    CacheRedis,
+    /// Rode on an identical request's classification in flight at the same time.
+    Coalesced,
+    /// The client named a model: no classification.
+    Explicit,
+    /// The classifier failed (down, slow, overloaded, breaker open): default model.
+    FailOpen,
+    /// Nothing to classify (no user text) or the classifier serves none of the policy's tasks.
+    NoText,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Classified => "classified",
+            Source::CacheLocal => "cache_local",
+            Source::CacheRedis => "cache_redis",
+            Source::Coalesced => "coalesced",
+            Source::Explicit => "explicit",
+            Source::FailOpen => "fail_open",
+            Source::NoText => "no_text",
+        }
+    }
+
+    pub fn is_cache_hit(self) -> bool {
+        matches!(
+            self,
+            Source::CacheLocal | Source::CacheRedis | Source::Coalesced
+        )
+    }
+}
+
+/// The one small serialisable struct: what the cache stores, what the headers show, what
+/// /v1/route returns and what the metrics count. Never holds prompt text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub model: String,
+    /// Tried in order when every endpoint of `model` fails (then the fallback model).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<String>,
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Probability of the domain label (0 when not classified).
+    #[serde(default)]
+    pub confidence: f32,
+    #[serde(default)]
+    pub complexity: Option<String>,
+    /// Whether reasoning is switched on for the chosen model (false = off or not switchable).
+    #[serde(default)]
+    pub use_reasoning: bool,
+    #[serde(default)]
+    pub jailbreak: bool,
+    #[serde(default)]
+    pub blocked: bool,
+    #[serde(default)]
+    pub signals: Vec<Signal>,
+    #[serde(default)]
+    pub source: Source,
+    /// Why the router failed open, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_reason: Option<String>,
+}
+
+impl Decision {
+    pub fn default_model(cfg: &Config, source: Source) -> Self {
+        Self::new(&cfg.routing.default_model, source)
+    }
+
+    /// The client named a model.
+    pub fn explicit(model: &str) -> Self {
+        Self::new(model, Source::Explicit)
+    }
+
+    fn new(model: &str, source: Source) -> Self {
+        Self {
+            model: model.to_string(),
+            alternatives: Vec::new(),
+            category: None,
+            confidence: 0.0,
+            complexity: None,
+            use_reasoning: false,
+            jailbreak: false,
+            blocked: false,
+            signals: Vec::new(),
+            source,
+            fail_reason: None,
+        }
+    }
+}
+
+/// A decision and what it cost.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// Time in the classifier call (None when it was not called).
+    pub classify: Option<Duration>,
+    /// Time in the cache layers (lookups, coalescing waits), classification excluded.
+    pub cache: Option<Duration>,
+    /// The cache key (prefix + hashes; no text).
+    pub cache_key: Option<String>,
+}
+
+/// Decides for `text` (the classified part of an `auto` request).
+pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
+    let cfg = &rt.cfg;
+    let plain = |source| Outcome {
+        decision: Decision::default_model(cfg, source),
+        classify: None,
+        cache: None,
+        cache_key: None,
+    };
+    let Some(text) = text else {
+        return count(plain(Source::NoText));
+    };
+    if !rt.classifier.configured() {
+        return count(plain(Source::NoText));
+    }
+    let t = &cfg.routing.tasks;
+    let mut wanted: Vec<&str> = vec![&t.domain, &t.complexity];
+    if cfg.routing.jailbreak.enabled {
+        wanted.push(&t.jailbreak);
+    }
+    wanted.retain(|s| !s.is_empty());
+    wanted.dedup();
+    let tasks = rt.classifier.tasks_for(&wanted);
+    if tasks.is_empty() {
+        return count(plain(Source::NoText));
+    }
+    let key = cache::key(
+        rt.cache.prefix(),
+        text,
+        &rt.classifier.version(&tasks),
+        &rt.policy_version,
+    );
+    let classify_us = AtomicU64::new(u64::MAX);
+    let started = Instant::now();
+    let result = rt
+        .cache
+        .get_or_classify(&key, async {
+            let t0 = Instant::now();
+            let r = rt.classifier.classify(text, &tasks).await;
+            classify_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let results = r?;
+            let signals = results
+                .into_iter()
+                .map(|r| Signal {
+                    task: r.task,
+                    label: r.label,
+                    probability: r.probability,
+                })
+                .collect();
+            Ok::<_, classifier::ClassifyError>(policy::decide(cfg, signals))
+        })
+        .await;
+    let total = started.elapsed();
+    let classify = match classify_us.load(Ordering::Relaxed) {
+        u64::MAX => None,
+        us => Some(Duration::from_micros(us)),
+    };
+    let cache_time = total.saturating_sub(classify.unwrap_or_default());
+    let decision = match result {
+        Ok((d, hit)) => {
+            let mut d = (*d).clone();
+            d.source = match hit {
+                cache::Hit::Local => Source::CacheLocal,
+                cache::Hit::Redis => Source::CacheRedis,
+                cache::Hit::Coalesced => Source::Coalesced,
+                cache::Hit::Miss => Source::Classified,
+            };
+            d
+        }
+        Err(e) => {
+            metrics::counter!("router_fail_open_total", "reason" => e.reason()).increment(1);
+            tracing::warn!(reason = %e, "classification failed; routing to the default model");
+            let mut d = Decision::default_model(cfg, Source::FailOpen);
+            d.fail_reason = Some(e.to_string());
+            d
+        }
+    };
+    count(Outcome {
+        decision,
+        classify,
+        cache: Some(cache_time),
+        cache_key: Some(key),
+    })
+}
+
+fn count(o: Outcome) -> Outcome {
+    metrics::counter!("router_decisions_total", "source" => o.decision.source.as_str())
+        .increment(1);
+    o
+}

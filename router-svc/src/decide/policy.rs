@@ -1,0 +1,127 @@
+//! From classifier signals to a Decision, by the routing policy of the config. Pure: the same
+//! signals and policy always give the same decision (which is why decisions can be cached).
+
+use std::collections::HashSet;
+
+use super::{Decision, Signal, Source};
+use crate::config::{Config, JailbreakAction};
+
+/// Applies the policy to the classifier's signals.
+pub fn decide(cfg: &Config, signals: Vec<Signal>) -> Decision {
+    let r = &cfg.routing;
+    let get = |task: &str| signals.iter().find(|s| s.task == task);
+    let mut d = Decision::default_model(cfg, Source::Classified);
+
+    if r.jailbreak.enabled {
+        if let Some(s) = get(&r.tasks.jailbreak) {
+            if r.jailbreak.labels.contains(&s.label) && s.probability >= r.jailbreak.threshold {
+                d.jailbreak = true;
+                d.blocked = r.jailbreak.action == JailbreakAction::Block;
+            }
+        }
+    }
+
+    if let Some(s) = get(&r.tasks.domain) {
+        d.category = Some(s.label.clone());
+        d.confidence = s.probability;
+        if s.probability >= r.confidence_threshold {
+            if let Some(rule) = r.categories.get(&s.label) {
+                let mut cands: Vec<_> = rule.candidates.iter().collect();
+                // Highest score first; ties keep the config's order.
+                cands.sort_by(|a, b| b.score.total_cmp(&a.score));
+                let best = cands[0];
+                d.model = best.model.clone();
+                d.use_reasoning = best.use_reasoning;
+                d.alternatives = cands[1..].iter().map(|c| c.model.clone()).collect();
+            }
+        }
+    }
+
+    if let Some(s) = get(&r.tasks.complexity) {
+        d.complexity = Some(s.label.clone());
+        if s.probability >= r.confidence_threshold {
+            if let Some(rule) = r.complexity.get(&s.label) {
+                if let Some(m) = &rule.model {
+                    if *m != d.model {
+                        let prev = std::mem::replace(&mut d.model, m.clone());
+                        d.alternatives.insert(0, prev);
+                    }
+                }
+                if let Some(on) = rule.use_reasoning {
+                    d.use_reasoning = on;
+                }
+            }
+        }
+    }
+
+    // A model without a reasoning family cannot switch reasoning: say so truthfully.
+    if cfg
+        .model(&d.model)
+        .is_none_or(|m| m.reasoning_family.is_none())
+    {
+        d.use_reasoning = false;
+    }
+    let mut seen = HashSet::from([d.model.clone()]);
+    d.alternatives.retain(|m| seen.insert(m.clone()));
+    d.signals = signals;
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::from_yaml(crate::config::EMBEDDED_DEFAULT).unwrap()
+    }
+
+    fn sig(task: &str, label: &str, p: f32) -> Signal {
+        Signal {
+            task: task.into(),
+            label: label.into(),
+            probability: p,
+        }
+    }
+
+    #[test]
+    fn category_picks_best_candidate_and_reasoning() {
+        let d = decide(
+            &cfg(),
+            vec![sig("domain", "math", 0.9), sig("complexity", "reasoning", 0.9)],
+        );
+        assert_eq!(d.model, "qwen3-8b");
+        assert!(d.use_reasoning);
+        assert_eq!(d.alternatives, ["qwen3-0.6b"]);
+        assert_eq!(d.category.as_deref(), Some("math"));
+    }
+
+    #[test]
+    fn simple_prompt_goes_small_without_reasoning() {
+        let d = decide(
+            &cfg(),
+            vec![sig("domain", "math", 0.9), sig("complexity", "simple", 0.95)],
+        );
+        assert_eq!(d.model, "qwen3-0.6b");
+        assert!(!d.use_reasoning);
+    }
+
+    #[test]
+    fn low_confidence_uses_default_model() {
+        let d = decide(&cfg(), vec![sig("domain", "law", 0.2)]);
+        assert_eq!(d.model, "qwen3-0.6b");
+        assert_eq!(d.category.as_deref(), Some("law"));
+        assert!((d.confidence - 0.2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn jailbreak_blocks_or_flags() {
+        let mut c = cfg();
+        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.99)]);
+        assert!(d.jailbreak && d.blocked);
+        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.5)]);
+        assert!(!d.jailbreak, "under the threshold");
+        c.routing.jailbreak.action = JailbreakAction::Flag;
+        let d = decide(&c, vec![sig("jailbreak", "malicious", 0.99)]);
+        assert!(d.jailbreak && !d.blocked);
+    }
+}

@@ -1,0 +1,151 @@
+//! The one error type of router-svc, and the one place it becomes an HTTP response: OpenAI's
+//! `{"error": {"message", "type", "param", "code"}}` with the status a client expects.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config field `{field}`: {message}")]
+    Config { field: String, message: String },
+
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+
+    #[error("Request body is larger than the limit of {0} bytes.")]
+    PayloadTooLarge(usize),
+
+    #[error("Too many requests in flight (limit {0}); retry shortly.")]
+    Overloaded(usize),
+
+    #[error("Could not reach a backend for model `{model}`: {detail}")]
+    BadGateway { model: String, detail: String },
+
+    #[error("No backend endpoint is available for model `{0}`.")]
+    Unavailable(String),
+
+    #[error("The backend for model `{model}` did not answer in time ({detail}).")]
+    GatewayTimeout { model: String, detail: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn bad_request(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            param,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Config { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// OpenAI's `type` and `code` fields.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Error::Config { .. } => ("server_error", "config_error"),
+            Error::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
+            Error::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            Error::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large"),
+            Error::Overloaded(_) => ("rate_limit_error", "rate_limit_exceeded"),
+            Error::BadGateway { .. } => ("server_error", "upstream_error"),
+            Error::Unavailable(_) => ("server_error", "upstream_unavailable"),
+            Error::GatewayTimeout { .. } => ("server_error", "upstream_timeout"),
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Error::BadRequest { param, .. } => *param,
+            Error::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// Short label for metrics.
+    pub fn code(&self) -> &'static str {
+        self.kind().1
+    }
+}
+
+/// The OpenAI error body.
+pub fn body(message: &str, kind: &str, param: Option<&str>, code: &str) -> serde_json::Value {
+    json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (kind, code) = self.kind();
+        let mut resp = (
+            self.status(),
+            Json(body(&self.to_string(), kind, self.param(), code)),
+        )
+            .into_response();
+        if matches!(self, Error::Overloaded(_) | Error::Unavailable(_)) {
+            resp.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_use_openai_shape_and_status() {
+        let cases = [
+            (Error::bad_request("no messages", Some("messages")), 400),
+            (Error::ModelNotFound("gpt-9".into()), 404),
+            (Error::PayloadTooLarge(10), 413),
+            (Error::Overloaded(5), 429),
+            (
+                Error::BadGateway {
+                    model: "m".into(),
+                    detail: "refused".into(),
+                },
+                502,
+            ),
+            (Error::Unavailable("m".into()), 503),
+            (
+                Error::GatewayTimeout {
+                    model: "m".into(),
+                    detail: "first byte".into(),
+                },
+                504,
+            ),
+        ];
+        for (err, status) in cases {
+            let resp = err.into_response();
+            assert_eq!(resp.status().as_u16(), status);
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let e = &v["error"];
+            assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(e["type"].is_string() && e["code"].is_string());
+            assert!(e.get("param").is_some());
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! router-svc: the OpenAI-compatible semantic routing gateway.
+//!
+//! The road of a request: `api` (parse, admit) -> `decide` (what text, cache, classifier,
+//! policy -> a `Decision`) -> `upstream` (endpoint pools, balancing, health, retries) ->
+//! `relay` (body or SSE stream back). `config` and `metrics` are leaves used by all; `state`
+//! holds what a request runs against and swaps it on reload; `error` is the one error type.
+
+pub mod api;
+pub mod config;
+pub mod decide;
+pub mod error;
+pub mod metrics;
+pub mod relay;
+pub mod state;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+/// Builds everything from `cfg` and serves HTTP on `listener` until `shutdown` resolves,
+/// then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cfg: config::Config,
+    config_path: Option<std::path::PathBuf>,
+    reload_every: std::time::Duration,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shared = state::Shared::new(state::Runtime::build(cfg, None)?);
+    let health = tokio::spawn(upstream::health::run(shared.clone()));
+    let watcher = config_path.map(|p| tokio::spawn(state::watch(shared.clone(), p, reload_every)));
+    let app = api::router(Arc::clone(&shared), metrics);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    health.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    Ok(result?)
+}

@@ -1,0 +1,29 @@
+//! Prometheus metrics, named by stage (`router_<stage>_...`). Every module records through the
+//! `metrics` facade; this file installs the exporter and documents the names.
+//!
+//! - `router_requests_total{endpoint,model,category,status}`, `router_request_duration_seconds{endpoint}`
+//! - `router_decisions_total{source}` (classified, cache_local, cache_redis, coalesced, explicit,
+//!   fail_open, no_text), `router_fail_open_total{reason}`
+//! - `router_classify_duration_seconds`, `router_classifier_errors_total{reason}`,
+//!   `router_classifier_circuit_open`
+//! - `router_cache_requests_total{layer,result}` (layer local|redis, result hit|miss|error|skipped)
+//! - `router_upstream_requests_total{model,outcome}`, `router_upstream_ttfb_seconds{model}`,
+//!   `router_upstream_retries_total{model}`, `router_upstream_endpoint_healthy{model,endpoint}`,
+//!   `router_upstream_in_flight{model,endpoint}`
+//! - `router_tokens_total{model,kind}`, `router_cost_total{model}` (from usage in responses)
+//! - `router_jailbreak_total{action}`, `router_config_reloads_total{result}`
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Installs the global recorder; the handle renders `/metrics`.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    Ok(handle)
+}

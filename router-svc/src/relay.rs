@@ -1,0 +1,195 @@
+//! Relay: the backend's answer back to the client. SSE streams go chunk by chunk as the backend
+//! sends them (nothing buffered, `data: [DONE]` untouched); plain bodies are read whole (to count
+//! tokens and cost) within the total timeout. The relayed body holds the endpoint's in-flight
+//! count and the request's admission slot until it ends; a client that goes away drops it, which
+//! closes the backend connection and so cancels the upstream request.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use futures::StreamExt;
+
+use crate::config::Pricing;
+use crate::decide::Decision;
+use crate::error::Error;
+use crate::upstream::Answered;
+
+/// What the response headers report.
+pub struct Report<'a> {
+    pub decision: &'a Decision,
+    /// The model that served (may differ from the decision after failover).
+    pub served_by: &'a str,
+    pub classify: Option<Duration>,
+    pub cache: Option<Duration>,
+    pub upstream: Option<Duration>,
+}
+
+/// `x-vsr-*` (names as in vLLM Semantic Router) and `Server-Timing`.
+pub fn report_headers(h: &mut HeaderMap, r: &Report) {
+    let d = r.decision;
+    let mut set = |name: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set("x-vsr-selected-model", r.served_by.to_string());
+    set(
+        "x-vsr-selected-category",
+        d.category.clone().unwrap_or_default(),
+    );
+    set(
+        "x-vsr-selected-reasoning",
+        if d.use_reasoning { "on" } else { "off" }.into(),
+    );
+    set("x-vsr-confidence", format!("{:.4}", d.confidence));
+    set("x-vsr-cache-hit", d.source.is_cache_hit().to_string());
+    set("x-vsr-decision-source", d.source.as_str().into());
+    if let Some(c) = &d.complexity {
+        set("x-vsr-selected-complexity", c.clone());
+    }
+    if d.jailbreak {
+        set(
+            "x-vsr-jailbreak",
+            if d.blocked { "blocked" } else { "flagged" }.into(),
+        );
+    }
+    let mut timing = Vec::new();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if let Some(t) = r.cache {
+        timing.push(format!("cache;dur={:.3}", ms(t)));
+    }
+    if let Some(t) = r.classify {
+        timing.push(format!("classify;dur={:.3}", ms(t)));
+    }
+    if let Some(t) = r.upstream {
+        timing.push(format!("upstream;dur={:.3}", ms(t)));
+    }
+    if !timing.is_empty() {
+        set("server-timing", timing.join(", "));
+    }
+}
+
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "content-length"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-connection"
+    )
+}
+
+/// Turns a backend answer into the client's response. `hold` lives as long as the body.
+pub async fn relay(
+    answered: Answered,
+    report: &Report<'_>,
+    deadline: Instant,
+    pricing: &Pricing,
+    hold: impl Send + Sync + 'static,
+) -> Result<Response, Error> {
+    let Answered {
+        response,
+        model,
+        in_flight,
+        ..
+    } = answered;
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for (k, v) in response.headers() {
+        if !hop_by_hop(k) {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    report_headers(&mut headers, report);
+    let is_sse = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+
+    let body = if is_sse {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let upstream = response.bytes_stream();
+        let model_label = model.clone();
+        let stream = futures::stream::unfold(
+            (upstream, Some((in_flight, hold))),
+            move |(mut up, guard)| {
+                let model_label = model_label.clone();
+                async move {
+                    guard.as_ref()?;
+                    match tokio::time::timeout_at(deadline, up.next()).await {
+                        Ok(Some(Ok(chunk))) => Some((Ok::<_, std::io::Error>(chunk), (up, guard))),
+                        Ok(None) => None,
+                        Ok(Some(Err(e))) => {
+                            metrics::counter!("router_stream_errors_total", "model" => model_label, "reason" => "upstream").increment(1);
+                            tracing::warn!(error = %e, "backend stream broke off");
+                            Some((Err(std::io::Error::other(e)), (up, None)))
+                        }
+                        Err(_) => {
+                            metrics::counter!("router_stream_errors_total", "model" => model_label, "reason" => "timeout").increment(1);
+                            tracing::warn!("stream passed the total timeout; cut off");
+                            Some((
+                                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "total timeout")),
+                                (up, None),
+                            ))
+                        }
+                    }
+                }
+            },
+        );
+        Body::from_stream(stream)
+    } else {
+        let bytes = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), response.bytes())
+            .await
+            .map_err(|_| Error::GatewayTimeout {
+                model: model.clone(),
+                detail: "body not complete within the total timeout".into(),
+            })?
+            .map_err(|e| Error::BadGateway {
+                model: model.clone(),
+                detail: format!("body broke off: {e}"),
+            })?;
+        drop(in_flight);
+        drop(hold);
+        if status.is_success() {
+            count_usage(&model, &bytes, pricing);
+        }
+        Body::from(bytes)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// Tokens and cost from a JSON body's `usage`.
+fn count_usage(model: &str, body: &[u8], pricing: &Pricing) {
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<Usage>,
+    }
+    let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice::<WithUsage>(body) else {
+        return;
+    };
+    let m = model.to_string();
+    metrics::counter!("router_tokens_total", "model" => m.clone(), "kind" => "prompt")
+        .increment(u.prompt_tokens);
+    metrics::counter!("router_tokens_total", "model" => m.clone(), "kind" => "completion")
+        .increment(u.completion_tokens);
+    let cost = u.prompt_tokens as f64 * pricing.input_per_million / 1e6
+        + u.completion_tokens as f64 * pricing.output_per_million / 1e6;
+    metrics::counter!("router_cost_micros_total", "model" => m).increment((cost * 1e6) as u64);
+}

@@ -1,0 +1,403 @@
+//! The one place router-svc calls vLLM backends: per-model endpoint pools, choice by fewest
+//! outstanding requests (power of two choices), passive ejection of failing endpoints (active
+//! health checks live in `health.rs`), retry on another endpoint when the connection fails or a
+//! 5xx arrives before any byte was relayed, alternatives and the fallback model, timeouts.
+
+pub mod health;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderValue;
+use bytes::Bytes;
+use rand::Rng;
+
+use crate::config::{ms, Config, ModelConfig, UpstreamConfig};
+use crate::error::Error;
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// One backend server of one model.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub model: String,
+    /// Base URL without a trailing slash (e.g. `http://10.0.0.5:8000`).
+    pub url: String,
+    in_flight: AtomicUsize,
+    /// Last active health check.
+    healthy: AtomicBool,
+    failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+impl Endpoint {
+    fn new(model: &str, url: &str) -> Self {
+        let ep = Self {
+            model: model.to_string(),
+            url: url.trim_end_matches('/').to_string(),
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        };
+        ep.gauge_healthy(true);
+        ep
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Healthy by the last check and not ejected.
+    pub fn available(&self) -> bool {
+        self.is_healthy() && now_ms() >= self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn gauge_healthy(&self, ok: bool) {
+        metrics::gauge!("router_upstream_endpoint_healthy",
+            "model" => self.model.clone(), "endpoint" => self.url.clone())
+        .set(if ok { 1.0 } else { 0.0 });
+    }
+
+    /// Active health check result.
+    pub fn set_healthy(&self, ok: bool) {
+        let was = self.healthy.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!(model = %self.model, endpoint = %self.url, "endpoint healthy again");
+                self.failures.store(0, Ordering::Relaxed);
+                self.ejected_until_ms.store(0, Ordering::Relaxed);
+            } else {
+                tracing::warn!(model = %self.model, endpoint = %self.url, "endpoint failed its health check");
+            }
+            self.gauge_healthy(ok);
+        }
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    fn failed(&self, cfg: &UpstreamConfig) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= cfg.eject_after_failures.max(1) {
+            let until = now_ms() + cfg.eject_ms;
+            if self.ejected_until_ms.swap(until, Ordering::Relaxed) < now_ms() {
+                tracing::warn!(model = %self.model, endpoint = %self.url, failures = n,
+                    eject_ms = cfg.eject_ms, "endpoint ejected after consecutive failures");
+                metrics::counter!("router_upstream_ejections_total", "model" => self.model.clone())
+                    .increment(1);
+            }
+        }
+    }
+}
+
+/// Counts a request against its endpoint until dropped (held by the relayed body).
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    fn new(ep: Arc<Endpoint>) -> Self {
+        let n = ep.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("router_upstream_in_flight", "model" => ep.model.clone(), "endpoint" => ep.url.clone())
+            .set(n as f64);
+        Self(ep)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let n = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("router_upstream_in_flight", "model" => self.0.model.clone(), "endpoint" => self.0.url.clone())
+            .set(n as f64);
+    }
+}
+
+/// Every model's endpoints. Rebuilt on config reload, keeping the state (in-flight counts,
+/// health, ejection) of endpoints that stay.
+#[derive(Default)]
+pub struct Pools {
+    models: HashMap<String, Vec<Arc<Endpoint>>>,
+}
+
+impl Pools {
+    pub fn build(cfg: &Config, prev: Option<&Pools>) -> Self {
+        let mut models = HashMap::new();
+        for m in &cfg.models {
+            let eps = m
+                .endpoints
+                .iter()
+                .map(|u| {
+                    let url = u.trim_end_matches('/');
+                    prev.and_then(|p| p.models.get(&m.name))
+                        .and_then(|old| old.iter().find(|e| e.url == url).cloned())
+                        .unwrap_or_else(|| Arc::new(Endpoint::new(&m.name, url)))
+                })
+                .collect();
+            models.insert(m.name.clone(), eps);
+        }
+        Self { models }
+    }
+
+    pub fn endpoints(&self, model: &str) -> &[Arc<Endpoint>] {
+        self.models.get(model).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.models.values().flatten()
+    }
+
+    pub fn any_available(&self) -> bool {
+        self.all().any(|e| e.available())
+    }
+}
+
+/// Power of two choices among available endpoints not tried yet; if none is available, among
+/// all not tried yet (a request is better tried than refused).
+fn pick(eps: &[Arc<Endpoint>], tried: &[usize]) -> Option<usize> {
+    let fresh: Vec<usize> = (0..eps.len()).filter(|i| !tried.contains(i)).collect();
+    let avail: Vec<usize> = fresh
+        .iter()
+        .copied()
+        .filter(|&i| eps[i].available())
+        .collect();
+    let set = if avail.is_empty() { fresh } else { avail };
+    match set.len() {
+        0 => None,
+        1 => Some(set[0]),
+        n => {
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (set[a], set[b]);
+            Some(if eps[b].in_flight() < eps[a].in_flight() {
+                b
+            } else {
+                a
+            })
+        }
+    }
+}
+
+/// HTTP client for backends (pooled keep-alive connections) and the timeouts.
+pub struct Upstream {
+    client: reqwest::Client,
+    cfg: UpstreamConfig,
+}
+
+/// A backend response whose headers arrived; the body is still to be relayed.
+pub struct Answered {
+    pub response: reqwest::Response,
+    /// The model that actually served (may be an alternative or the fallback).
+    pub model: String,
+    pub endpoint: Arc<Endpoint>,
+    pub in_flight: InFlight,
+    /// Time until the response headers (all attempts).
+    pub ttfb: Duration,
+    pub attempts: u32,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(ms(cfg.connect_timeout_ms))
+            .pool_max_idle_per_host(cfg.max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            client,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends `path` to the first model of `models` that answers, trying up to `max_attempts`
+    /// endpoints of each. `body_for` writes the body for a model (its name, reasoning fields).
+    pub async fn send(
+        &self,
+        pools: &Pools,
+        models: &[&ModelConfig],
+        path: &str,
+        body_for: impl Fn(&ModelConfig) -> Bytes,
+        auth: Option<&HeaderValue>,
+        keys: &HashMap<String, HeaderValue>,
+    ) -> Result<Answered, Error> {
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut last_error: Option<Error> = None;
+        let mut last_5xx: Option<Answered> = None;
+        for (mi, model) in models.iter().enumerate() {
+            let eps = pools.endpoints(&model.name);
+            if eps.is_empty() {
+                continue;
+            }
+            if mi > 0 {
+                metrics::counter!("router_upstream_fallbacks_total", "model" => model.name.clone())
+                    .increment(1);
+                tracing::warn!(model = %model.name, "trying the next model after failures");
+            }
+            let body = body_for(model);
+            let mut tried = Vec::new();
+            while tried.len() < self.cfg.max_attempts.min(eps.len()) {
+                let Some(i) = pick(eps, &tried) else { break };
+                tried.push(i);
+                attempts += 1;
+                if attempts > 1 {
+                    metrics::counter!("router_upstream_retries_total", "model" => model.name.clone())
+                        .increment(1);
+                }
+                let ep = eps[i].clone();
+                let in_flight = InFlight::new(ep.clone());
+                let mut req = self
+                    .client
+                    .post(format!("{}{path}", ep.url))
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                if let Some(k) = keys.get(&model.name).or(auth) {
+                    req = req.header("authorization", k.clone());
+                }
+                let t0 = Instant::now();
+                let out = tokio::time::timeout(ms(self.cfg.first_byte_timeout_ms), req.send()).await;
+                let outcome = match &out {
+                    Err(_) => "timeout",
+                    Ok(Err(_)) => "connect_error",
+                    Ok(Ok(r)) if r.status().is_server_error() => "5xx",
+                    Ok(Ok(r)) if r.status().is_client_error() => "4xx",
+                    Ok(Ok(_)) => "ok",
+                };
+                metrics::counter!("router_upstream_requests_total",
+                    "model" => model.name.clone(), "outcome" => outcome)
+                .increment(1);
+                match out {
+                    Err(_) => {
+                        ep.failed(&self.cfg);
+                        // Not retried: the request may be running there; a retry could double it.
+                        return Err(Error::GatewayTimeout {
+                            model: model.name.clone(),
+                            detail: format!(
+                                "no response headers within {} ms",
+                                self.cfg.first_byte_timeout_ms
+                            ),
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        ep.failed(&self.cfg);
+                        tracing::warn!(model = %model.name, endpoint = %ep.url, error = %e,
+                            "backend request failed; trying another endpoint");
+                        last_error = Some(Error::BadGateway {
+                            model: model.name.clone(),
+                            detail: if e.is_connect() {
+                                "connection failed".into()
+                            } else {
+                                "request failed before a response".into()
+                            },
+                        });
+                    }
+                    Ok(Ok(resp)) => {
+                        metrics::histogram!("router_upstream_ttfb_seconds", "model" => model.name.clone())
+                            .record(t0.elapsed().as_secs_f64());
+                        let answered = Answered {
+                            response: resp,
+                            model: model.name.clone(),
+                            endpoint: ep.clone(),
+                            in_flight,
+                            ttfb: started.elapsed(),
+                            attempts,
+                        };
+                        if answered.response.status().is_server_error() {
+                            ep.failed(&self.cfg);
+                            tracing::warn!(model = %model.name, endpoint = %ep.url,
+                                status = answered.response.status().as_u16(),
+                                "backend answered 5xx; trying another endpoint");
+                            last_5xx = Some(answered);
+                        } else {
+                            ep.succeeded();
+                            return Ok(answered);
+                        }
+                    }
+                }
+            }
+        }
+        // Every endpoint failed: relay the last backend error as it was, else say why.
+        if let Some(a) = last_5xx {
+            return Ok(a);
+        }
+        Err(last_error.unwrap_or_else(|| {
+            Error::Unavailable(models.first().map(|m| m.name.clone()).unwrap_or_default())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(n: usize) -> Vec<Arc<Endpoint>> {
+        (0..n)
+            .map(|i| Arc::new(Endpoint::new("m", &format!("http://h{i}"))))
+            .collect()
+    }
+
+    #[test]
+    fn p2c_prefers_fewer_in_flight() {
+        let e = eps(2);
+        let _busy: Vec<_> = (0..5).map(|_| InFlight::new(e[0].clone())).collect();
+        for _ in 0..50 {
+            assert_eq!(pick(&e, &[]), Some(1));
+        }
+        assert_eq!(pick(&e, &[1]), Some(0), "retries go elsewhere");
+        assert_eq!(pick(&e, &[0, 1]), None);
+    }
+
+    #[test]
+    fn unhealthy_and_ejected_are_avoided_unless_nothing_else() {
+        let e = eps(3);
+        e[0].set_healthy(false);
+        let cfg = UpstreamConfig {
+            eject_after_failures: 2,
+            ..Default::default()
+        };
+        e[1].failed(&cfg);
+        e[1].failed(&cfg);
+        for _ in 0..50 {
+            assert_eq!(pick(&e, &[]), Some(2));
+        }
+        assert!(pick(&e, &[2]).is_some(), "panic mode: try the others");
+        e[0].set_healthy(true);
+        assert!(e[0].available());
+    }
+
+    #[test]
+    fn pools_keep_endpoint_state_across_rebuilds() {
+        let cfg = Config::from_yaml(crate::config::EMBEDDED_DEFAULT).unwrap();
+        let a = Pools::build(&cfg, None);
+        let ep = a.endpoints("qwen3-8b")[0].clone();
+        ep.set_healthy(false);
+        let b = Pools::build(&cfg, Some(&a));
+        assert!(Arc::ptr_eq(&ep, &b.endpoints("qwen3-8b")[0]));
+        ep.set_healthy(true);
+    }
+}
