@@ -26,6 +26,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure throughput and latency (offline batches, concurrent gRPC clients, matmul peak) and write a report.
     Bench(crate::bench::BenchArgs),
+    /// Write heads without training: each label's row is the mean embedding of a few examples.
+    CentroidHeads(crate::centroid::CentroidArgs),
 }
 
 #[derive(Debug, Clone, Args)]

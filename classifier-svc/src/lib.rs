@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod centroid;
 pub mod config;
 pub mod error;
 pub mod fixtures;

@@ -42,6 +42,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let metrics = classifier_svc::metrics::install()?;
             classifier_svc::server::serve(args, Some(metrics)).await
         }
+        Command::CentroidHeads(args) => {
+            init_tracing(false);
+            classifier_svc::centroid::run(&args)
+        }
         Command::Bench(args) => {
             init_tracing(false);
             classifier_svc::bench::run(args).await

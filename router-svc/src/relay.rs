@@ -30,6 +30,9 @@ pub struct Report<'a> {
 pub fn report_headers(h: &mut HeaderMap, r: &Report) {
     let d = r.decision;
     let mut set = |name: &'static str, v: String| {
+        if v.is_empty() {
+            return;
+        }
         if let Ok(v) = HeaderValue::from_str(&v) {
             h.insert(HeaderName::from_static(name), v);
         }

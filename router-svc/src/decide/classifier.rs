@@ -279,13 +279,13 @@ impl Classifier {
             .tasks
             .iter()
             .map(|t| {
-                let rev = resp
-                    .models
-                    .iter()
-                    .find(|m| m.id == t.model)
-                    .map(|m| m.revision.as_str())
-                    .unwrap_or("");
-                (t.name.clone(), format!("{}@{}", t.model, rev))
+                // TaskInfo.model is "id@revision" (as in every TaskResult); older servers may
+                // name the id only.
+                let versioned = match resp.models.iter().find(|m| m.id == t.model) {
+                    Some(m) if !t.model.contains('@') => format!("{}@{}", m.id, m.revision),
+                    _ => t.model.clone(),
+                };
+                (t.name.clone(), versioned)
             })
             .collect();
         let tasks: BTreeSet<String> = resp.tasks.into_iter().map(|t| t.name).collect();

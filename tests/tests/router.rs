@@ -1,0 +1,542 @@
+//! router-svc end to end: the real router and classifier-svc processes (MiniLM encoder, demo
+//! centroid heads), real redis-server, simulated vLLM backends.
+
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+struct Backends {
+    a: Sim,
+    b: Sim,
+    c: Sim,
+}
+
+impl Backends {
+    async fn start() -> Self {
+        Self {
+            a: Sim::start("sim-a", Sim::fast()).await,
+            b: Sim::start("sim-b", Sim::fast()).await,
+            c: Sim::start("sim-c", Sim::fast()).await,
+        }
+    }
+
+    fn small(&self) -> [&str; 2] {
+        [&self.a.url, &self.b.url]
+    }
+
+    async fn last_body(&self, sim: &Sim) -> Value {
+        sim.requests().await.last().cloned().unwrap_or(Value::Null)
+    }
+
+    async fn total_requests(&self) -> usize {
+        self.a.requests().await.len() + self.b.requests().await.len() + self.c.requests().await.len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_routing_follows_the_policy_and_sets_reasoning_per_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let cls = Classifier::start(dir.path());
+    let be = Backends::start().await;
+    let yaml = config_yaml(Some(cls.grpc_port), None, &be.small(), &be.c.url, "");
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", router.base);
+
+    // A simple factoid: small model, reasoning off.
+    let (s, h, body) = post(&c, &url, &chat("auto", &example("domain", "history", 0))).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(header(&h, "x-vsr-selected-model"), "small");
+    assert_eq!(header(&h, "x-vsr-selected-category"), "history");
+    assert_eq!(header(&h, "x-vsr-selected-reasoning"), "off");
+    assert_eq!(header(&h, "x-vsr-cache-hit"), "false");
+    assert!(header(&h, "x-vsr-confidence").parse::<f32>().unwrap() > 0.4);
+    assert!(header(&h, "server-timing").contains("classify;dur="));
+    assert!(header(&h, "server-timing").contains("upstream;dur="));
+    assert!(["sim-a", "sim-b"].contains(&header(&h, "x-sim-backend")));
+    assert_eq!(body["model"], "small");
+    let sent = be.last_body(if header(&h, "x-sim-backend") == "sim-a" { &be.a } else { &be.b }).await;
+    assert_eq!(sent["chat_template_kwargs"]["enable_thinking"], false);
+
+    // Math that needs reasoning: big (qwen3) with thinking on and the category's system prompt.
+    let math = example("domain", "math", 2);
+    let (s, h, _) = post(&c, &url, &chat("auto", &math)).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-selected-model"), "big");
+    assert_eq!(header(&h, "x-vsr-selected-category"), "math");
+    assert_eq!(header(&h, "x-vsr-selected-reasoning"), "on");
+    let sent = be.last_body(&be.c).await;
+    assert_eq!(sent["model"], "big");
+    assert_eq!(sent["chat_template_kwargs"]["enable_thinking"], true);
+    assert_eq!(sent["messages"][0]["role"], "system");
+    assert_eq!(sent["messages"][1]["content"], math);
+
+    // Coding: the deepseek family's switch.
+    let (s, h, _) = post(&c, &url, &chat("auto", &example("domain", "computer science", 0))).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-selected-model"), "ds");
+    let sent = be.last_body(&be.c).await;
+    assert_eq!(sent["chat_template_kwargs"]["thinking"], true);
+
+    // A financial projection: gpt-oss with its configured effort; unknown fields kept.
+    let mut req = chat("auto", &example("domain", "business", 0));
+    req["guided_json"] = json!({"type": "object"});
+    req["logprobs"] = json!(true);
+    let (s, h, _) = post(&c, &url, &req).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-selected-model"), "oss");
+    let sent = be.last_body(&be.c).await;
+    assert_eq!(sent["reasoning_effort"], "medium");
+    assert_eq!(sent["guided_json"], json!({"type": "object"}));
+    assert_eq!(sent["logprobs"], true);
+
+    // An explicit model skips classification.
+    let calls = cls.classify_calls();
+    let (s, h, _) = post(&c, &url, &chat("big", "Anything at all, unclassified.")).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-selected-model"), "big");
+    assert_eq!(header(&h, "x-vsr-decision-source"), "explicit");
+    assert_eq!(cls.classify_calls(), calls, "explicit model must not be classified");
+    let sent = be.last_body(&be.c).await;
+    assert!(sent.get("chat_template_kwargs").is_none(), "{sent}");
+
+    // A jailbreak is refused without reaching any backend.
+    let before = be.total_requests().await;
+    let (s, h, body) = post(&c, &url, &chat("auto", &example("jailbreak", "jailbreak", 0))).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-jailbreak"), "blocked");
+    assert_eq!(body["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(be.total_requests().await, before);
+
+    // Text completions are routed too.
+    let (s, h, body) = post(
+        &c,
+        &format!("{}/v1/completions", router.base),
+        &json!({"model": "auto", "prompt": math, "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(header(&h, "x-vsr-selected-model"), "big");
+    assert_eq!(body["object"], "text_completion");
+
+    // /v1/route decides without forwarding; /v1/models lists models and the alias.
+    let before = be.total_requests().await;
+    let (s, _, r) = post(&c, &format!("{}/v1/route", router.base), &chat("auto", &math)).await;
+    assert_eq!(s, 200);
+    assert_eq!(r["decision"]["model"], "big");
+    assert_eq!(r["reasoning_fields"]["chat_template_kwargs.enable_thinking"], true);
+    assert_eq!(be.total_requests().await, before);
+    let models: Value = c
+        .get(format!("{}/v1/models", router.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["auto", "small", "big", "ds", "oss"]);
+
+    // Logs never carry prompt text.
+    let log = router.proc.log_text();
+    assert!(!log.contains(&math) && !log.contains("North Carolina"), "{log}");
+}
+
+fn text_key_pattern(text: &str) -> String {
+    format!("vsr:decision:{}:*", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+async fn policy_version(c: &reqwest::Client, router: &Router) -> String {
+    let (_, _, r) = post(c, &format!("{}/v1/route", router.base), &chat("small", "x")).await;
+    r["policy_version"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_cached_in_redis_shared_by_replicas_and_invalidated_by_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cls = Classifier::start(dir.path());
+    let redis = Redis::start(dir.path());
+    let be = Backends::start().await;
+    let yaml = config_yaml(Some(cls.grpc_port), Some(&redis.url()), &be.small(), &be.c.url, "");
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", router.base);
+    let prompt = example("domain", "math", 2);
+
+    let (s, h, _) = post(&c, &url, &chat("auto", &prompt)).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-cache-hit"), "false");
+    // Written off the request path: poll.
+    wait_until("decision in redis", Duration::from_secs(5), || {
+        redis.keys(&text_key_pattern(&prompt)).len() == 1
+    });
+    let key = &redis.keys(&text_key_pattern(&prompt))[0];
+    let value = redis.command(&["GET", key]).unwrap().join("");
+    assert!(value.contains("\"model\":\"big\""), "{value}");
+    assert!(!value.contains(&prompt), "no prompt text in Redis: {value}");
+    let ttl: i64 = redis.command(&["TTL", key]).unwrap()[0].parse().unwrap();
+    assert!(ttl > 0 && ttl <= 3600, "ttl {ttl}");
+
+    // The same request again: a hit, and no classifier call.
+    let calls = cls.classify_calls();
+    let (s, h, _) = post(&c, &url, &chat("auto", &prompt)).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-cache-hit"), "true");
+    assert_eq!(header(&h, "x-vsr-decision-source"), "cache_local");
+    assert_eq!(header(&h, "x-vsr-selected-model"), "big");
+    assert_eq!(cls.classify_calls(), calls);
+
+    // Another replica sharing Redis: a hit from Redis.
+    let dir_b = tempfile::tempdir().unwrap();
+    let replica = Router::start(dir_b.path(), &yaml, &[]);
+    let (s, h, _) = post(
+        &c,
+        &format!("{}/v1/chat/completions", replica.base),
+        &chat("auto", &prompt),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-decision-source"), "cache_redis");
+    assert_eq!(cls.classify_calls(), calls);
+
+    // Identical concurrent misses are coalesced into one classification.
+    let fresh = example("domain", "physics", 1);
+    let calls = cls.classify_calls();
+    let body = chat("auto", &fresh);
+    let reqs = (0..8).map(|_| post(&c, &url, &body));
+    let results = futures::future::join_all(reqs).await;
+    assert!(results.iter().all(|(s, _, _)| *s == 200));
+    assert_eq!(cls.classify_calls(), calls + 1, "one classification for 8 identical requests");
+
+    // An invalid new config is refused and the old one keeps serving.
+    let v1 = policy_version(&c, &router).await;
+    std::fs::write(&router.config, yaml.replace("default_model: small", "default_model: nosuch")).unwrap();
+    wait_until("rejection logged", Duration::from_secs(5), || {
+        router.proc.log_text().contains("routing.default_model")
+    });
+    assert_eq!(policy_version(&c, &router).await, v1);
+    let (s, _, _) = post(&c, &url, &chat("auto", &prompt)).await;
+    assert_eq!(s, 200);
+
+    // A policy change: the same prompt is a miss again.
+    std::fs::write(
+        &router.config,
+        yaml.replace("confidence_threshold: 0.4", "confidence_threshold: 0.45"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while policy_version(&c, &router).await == v1 {
+        assert!(Instant::now() < deadline, "config not reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = cls.classify_calls();
+    let (s, h, _) = post(&c, &url, &chat("auto", &prompt)).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-cache-hit"), "false");
+    assert_eq!(cls.classify_calls(), calls + 1);
+    wait_until("new key", Duration::from_secs(5), || {
+        redis.keys(&text_key_pattern(&prompt)).len() == 2
+    });
+}
+
+/// Reads an SSE response, returning each `data:` payload with its arrival time.
+async fn read_sse(resp: reqwest::Response) -> Vec<(Instant, String)> {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(i) = buf.find("\n\n") {
+            let event: String = buf.drain(..i + 2).collect();
+            if let Some(data) = event.trim().strip_prefix("data: ") {
+                out.push((Instant::now(), data.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_relays_every_chunk_in_order_and_client_exit_cancels_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = loadtest::sim::SimConfig {
+        ttft: Duration::from_millis(20),
+        token_interval: Duration::from_millis(40),
+        ..Sim::fast()
+    };
+    let a = Sim::start("sim-a", slow.clone()).await;
+    let yaml = config_yaml(None, None, &[&a.url], &a.url, "");
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let c = client();
+
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": "auto", "stream": true, "max_tokens": 6,
+                   "stream_options": {"include_usage": true},
+                   "messages": [{"role": "user", "content": "count"}]}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "small", "stream": true, "max_tokens": 6,
+                   "stream_options": {"include_usage": true}, "prompt": "count"}),
+        ),
+    ] {
+        let resp = c
+            .post(format!("{}{path}", router.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(header(resp.headers(), "content-type").starts_with("text/event-stream"));
+        assert_eq!(header(resp.headers(), "x-vsr-selected-model"), "small");
+        let events = read_sse(resp).await;
+        assert_eq!(events.last().unwrap().1, "[DONE]", "{path}");
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|(_, d)| serde_json::from_str(d).unwrap())
+            .collect();
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| {
+                let ch = c["choices"].get(0)?;
+                ch["delta"]["content"].as_str().or(ch["text"].as_str()).map(String::from)
+            })
+            .collect();
+        assert_eq!(text, "t0 t1 t2 t3 t4 t5 ", "{path}: every token, in order");
+        assert!(chunks.last().unwrap()["usage"]["completion_tokens"] == 6, "{path}: usage chunk");
+        // Relayed as produced, not buffered: ~40 ms between tokens reach the client spread out.
+        let spread = events[events.len() - 2].0 - events[0].0;
+        assert!(spread >= Duration::from_millis(120), "{path}: stream buffered ({spread:?})");
+    }
+
+    // A client that goes away cancels the upstream request.
+    let resp = c
+        .post(format!("{}/v1/chat/completions", router.base))
+        .json(&json!({"model": "small", "stream": true, "max_tokens": 1000,
+                      "messages": [{"role": "user", "content": "long"}]}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    let running = || async {
+        let text = reqwest::get(format!("{}/metrics", a.url)).await.unwrap().text().await.unwrap();
+        metric_sum(&text, "vllm:num_requests_running", &[])
+    };
+    assert_eq!(running().await, 1);
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while running().await != 0 {
+        assert!(Instant::now() < deadline, "upstream request not cancelled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_python_client_works_streaming_and_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Sim::start("sim-a", Sim::fast()).await;
+    let yaml = config_yaml(None, None, &[&a.url], &a.url, "");
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let script = r#"
+import sys, openai
+c = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused", max_retries=0)
+r = c.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+assert r.headers["x-vsr-selected-model"] == "small", r.headers
+resp = r.parse()
+assert resp.choices[0].message.content.strip() == "t0 t1 t2 t3", resp
+assert resp.usage.completion_tokens == 4
+parts = []
+for chunk in c.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True, stream_options={"include_usage": True}):
+    if chunk.choices:
+        parts.append(chunk.choices[0].delta.content or "")
+    else:
+        assert chunk.usage.completion_tokens == 5
+assert "".join(parts).strip() == "t0 t1 t2 t3 t4", parts
+t = c.completions.create(model="auto", prompt="hi", max_tokens=2)
+assert t.choices[0].text.strip() == "t0 t1", t
+try:
+    c.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    raise SystemExit("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert e.body["code"] == "model_not_found", e.body
+print("openai client OK")
+"#;
+    let py = dir.path().join("client.py");
+    std::fs::write(&py, script).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&py)
+        .arg(&router.base)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("No module named 'openai'"),
+        "the openai package is missing: `python3 -m pip install openai` (scripts/test.sh does)"
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("openai client OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degrades_when_redis_classifier_or_a_backend_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cls = Classifier::start(dir.path());
+    let mut redis = Redis::start(dir.path());
+    let mut be = Backends::start().await;
+    let yaml = config_yaml(Some(cls.grpc_port), Some(&redis.url()), &be.small(), &be.c.url, "");
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", router.base);
+
+    // Redis stopped: requests keep flowing, still classified.
+    redis.proc.kill();
+    let math = example("domain", "math", 0);
+    let t = Instant::now();
+    let (s, h, _) = post(&c, &url, &chat("auto", &math)).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-selected-model"), "big");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let m = router.metrics();
+    assert!(
+        metric_sum(&m, "router_cache_requests_total", &["layer=\"redis\"", "result=\"error\""]) >= 1,
+        "{m}"
+    );
+
+    // Redis back on the same port: the pool reconnects and decisions are stored again.
+    let port = redis.port;
+    drop(redis);
+    let redis = Redis::start_on(dir.path(), port);
+    let fresh = example("domain", "law", 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0.. {
+        let (s, _, _) = post(&c, &url, &chat("auto", &format!("{fresh} #{i}"))).await;
+        assert_eq!(s, 200);
+        if !redis.keys("vsr:decision:*").is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "redis pool did not reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Classifier killed: still 200, on the default model, counted.
+    cls.proc.kill();
+    for i in 0..5 {
+        let (s, h, _) = post(&c, &url, &chat("auto", &format!("{math} #{i}"))).await;
+        assert_eq!(s, 200);
+        assert_eq!(header(&h, "x-vsr-selected-model"), "small");
+        assert_eq!(header(&h, "x-vsr-decision-source"), "fail_open");
+    }
+    let m = router.metrics();
+    assert!(metric_sum(&m, "router_fail_open_total", &[]) >= 5, "{m}");
+    assert!(metric_sum(&m, "router_fail_open_total", &["reason=\"circuit_open\""]) >= 1, "{m}");
+    assert_eq!(http_status(router.port, "/readyz"), Some(200), "a dead classifier keeps the router ready");
+
+    // One backend of `small` down: every request served by the other.
+    be.a.stop().await;
+    for _ in 0..10 {
+        let (s, h, _) = post(&c, &url, &chat("small", "hello")).await;
+        assert_eq!(s, 200);
+        assert_eq!(header(&h, "x-sim-backend"), "sim-b");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_upstream_trouble_get_openai_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut be = Backends::start().await;
+    let yaml = format!(
+        "server:\n  max_body_bytes: 4096\n  max_in_flight: 2\n{}",
+        config_yaml(None, None, &be.small(), &be.c.url, "")
+    );
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", router.base);
+
+    let check = |status: u16, want: u16, body: &Value, code: &str| {
+        assert_eq!(status, want, "{body}");
+        let e = &body["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(e["type"].is_string() && e.get("param").is_some(), "{body}");
+        assert_eq!(e["code"], code, "{body}");
+    };
+    let raw = |body: &'static str| {
+        let c = c.clone();
+        let url = url.clone();
+        async move {
+            let r = c.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, b) = raw("{not json").await;
+    check(s, 400, &b, "invalid_request");
+    let (s, b) = raw(r#"{"model": 5, "messages": [{"role":"user","content":"x"}]}"#).await;
+    check(s, 400, &b, "invalid_request");
+    assert_eq!(b["error"]["param"], "model");
+    let (s, b) = raw(r#"{"model": "auto"}"#).await;
+    check(s, 400, &b, "invalid_request");
+    assert_eq!(b["error"]["param"], "messages");
+    let (s, b) = raw(r#"{"model": "auto", "messages": []}"#).await;
+    check(s, 400, &b, "invalid_request");
+    let (s, b) = raw(r#"{"model": "auto", "stream": "yes", "messages": [{"role":"user","content":"x"}]}"#).await;
+    check(s, 400, &b, "invalid_request");
+    let (s, _, b) = post(&c, &url, &chat("gpt-9", "x")).await;
+    check(s, 404, &b, "model_not_found");
+    let (s, _, b) = post(&c, &url, &chat("auto", &"x".repeat(5000))).await;
+    check(s, 413, &b, "payload_too_large");
+    let r = c.get(format!("{}/v2/nothing", router.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Backend hangs: two requests fill max_in_flight (429 for a third), then each gets 504.
+    be.c.set_mode("hang").await;
+    let slow = |model: &'static str| {
+        let c = c.clone();
+        let url = url.clone();
+        tokio::spawn(async move { post(&c, &url, &chat(model, "x")).await })
+    };
+    let (h1, h2) = (slow("big"), slow("big"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, h, b) = post(&c, &url, &chat("small", "x")).await;
+    check(s, 429, &b, "rate_limit_exceeded");
+    assert_eq!(header(&h, "retry-after"), "1");
+    for j in [h1, h2] {
+        let (s, _, b) = j.await.unwrap();
+        check(s, 504, &b, "upstream_timeout");
+    }
+
+    // Backends answer 503: relayed after trying every endpoint.
+    be.a.set_mode("fail").await;
+    be.b.set_mode("fail").await;
+    let (s, _, b) = post(&c, &url, &chat("small", "x")).await;
+    assert_eq!(s, 503, "{b}");
+    assert!(b["error"]["message"].is_string(), "{b}");
+
+    // Backends gone: 502, and the router turns unready once health checks see it.
+    be.a.stop().await;
+    be.b.stop().await;
+    be.c.stop().await;
+    let (s, _, b) = post(&c, &url, &chat("small", "x")).await;
+    check(s, 502, &b, "upstream_error");
+    wait_until("unready", Duration::from_secs(5), || {
+        http_status(router.port, "/readyz") == Some(503)
+    });
+    assert_eq!(http_status(router.port, "/healthz"), Some(200));
+}
