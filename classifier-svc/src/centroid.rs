@@ -49,7 +49,12 @@ pub fn run(args: &CentroidArgs) -> anyhow::Result<()> {
 }
 
 /// Embeds every example once and writes one head per task.
-pub fn write_heads(model: &Model, examples: &Examples, scale: f32, out: &Path) -> anyhow::Result<()> {
+pub fn write_heads(
+    model: &Model,
+    examples: &Examples,
+    scale: f32,
+    out: &Path,
+) -> anyhow::Result<()> {
     for (task, labels) in examples {
         anyhow::ensure!(
             labels.len() >= 2,
@@ -57,7 +62,10 @@ pub fn write_heads(model: &Model, examples: &Examples, scale: f32, out: &Path) -
         );
         let mut rows = Vec::with_capacity(labels.len());
         for (label, texts) in labels {
-            anyhow::ensure!(!texts.is_empty(), "task {task:?} label {label:?}: no examples");
+            anyhow::ensure!(
+                !texts.is_empty(),
+                "task {task:?} label {label:?}: no examples"
+            );
             let ids: Vec<Vec<u32>> = texts
                 .iter()
                 .map(|t| Ok(model.tokenize(t, Truncation::Truncate)?.ids))

@@ -521,7 +521,10 @@ impl Config {
                 "classifier.connect_timeout_ms",
                 self.classifier.connect_timeout_ms,
             ),
-            ("classifier.info_refresh_ms", self.classifier.info_refresh_ms),
+            (
+                "classifier.info_refresh_ms",
+                self.classifier.info_refresh_ms,
+            ),
             ("cache.redis_timeout_ms", self.cache.redis_timeout_ms),
             (
                 "upstream.connect_timeout_ms",
@@ -532,8 +535,14 @@ impl Config {
                 self.upstream.first_byte_timeout_ms,
             ),
             ("upstream.total_timeout_ms", self.upstream.total_timeout_ms),
-            ("upstream.health_interval_ms", self.upstream.health_interval_ms),
-            ("upstream.health_timeout_ms", self.upstream.health_timeout_ms),
+            (
+                "upstream.health_interval_ms",
+                self.upstream.health_interval_ms,
+            ),
+            (
+                "upstream.health_timeout_ms",
+                self.upstream.health_timeout_ms,
+            ),
             ("upstream.max_attempts", self.upstream.max_attempts as u64),
             ("server.max_body_bytes", self.server.max_body_bytes as u64),
             ("server.max_in_flight", self.server.max_in_flight as u64),
@@ -554,10 +563,7 @@ impl Config {
             }
         }
         if !self.upstream.health_path.starts_with('/') {
-            return bad(
-                "upstream.health_path".into(),
-                "must start with '/'".into(),
-            );
+            return bad("upstream.health_path".into(), "must start with '/'".into());
         }
         Ok(())
     }
@@ -621,7 +627,7 @@ routing:
 
     #[test]
     fn embedded_default_is_valid() {
-        let mut cfg: Config = serde_norway::from_str(EMBEDDED_DEFAULT).unwrap();
+        let cfg: Config = serde_norway::from_str(EMBEDDED_DEFAULT).unwrap();
         cfg.validate().unwrap();
         assert!(!cfg.routing.categories.is_empty());
     }
@@ -631,10 +637,7 @@ routing:
         let cfg = Config::from_yaml(&minimal()).unwrap();
         assert_eq!(cfg.server.auto_model, "auto");
         assert_eq!(cfg.classifier.timeout_ms, 50);
-        assert_eq!(
-            cfg.models[1].reasoning_family,
-            Some(ReasoningFamily::Qwen3)
-        );
+        assert_eq!(cfg.models[1].reasoning_family, Some(ReasoningFamily::Qwen3));
     }
 
     #[test]

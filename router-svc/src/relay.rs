@@ -102,7 +102,8 @@ pub async fn relay(
         in_flight,
         ..
     } = answered;
-    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = HeaderMap::new();
     for (k, v) in response.headers() {
         if !hop_by_hop(k) {
@@ -138,7 +139,10 @@ pub async fn relay(
                             metrics::counter!("router_stream_errors_total", "model" => model_label, "reason" => "timeout").increment(1);
                             tracing::warn!("stream passed the total timeout; cut off");
                             Some((
-                                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "total timeout")),
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "total timeout",
+                                )),
                                 (up, None),
                             ))
                         }
@@ -148,16 +152,17 @@ pub async fn relay(
         );
         Body::from_stream(stream)
     } else {
-        let bytes = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), response.bytes())
-            .await
-            .map_err(|_| Error::GatewayTimeout {
-                model: model.clone(),
-                detail: "body not complete within the total timeout".into(),
-            })?
-            .map_err(|e| Error::BadGateway {
-                model: model.clone(),
-                detail: format!("body broke off: {e}"),
-            })?;
+        let bytes =
+            tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), response.bytes())
+                .await
+                .map_err(|_| Error::GatewayTimeout {
+                    model: model.clone(),
+                    detail: "body not complete within the total timeout".into(),
+                })?
+                .map_err(|e| Error::BadGateway {
+                    model: model.clone(),
+                    detail: format!("body broke off: {e}"),
+                })?;
         drop(in_flight);
         drop(hold);
         if status.is_success() {

@@ -49,9 +49,13 @@ impl Runtime {
             if let Some(var) = &m.api_key_env {
                 match std::env::var(var) {
                     Ok(k) if !k.is_empty() => {
-                        let mut v = HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
-                            anyhow::anyhow!("env {var} (api key of model {}) is not a valid header value", m.name)
-                        })?;
+                        let mut v =
+                            HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+                                anyhow::anyhow!(
+                                    "env {var} (api key of model {}) is not a valid header value",
+                                    m.name
+                                )
+                            })?;
                         v.set_sensitive(true);
                         api_keys.insert(m.name.clone(), v);
                     }

@@ -169,7 +169,11 @@ impl Classifier {
             http_port,
         };
         wait_until("classifier /healthz", Duration::from_secs(60), || {
-            assert!(c.proc.is_running(), "classifier died:\n{}", c.proc.log_text());
+            assert!(
+                c.proc.is_running(),
+                "classifier died:\n{}",
+                c.proc.log_text()
+            );
             http_status(http_port, "/healthz") == Some(200)
         });
         c

@@ -39,7 +39,9 @@ impl Backends {
     }
 
     async fn total_requests(&self) -> usize {
-        self.a.requests().await.len() + self.b.requests().await.len() + self.c.requests().await.len()
+        self.a.requests().await.len()
+            + self.b.requests().await.len()
+            + self.c.requests().await.len()
     }
 }
 
@@ -65,7 +67,13 @@ async fn auto_routing_follows_the_policy_and_sets_reasoning_per_family() {
     assert!(header(&h, "server-timing").contains("upstream;dur="));
     assert!(["sim-a", "sim-b"].contains(&header(&h, "x-sim-backend")));
     assert_eq!(body["model"], "small");
-    let sent = be.last_body(if header(&h, "x-sim-backend") == "sim-a" { &be.a } else { &be.b }).await;
+    let sent = be
+        .last_body(if header(&h, "x-sim-backend") == "sim-a" {
+            &be.a
+        } else {
+            &be.b
+        })
+        .await;
     assert_eq!(sent["chat_template_kwargs"]["enable_thinking"], false);
 
     // Math that needs reasoning: big (qwen3) with thinking on and the category's system prompt.
@@ -82,7 +90,12 @@ async fn auto_routing_follows_the_policy_and_sets_reasoning_per_family() {
     assert_eq!(sent["messages"][1]["content"], math);
 
     // Coding: the deepseek family's switch.
-    let (s, h, _) = post(&c, &url, &chat("auto", &example("domain", "computer science", 0))).await;
+    let (s, h, _) = post(
+        &c,
+        &url,
+        &chat("auto", &example("domain", "computer science", 0)),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(header(&h, "x-vsr-selected-model"), "ds");
     let sent = be.last_body(&be.c).await;
@@ -106,13 +119,22 @@ async fn auto_routing_follows_the_policy_and_sets_reasoning_per_family() {
     assert_eq!(s, 200);
     assert_eq!(header(&h, "x-vsr-selected-model"), "big");
     assert_eq!(header(&h, "x-vsr-decision-source"), "explicit");
-    assert_eq!(cls.classify_calls(), calls, "explicit model must not be classified");
+    assert_eq!(
+        cls.classify_calls(),
+        calls,
+        "explicit model must not be classified"
+    );
     let sent = be.last_body(&be.c).await;
     assert!(sent.get("chat_template_kwargs").is_none(), "{sent}");
 
     // A jailbreak is refused without reaching any backend.
     let before = be.total_requests().await;
-    let (s, h, body) = post(&c, &url, &chat("auto", &example("jailbreak", "jailbreak", 0))).await;
+    let (s, h, body) = post(
+        &c,
+        &url,
+        &chat("auto", &example("jailbreak", "jailbreak", 0)),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(header(&h, "x-vsr-jailbreak"), "blocked");
     assert_eq!(body["choices"][0]["finish_reason"], "content_filter");
@@ -131,10 +153,18 @@ async fn auto_routing_follows_the_policy_and_sets_reasoning_per_family() {
 
     // /v1/route decides without forwarding; /v1/models lists models and the alias.
     let before = be.total_requests().await;
-    let (s, _, r) = post(&c, &format!("{}/v1/route", router.base), &chat("auto", &math)).await;
+    let (s, _, r) = post(
+        &c,
+        &format!("{}/v1/route", router.base),
+        &chat("auto", &math),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(r["decision"]["model"], "big");
-    assert_eq!(r["reasoning_fields"]["chat_template_kwargs.enable_thinking"], true);
+    assert_eq!(
+        r["reasoning_fields"]["chat_template_kwargs.enable_thinking"],
+        true
+    );
     assert_eq!(be.total_requests().await, before);
     let models: Value = c
         .get(format!("{}/v1/models", router.base))
@@ -154,11 +184,17 @@ async fn auto_routing_follows_the_policy_and_sets_reasoning_per_family() {
 
     // Logs never carry prompt text.
     let log = router.proc.log_text();
-    assert!(!log.contains(&math) && !log.contains("North Carolina"), "{log}");
+    assert!(
+        !log.contains(&math) && !log.contains("North Carolina"),
+        "{log}"
+    );
 }
 
 fn text_key_pattern(text: &str) -> String {
-    format!("vsr:decision:{}:*", hex::encode(Sha256::digest(text.as_bytes())))
+    format!(
+        "vsr:decision:{}:*",
+        hex::encode(Sha256::digest(text.as_bytes()))
+    )
 }
 
 async fn policy_version(c: &reqwest::Client, router: &Router) -> String {
@@ -172,7 +208,13 @@ async fn decisions_are_cached_in_redis_shared_by_replicas_and_invalidated_by_pol
     let cls = Classifier::start(dir.path());
     let redis = Redis::start(dir.path());
     let be = Backends::start().await;
-    let yaml = config_yaml(Some(cls.grpc_port), Some(&redis.url()), &be.small(), &be.c.url, "");
+    let yaml = config_yaml(
+        Some(cls.grpc_port),
+        Some(&redis.url()),
+        &be.small(),
+        &be.c.url,
+        "",
+    );
     let router = Router::start(dir.path(), &yaml, &[]);
     let c = client();
     let url = format!("{}/v1/chat/completions", router.base);
@@ -221,11 +263,19 @@ async fn decisions_are_cached_in_redis_shared_by_replicas_and_invalidated_by_pol
     let reqs = (0..8).map(|_| post(&c, &url, &body));
     let results = futures::future::join_all(reqs).await;
     assert!(results.iter().all(|(s, _, _)| *s == 200));
-    assert_eq!(cls.classify_calls(), calls + 1, "one classification for 8 identical requests");
+    assert_eq!(
+        cls.classify_calls(),
+        calls + 1,
+        "one classification for 8 identical requests"
+    );
 
     // An invalid new config is refused and the old one keeps serving.
     let v1 = policy_version(&c, &router).await;
-    std::fs::write(&router.config, yaml.replace("default_model: small", "default_model: nosuch")).unwrap();
+    std::fs::write(
+        &router.config,
+        yaml.replace("default_model: small", "default_model: nosuch"),
+    )
+    .unwrap();
     wait_until("rejection logged", Duration::from_secs(5), || {
         router.proc.log_text().contains("routing.default_model")
     });
@@ -316,28 +366,44 @@ async fn streaming_relays_every_chunk_in_order_and_client_exit_cancels_upstream(
             .iter()
             .filter_map(|c| {
                 let ch = c["choices"].get(0)?;
-                ch["delta"]["content"].as_str().or(ch["text"].as_str()).map(String::from)
+                ch["delta"]["content"]
+                    .as_str()
+                    .or(ch["text"].as_str())
+                    .map(String::from)
             })
             .collect();
         assert_eq!(text, "t0 t1 t2 t3 t4 t5 ", "{path}: every token, in order");
-        assert!(chunks.last().unwrap()["usage"]["completion_tokens"] == 6, "{path}: usage chunk");
+        assert!(
+            chunks.last().unwrap()["usage"]["completion_tokens"] == 6,
+            "{path}: usage chunk"
+        );
         // Relayed as produced, not buffered: ~40 ms between tokens reach the client spread out.
         let spread = events[events.len() - 2].0 - events[0].0;
-        assert!(spread >= Duration::from_millis(120), "{path}: stream buffered ({spread:?})");
+        assert!(
+            spread >= Duration::from_millis(120),
+            "{path}: stream buffered ({spread:?})"
+        );
     }
 
     // A client that goes away cancels the upstream request.
     let resp = c
         .post(format!("{}/v1/chat/completions", router.base))
-        .json(&json!({"model": "small", "stream": true, "max_tokens": 1000,
-                      "messages": [{"role": "user", "content": "long"}]}))
+        .json(
+            &json!({"model": "small", "stream": true, "max_tokens": 1000,
+                      "messages": [{"role": "user", "content": "long"}]}),
+        )
         .send()
         .await
         .unwrap();
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
     let running = || async {
-        let text = reqwest::get(format!("{}/metrics", a.url)).await.unwrap().text().await.unwrap();
+        let text = reqwest::get(format!("{}/metrics", a.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         metric_sum(&text, "vllm:num_requests_running", &[])
     };
     assert_eq!(running().await, 1);
@@ -401,7 +467,13 @@ async fn degrades_when_redis_classifier_or_a_backend_fails() {
     let mut cls = Classifier::start(dir.path());
     let mut redis = Redis::start(dir.path());
     let mut be = Backends::start().await;
-    let yaml = config_yaml(Some(cls.grpc_port), Some(&redis.url()), &be.small(), &be.c.url, "");
+    let yaml = config_yaml(
+        Some(cls.grpc_port),
+        Some(&redis.url()),
+        &be.small(),
+        &be.c.url,
+        "",
+    );
     let router = Router::start(dir.path(), &yaml, &[]);
     let c = client();
     let url = format!("{}/v1/chat/completions", router.base);
@@ -416,7 +488,11 @@ async fn degrades_when_redis_classifier_or_a_backend_fails() {
     assert!(t.elapsed() < Duration::from_secs(2));
     let m = router.metrics();
     assert!(
-        metric_sum(&m, "router_cache_requests_total", &["layer=\"redis\"", "result=\"error\""]) >= 1,
+        metric_sum(
+            &m,
+            "router_cache_requests_total",
+            &["layer=\"redis\"", "result=\"error\""]
+        ) >= 1,
         "{m}"
     );
 
@@ -446,8 +522,15 @@ async fn degrades_when_redis_classifier_or_a_backend_fails() {
     }
     let m = router.metrics();
     assert!(metric_sum(&m, "router_fail_open_total", &[]) >= 5, "{m}");
-    assert!(metric_sum(&m, "router_fail_open_total", &["reason=\"circuit_open\""]) >= 1, "{m}");
-    assert_eq!(http_status(router.port, "/readyz"), Some(200), "a dead classifier keeps the router ready");
+    assert!(
+        metric_sum(&m, "router_fail_open_total", &["reason=\"circuit_open\""]) >= 1,
+        "{m}"
+    );
+    assert_eq!(
+        http_status(router.port, "/readyz"),
+        Some(200),
+        "a dead classifier keeps the router ready"
+    );
 
     // One backend of `small` down: every request served by the other.
     be.a.stop().await;
@@ -473,7 +556,10 @@ async fn bad_input_and_upstream_trouble_get_openai_errors() {
     let check = |status: u16, want: u16, body: &Value, code: &str| {
         assert_eq!(status, want, "{body}");
         let e = &body["error"];
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
         assert!(e["type"].is_string() && e.get("param").is_some(), "{body}");
         assert_eq!(e["code"], code, "{body}");
     };
@@ -481,7 +567,13 @@ async fn bad_input_and_upstream_trouble_get_openai_errors() {
         let c = c.clone();
         let url = url.clone();
         async move {
-            let r = c.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+            let r = c
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             let s = r.status().as_u16();
             (s, r.json::<Value>().await.unwrap())
         }
@@ -496,13 +588,19 @@ async fn bad_input_and_upstream_trouble_get_openai_errors() {
     assert_eq!(b["error"]["param"], "messages");
     let (s, b) = raw(r#"{"model": "auto", "messages": []}"#).await;
     check(s, 400, &b, "invalid_request");
-    let (s, b) = raw(r#"{"model": "auto", "stream": "yes", "messages": [{"role":"user","content":"x"}]}"#).await;
+    let (s, b) =
+        raw(r#"{"model": "auto", "stream": "yes", "messages": [{"role":"user","content":"x"}]}"#)
+            .await;
     check(s, 400, &b, "invalid_request");
     let (s, _, b) = post(&c, &url, &chat("gpt-9", "x")).await;
     check(s, 404, &b, "model_not_found");
     let (s, _, b) = post(&c, &url, &chat("auto", &"x".repeat(5000))).await;
     check(s, 413, &b, "payload_too_large");
-    let r = c.get(format!("{}/v2/nothing", router.base)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/nothing", router.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // Backend hangs: two requests fill max_in_flight (429 for a third), then each gets 504.

@@ -60,7 +60,12 @@ async fn not_found() -> Response {
     let msg = "Unknown path; the router serves /v1/chat/completions, /v1/completions, /v1/models and /v1/route.";
     (
         StatusCode::NOT_FOUND,
-        Json(crate::error::body(msg, "invalid_request_error", None, "not_found")),
+        Json(crate::error::body(
+            msg,
+            "invalid_request_error",
+            None,
+            "not_found",
+        )),
     )
         .into_response()
 }
@@ -117,8 +122,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<byte
         return Err(Error::PayloadTooLarge(limit));
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit")
         {
             Error::PayloadTooLarge(limit)
@@ -149,8 +153,14 @@ async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Resp
     .increment(1);
     metrics::histogram!("router_request_duration_seconds", "endpoint" => endpoint)
         .record(started.elapsed().as_secs_f64());
-    tracing::info!(endpoint, model, category, status = resp.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+    tracing::info!(
+        endpoint,
+        model,
+        category,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
     resp
 }
 
@@ -180,7 +190,11 @@ async fn road(
     if d.blocked {
         let (sse, body) = openai::refusal(&req, &cfg.routing.jailbreak.message);
         let mut resp = Response::new(Body::from(body));
-        let ct = if sse { "text/event-stream" } else { "application/json" };
+        let ct = if sse {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
         relay::report_headers(
@@ -221,7 +235,10 @@ async fn road(
 
     // 4. relay
     let served = answered.model.clone();
-    let pricing = cfg.model(&served).map(|m| m.pricing.clone()).unwrap_or_default();
+    let pricing = cfg
+        .model(&served)
+        .map(|m| m.pricing.clone())
+        .unwrap_or_default();
     let ttfb = answered.ttfb;
     let deadline = started + ms(cfg.upstream.total_timeout_ms);
     let resp = relay::relay(

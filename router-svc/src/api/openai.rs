@@ -55,7 +55,9 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
     };
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        None | Some(Value::Null) => return Err(bad("You must provide a model parameter.", "model")),
+        None | Some(Value::Null) => {
+            return Err(bad("You must provide a model parameter.", "model"))
+        }
         Some(_) => return Err(bad("`model` must be a non-empty string.", "model")),
     };
     let stream = match body.get("stream") {
@@ -80,9 +82,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
     match kind {
         Kind::Chat => {
             let msgs = match body.get("messages") {
-                None | Some(Value::Null) => {
-                    return Err(bad("`messages` is required.", "messages"))
-                }
+                None | Some(Value::Null) => return Err(bad("`messages` is required.", "messages")),
                 Some(Value::Array(a)) => a,
                 Some(_) => return Err(bad("`messages` must be an array.", "messages")),
             };
@@ -103,7 +103,9 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
                     None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
                     Some(_) => {
                         return Err(bad(
-                            format!("`messages[{i}].content` must be a string or an array of parts."),
+                            format!(
+                                "`messages[{i}].content` must be a string or an array of parts."
+                            ),
                             "messages",
                         ))
                     }
@@ -113,12 +115,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
         Kind::Completion => match body.get("prompt") {
             Some(Value::String(_) | Value::Array(_)) => {}
             None | Some(Value::Null) => return Err(bad("`prompt` is required.", "prompt")),
-            Some(_) => {
-                return Err(bad(
-                    "`prompt` must be a string or an array.",
-                    "prompt",
-                ))
-            }
+            Some(_) => return Err(bad("`prompt` must be a string or an array.", "prompt")),
         },
     }
     Ok(Parsed {
@@ -139,7 +136,10 @@ impl Parsed {
                 .get("messages")
                 .and_then(Value::as_array)
                 .and_then(|m| text::from_messages(m, cfg)),
-            Kind::Completion => self.body.get("prompt").and_then(|p| text::from_prompt(p, cfg)),
+            Kind::Completion => self
+                .body
+                .get("prompt")
+                .and_then(|p| text::from_prompt(p, cfg)),
         }
     }
 }
@@ -259,14 +259,26 @@ mod tests {
         let cases: &[(&[u8], Option<&str>)] = &[
             (b"{not json", None),
             (b"[1,2]", None),
-            (br#"{"messages":[{"role":"user","content":"x"}]}"#, Some("model")),
+            (
+                br#"{"messages":[{"role":"user","content":"x"}]}"#,
+                Some("model"),
+            ),
             (br#"{"model":3,"messages":[]}"#, Some("model")),
             (br#"{"model":"auto"}"#, Some("messages")),
             (br#"{"model":"auto","messages":"hi"}"#, Some("messages")),
             (br#"{"model":"auto","messages":[]}"#, Some("messages")),
-            (br#"{"model":"auto","messages":[{"content":"x"}]}"#, Some("messages")),
-            (br#"{"model":"auto","messages":[{"role":"user","content":5}]}"#, Some("messages")),
-            (br#"{"model":"auto","stream":"yes","messages":[{"role":"user","content":"x"}]}"#, Some("stream")),
+            (
+                br#"{"model":"auto","messages":[{"content":"x"}]}"#,
+                Some("messages"),
+            ),
+            (
+                br#"{"model":"auto","messages":[{"role":"user","content":5}]}"#,
+                Some("messages"),
+            ),
+            (
+                br#"{"model":"auto","stream":"yes","messages":[{"role":"user","content":"x"}]}"#,
+                Some("stream"),
+            ),
         ];
         for (body, param) in cases {
             match parse(Kind::Chat, body) {

@@ -74,8 +74,12 @@ impl RedisLayer {
         let until = self.now_ms() + self.retry.as_millis() as u64;
         let prev = self.skip_until_ms.swap(until, Ordering::Relaxed);
         if prev <= self.now_ms() {
-            tracing::warn!(op = what, error = err, retry_ms = self.retry.as_millis() as u64,
-                "redis failed; decision cache runs in-process only until it answers again");
+            tracing::warn!(
+                op = what,
+                error = err,
+                retry_ms = self.retry.as_millis() as u64,
+                "redis failed; decision cache runs in-process only until it answers again"
+            );
         }
         metrics::counter!("router_cache_requests_total", "layer" => "redis", "result" => "error")
             .increment(1);

@@ -215,11 +215,9 @@ impl Classifier {
                 tonic::Code::InvalidArgument => {
                     ClassifyError::Rejected(status.message().to_string())
                 }
-                _ => ClassifyError::Unavailable(format!(
-                    "{:?}: {}",
-                    status.code(),
-                    status.message()
-                )),
+                _ => {
+                    ClassifyError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
+                }
             }),
             Ok(Ok(resp)) => Ok(resp
                 .into_inner()

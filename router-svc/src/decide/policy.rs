@@ -87,7 +87,10 @@ mod tests {
     fn category_picks_best_candidate_and_reasoning() {
         let d = decide(
             &cfg(),
-            vec![sig("domain", "math", 0.9), sig("complexity", "reasoning", 0.9)],
+            vec![
+                sig("domain", "math", 0.9),
+                sig("complexity", "reasoning", 0.9),
+            ],
         );
         assert_eq!(d.model, "qwen3-8b");
         assert!(d.use_reasoning);
@@ -99,7 +102,10 @@ mod tests {
     fn simple_prompt_goes_small_without_reasoning() {
         let d = decide(
             &cfg(),
-            vec![sig("domain", "math", 0.9), sig("complexity", "simple", 0.95)],
+            vec![
+                sig("domain", "math", 0.9),
+                sig("complexity", "simple", 0.95),
+            ],
         );
         assert_eq!(d.model, "qwen3-0.6b");
         assert!(!d.use_reasoning);

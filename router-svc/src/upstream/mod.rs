@@ -280,7 +280,8 @@ impl Upstream {
                     req = req.header("authorization", k.clone());
                 }
                 let t0 = Instant::now();
-                let out = tokio::time::timeout(ms(self.cfg.first_byte_timeout_ms), req.send()).await;
+                let out =
+                    tokio::time::timeout(ms(self.cfg.first_byte_timeout_ms), req.send()).await;
                 let outcome = match &out {
                     Err(_) => "timeout",
                     Ok(Err(_)) => "connect_error",
