@@ -10,8 +10,11 @@
 //! - `router_upstream_requests_total{model,outcome}`, `router_upstream_ttfb_seconds{model}`,
 //!   `router_upstream_retries_total{model}`, `router_upstream_endpoint_healthy{model,endpoint}`,
 //!   `router_upstream_in_flight{model,endpoint}`
-//! - `router_tokens_total{model,kind}`, `router_cost_total{model}` (from usage in responses)
-//! - `router_jailbreak_total{action}`, `router_config_reloads_total{result}`
+//! - `router_tokens_total{model,kind}` and `router_cost_total{model}` (currency units by the
+//!   model's pricing; a gauge that only grows) from `usage` in bodies and in SSE streams
+//! - `router_jailbreak_total{action}`, `router_config_reloads_total{result}`,
+//!   `router_rejected_total{reason}`, `router_stream_errors_total{model,reason}`,
+//!   `router_upstream_ejections_total{model}`, `router_upstream_fallbacks_total{model}`
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 

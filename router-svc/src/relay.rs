@@ -121,14 +121,21 @@ pub async fn relay(
         let deadline = tokio::time::Instant::from_std(deadline);
         let upstream = response.bytes_stream();
         let model_label = model.clone();
+        let pricing = pricing.clone();
         let stream = futures::stream::unfold(
             (upstream, Some((in_flight, hold))),
             move |(mut up, guard)| {
                 let model_label = model_label.clone();
+                let pricing = pricing.clone();
                 async move {
                     guard.as_ref()?;
                     match tokio::time::timeout_at(deadline, up.next()).await {
-                        Ok(Some(Ok(chunk))) => Some((Ok::<_, std::io::Error>(chunk), (up, guard))),
+                        Ok(Some(Ok(chunk))) => {
+                            if let Some(u) = sse_usage(&chunk) {
+                                count_tokens(&model_label, u, &pricing);
+                            }
+                            Some((Ok::<_, std::io::Error>(chunk), (up, guard)))
+                        }
                         Ok(None) => None,
                         Ok(Some(Err(e))) => {
                             metrics::counter!("router_stream_errors_total", "model" => model_label, "reason" => "upstream").increment(1);
@@ -176,22 +183,38 @@ pub async fn relay(
     Ok(resp)
 }
 
+#[derive(serde::Deserialize, Clone, Copy)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    usage: Option<Usage>,
+}
+
 /// Tokens and cost from a JSON body's `usage`.
 fn count_usage(model: &str, body: &[u8], pricing: &Pricing) {
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        #[serde(default)]
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
+    if let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice::<WithUsage>(body) {
+        count_tokens(model, u, pricing);
     }
-    #[derive(serde::Deserialize)]
-    struct WithUsage {
-        usage: Option<Usage>,
-    }
-    let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice::<WithUsage>(body) else {
-        return;
-    };
+}
+
+/// The usage of an SSE chunk that carries one (the last chunk when `include_usage` is set).
+fn sse_usage(chunk: &[u8]) -> Option<Usage> {
+    const NEEDLE: &[u8] = b"\"usage\":{";
+    chunk.windows(NEEDLE.len()).position(|w| w == NEEDLE)?;
+    std::str::from_utf8(chunk)
+        .ok()?
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .find_map(|d| serde_json::from_str::<WithUsage>(d).ok()?.usage)
+}
+
+fn count_tokens(model: &str, u: Usage, pricing: &Pricing) {
     let m = model.to_string();
     metrics::counter!("router_tokens_total", "model" => m.clone(), "kind" => "prompt")
         .increment(u.prompt_tokens);
@@ -199,5 +222,20 @@ fn count_usage(model: &str, body: &[u8], pricing: &Pricing) {
         .increment(u.completion_tokens);
     let cost = u.prompt_tokens as f64 * pricing.input_per_million / 1e6
         + u.completion_tokens as f64 * pricing.output_per_million / 1e6;
-    metrics::counter!("router_cost_micros_total", "model" => m).increment((cost * 1e6) as u64);
+    // Fractional currency units: a gauge that only goes up (counters are integers).
+    metrics::gauge!("router_cost_total", "model" => m).increment(cost);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_found_in_sse_chunks_only_when_present() {
+        let last = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5}}\n\ndata: [DONE]\n\n";
+        let u = sse_usage(last).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 5));
+        assert!(sse_usage(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n").is_none());
+        assert!(sse_usage(b"data: {\"usage\":null}\n\n").is_none());
+    }
 }

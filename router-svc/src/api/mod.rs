@@ -228,7 +228,7 @@ async fn road(
             &models,
             kind.path(),
             |m| openai::body_for(&req, cfg, m, d),
-            headers.get(header::AUTHORIZATION),
+            &forwarded_headers(headers),
             &rt.api_keys,
         )
         .await?;
@@ -256,6 +256,20 @@ async fn road(
     )
     .await?;
     Ok((resp, served, category))
+}
+
+/// Client headers that travel to the backend: its credentials and the request id (vLLM logs it).
+fn forwarded_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in [
+        header::AUTHORIZATION,
+        header::HeaderName::from_static("x-request-id"),
+    ] {
+        if let Some(v) = h.get(&name) {
+            out.insert(name, v.clone());
+        }
+    }
+    out
 }
 
 /// The decision for a request body, without forwarding it.

@@ -1,11 +1,13 @@
-//! The one place router-svc calls classifier-svc: a gRPC channel balanced over every configured
-//! address, a deadline per call, a circuit breaker that stops waiting on a dead classifier, and
+//! The one place router-svc calls classifier-svc: calls balanced over every configured address
+//! (fewest in flight of two; an unreachable replica is skipped for a while), a deadline per call, a circuit breaker that stops waiting on a dead classifier, and
 //! the classifier's model versions (from Info, refreshed in the background) for the cache keys.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use semroute_proto::classifier::v1 as pb;
 use semroute_proto::classifier::v1::classifier_client::ClassifierClient;
 use tonic::transport::{Channel, Endpoint};
@@ -105,55 +107,102 @@ struct Known {
     models: Vec<(String, String)>,
 }
 
+/// One classifier-svc address: its own lazy HTTP/2 channel, calls in flight, and how long it is
+/// skipped after a connection failure (so a dead replica does not take every other call).
+struct Replica {
+    address: String,
+    client: ClassifierClient<Channel>,
+    in_flight: AtomicUsize,
+    down_until_ms: AtomicU64,
+}
+
+impl Replica {
+    fn up(&self, now_ms: u64) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+}
+
 pub struct Classifier {
-    client: Option<ClassifierClient<Channel>>,
+    replicas: Vec<Replica>,
     timeout: Duration,
+    /// How long a replica that refused a connection is skipped.
+    replica_cooldown: Duration,
     breaker: Breaker,
     known: RwLock<Known>,
+    epoch: Instant,
 }
 
 impl Classifier {
-    /// Builds the (lazy) channel and starts the Info refresher; needs a tokio runtime.
+    /// Builds the (lazy) channels and starts the Info refresher; needs a tokio runtime.
     pub fn new(cfg: &ClassifierConfig) -> anyhow::Result<Arc<Self>> {
-        let client = if cfg.addresses.is_empty() {
-            None
-        } else {
-            let endpoints = cfg
-                .addresses
-                .iter()
-                .map(|a| {
-                    Ok(Endpoint::from_shared(a.clone())?
-                        .connect_timeout(ms(cfg.connect_timeout_ms))
-                        .tcp_nodelay(true)
-                        .http2_keep_alive_interval(Duration::from_secs(10))
-                        .keep_alive_timeout(Duration::from_secs(5)))
+        let replicas = cfg
+            .addresses
+            .iter()
+            .map(|a| {
+                let channel = Endpoint::from_shared(a.clone())?
+                    .connect_timeout(ms(cfg.connect_timeout_ms))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                Ok(Replica {
+                    address: a.clone(),
+                    client: ClassifierClient::new(channel),
+                    in_flight: AtomicUsize::new(0),
+                    down_until_ms: AtomicU64::new(0),
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let channel = if endpoints.len() == 1 {
-                endpoints.into_iter().next().unwrap().connect_lazy()
-            } else {
-                Channel::balance_list(endpoints.into_iter())
-            };
-            Some(ClassifierClient::new(channel))
-        };
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let this = Arc::new(Self {
-            client,
+            replicas,
             timeout: ms(cfg.timeout_ms),
+            replica_cooldown: ms(cfg.breaker_cooldown_ms),
             breaker: Breaker {
                 threshold: cfg.breaker_failures.max(1),
                 cooldown: ms(cfg.breaker_cooldown_ms),
                 state: Mutex::default(),
             },
             known: RwLock::default(),
+            epoch: Instant::now(),
         });
-        if this.client.is_some() {
+        if this.configured() {
             tokio::spawn(refresh_info(Arc::downgrade(&this), ms(cfg.info_refresh_ms)));
         }
         Ok(this)
     }
 
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Power of two choices by calls in flight among replicas that are up and not `except`;
+    /// if none is up, any but `except` (better tried than refused).
+    fn pick(&self, except: Option<usize>) -> Option<usize> {
+        let now = self.now_ms();
+        let others: Vec<usize> = (0..self.replicas.len())
+            .filter(|i| Some(*i) != except)
+            .collect();
+        let up: Vec<usize> = others
+            .iter()
+            .copied()
+            .filter(|&i| self.replicas[i].up(now))
+            .collect();
+        let set = if up.is_empty() { others } else { up };
+        match set.len() {
+            0 => None,
+            1 => Some(set[0]),
+            n => {
+                let mut rng = rand::rng();
+                let a = set[rng.random_range(0..n)];
+                let b = set[rng.random_range(0..n)];
+                let load = |i: usize| self.replicas[i].in_flight.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+        }
+    }
+
     pub fn configured(&self) -> bool {
-        self.client.is_some()
+        !self.replicas.is_empty()
     }
 
     /// The tasks to ask for out of `wanted`: those the classifier serves (all of them until it
@@ -184,30 +233,81 @@ impl Classifier {
         }
     }
 
-    /// One Classify call for every task, within the deadline, through the breaker.
+    /// One Classify call for every task, within the deadline, through the breaker. A replica
+    /// that refuses the connection is skipped for a while and the call goes to another one.
     pub async fn classify(
         &self,
         text: &str,
         tasks: &[String],
     ) -> Result<Vec<pb::TaskResult>, ClassifyError> {
-        let Some(client) = &self.client else {
+        if !self.configured() {
             return Err(ClassifyError::NotConfigured);
-        };
+        }
         if !self.breaker.allow() {
             return Err(ClassifyError::CircuitOpen);
         }
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let mut tried = None;
+        let result = loop {
+            let Some(i) = self.pick(tried) else {
+                break Err(ClassifyError::Unavailable("no classifier replica".into()));
+            };
+            let replica = &self.replicas[i];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let out = self.call(replica, text, tasks, left).await;
+            match out {
+                Err(ClassifyError::Unavailable(e)) => {
+                    replica.down_until_ms.store(
+                        self.now_ms() + self.replica_cooldown.as_millis() as u64,
+                        Ordering::Relaxed,
+                    );
+                    tracing::warn!(replica = %replica.address, error = %e,
+                        "classifier replica unreachable; skipping it for a while");
+                    if tried.is_none() && self.replicas.len() > 1 && Instant::now() < deadline {
+                        tried = Some(i);
+                        continue;
+                    }
+                    break Err(ClassifyError::Unavailable(e));
+                }
+                other => break other,
+            }
+        };
+        metrics::histogram!("router_classify_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(results) => {
+                self.breaker.success();
+                self.note_versions(results);
+            }
+            // The text's fault, not the classifier's.
+            Err(ClassifyError::Rejected(_)) => self.breaker.success(),
+            Err(e) => {
+                metrics::counter!("router_classifier_errors_total", "reason" => e.reason())
+                    .increment(1);
+                self.breaker.failure();
+            }
+        }
+        result
+    }
+
+    async fn call(
+        &self,
+        replica: &Replica,
+        text: &str,
+        tasks: &[String],
+        budget: Duration,
+    ) -> Result<Vec<pb::TaskResult>, ClassifyError> {
         let mut req = tonic::Request::new(pb::ClassifyRequest {
             texts: vec![text.to_string()],
             tasks: tasks.to_vec(),
             truncation: pb::Truncation::Truncate as i32,
         });
-        req.set_timeout(self.timeout);
-        let mut client = client.clone();
-        let started = Instant::now();
-        let out = tokio::time::timeout(self.timeout, client.classify(req)).await;
-        metrics::histogram!("router_classify_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        let result = match out {
+        req.set_timeout(budget);
+        replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        let out = tokio::time::timeout(budget, replica.client.clone().classify(req)).await;
+        replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match out {
             Err(_) => Err(ClassifyError::Timeout),
             Ok(Err(status)) => Err(match status.code() {
                 tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ClassifyError::Timeout,
@@ -226,21 +326,7 @@ impl Classifier {
                 .next()
                 .map(|r| r.results)
                 .unwrap_or_default()),
-        };
-        match &result {
-            Ok(results) => {
-                self.breaker.success();
-                self.note_versions(results);
-            }
-            // The text's fault, not the classifier's.
-            Err(ClassifyError::Rejected(_)) => self.breaker.success(),
-            Err(e) => {
-                metrics::counter!("router_classifier_errors_total", "reason" => e.reason())
-                    .increment(1);
-                self.breaker.failure();
-            }
         }
-        result
     }
 
     /// A response naming another model version than Info did (a model was swapped): adopt it,
@@ -265,9 +351,10 @@ impl Classifier {
     }
 
     async fn info(&self) -> anyhow::Result<()> {
-        let Some(client) = &self.client else {
+        let Some(i) = self.pick(None) else {
             return Ok(());
         };
+        let client = self.replicas[i].client.clone();
         let mut req = tonic::Request::new(pb::InfoRequest {});
         req.set_timeout(Duration::from_secs(2));
         let resp = tokio::time::timeout(Duration::from_secs(2), client.clone().info(req))

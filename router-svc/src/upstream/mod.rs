@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use rand::Rng;
 
@@ -235,14 +235,16 @@ impl Upstream {
     }
 
     /// Sends `path` to the first model of `models` that answers, trying up to `max_attempts`
-    /// endpoints of each. `body_for` writes the body for a model (its name, reasoning fields).
+    /// endpoints of each. `body_for` writes the body for a model (its name, reasoning fields);
+    /// `forward_headers` go as they are (the client's authorization, x-request-id), except that a
+    /// model's own API key replaces the client's authorization.
     pub async fn send(
         &self,
         pools: &Pools,
         models: &[&ModelConfig],
         path: &str,
         body_for: impl Fn(&ModelConfig) -> Bytes,
-        auth: Option<&HeaderValue>,
+        forward_headers: &HeaderMap,
         keys: &HashMap<String, HeaderValue>,
     ) -> Result<Answered, Error> {
         let started = Instant::now();
@@ -274,9 +276,10 @@ impl Upstream {
                 let mut req = self
                     .client
                     .post(format!("{}{path}", ep.url))
+                    .headers(forward_headers.clone())
                     .header("content-type", "application/json")
                     .body(body.clone());
-                if let Some(k) = keys.get(&model.name).or(auth) {
+                if let Some(k) = keys.get(&model.name) {
                     req = req.header("authorization", k.clone());
                 }
                 let t0 = Instant::now();
