@@ -229,6 +229,8 @@ impl Redis {
             Command::new("redis-server")
                 .args(["--port", &port.to_string()])
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                // DEBUG SLEEP simulates a stalled Redis.
+                .args(["--enable-debug-command", "local"])
                 .arg("--dir")
                 .arg(dir),
             dir,
@@ -247,22 +249,27 @@ impl Redis {
 
     /// One RESP command; the reply as text lines (bulk strings and array items), None on error.
     pub fn command(&self, args: &[&str]) -> Option<Vec<String>> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        let mut r = std::io::BufReader::new(s);
-        let mut out = Vec::new();
-        read_reply(&mut r, &mut out)?;
-        Some(out)
+        redis_command(self.port, args)
     }
 
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         self.command(&["KEYS", pattern]).unwrap_or_default()
     }
+}
+
+/// One RESP command to the Redis on `port` (see `Redis::command`).
+pub fn redis_command(port: u16, args: &[&str]) -> Option<Vec<String>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut r = std::io::BufReader::new(s);
+    let mut out = Vec::new();
+    read_reply(&mut r, &mut out)?;
+    Some(out)
 }
 
 fn read_reply(r: &mut impl std::io::BufRead, out: &mut Vec<String>) -> Option<()> {

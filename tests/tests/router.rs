@@ -50,7 +50,11 @@ async fn auto_routing_follows_the_policy_and_sets_reasoning_per_family() {
     let dir = tempfile::tempdir().unwrap();
     let cls = Classifier::start(dir.path());
     let be = Backends::start().await;
-    let yaml = config_yaml(Some(cls.grpc_port), None, &be.small(), &be.c.url, "");
+    // Two classifier addresses, one of them dead: calls still land on the live one.
+    let yaml = config_yaml(Some(cls.grpc_port), None, &be.small(), &be.c.url, "").replace(
+        "addresses: [",
+        &format!("addresses: [\"http://127.0.0.1:{}\", ", free_port()),
+    );
     let router = Router::start(dir.path(), &yaml, &[]);
     let c = client();
     let url = format!("{}/v1/chat/completions", router.base);
@@ -385,7 +389,46 @@ async fn streaming_relays_every_chunk_in_order_and_client_exit_cancels_upstream(
         );
     }
 
-    // A client that goes away cancels the upstream request.
+    // Tokens of streamed responses are counted from their usage chunk.
+    let m = router.metrics();
+    assert!(
+        metric_sum(
+            &m,
+            "router_tokens_total",
+            &["model=\"small\"", "kind=\"completion\""]
+        ) >= 12,
+        "{m}"
+    );
+
+    // A client that goes away cancels the upstream request (plain and streamed).
+    let running = || async {
+        let text = reqwest::get(format!("{}/metrics", a.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_sum(&text, "vllm:num_requests_running", &[])
+    };
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(format!("{}/v1/chat/completions", router.base))
+        .json(&json!({"model": "small", "max_tokens": 1000,
+                      "messages": [{"role": "user", "content": "long"}]}))
+        .send()
+        .await;
+    assert!(r.is_err(), "client timed out");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while running().await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "plain upstream request not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let resp = c
         .post(format!("{}/v1/chat/completions", router.base))
         .json(
@@ -397,15 +440,6 @@ async fn streaming_relays_every_chunk_in_order_and_client_exit_cancels_upstream(
         .unwrap();
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
-    let running = || async {
-        let text = reqwest::get(format!("{}/metrics", a.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_sum(&text, "vllm:num_requests_running", &[])
-    };
     assert_eq!(running().await, 1);
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -495,6 +529,32 @@ async fn degrades_when_redis_classifier_or_a_backend_fails() {
         ) >= 1,
         "{m}"
     );
+
+    // Redis stalled (DEBUG SLEEP): skipped within its budget, requests keep flowing.
+    let stalled = Redis::start(dir.path());
+    let stall_port = stalled.port;
+    let yaml_stalled = yaml.replace(&format!(":{}\"", redis.port), &format!(":{stall_port}\""));
+    let dir_s = tempfile::tempdir().unwrap();
+    let router_s = Router::start(dir_s.path(), &yaml_stalled, &[]);
+    let url_s = format!("{}/v1/chat/completions", router_s.base);
+    let (s, _, _) = post(&c, &url_s, &chat("auto", "warm up the pool")).await;
+    assert_eq!(s, 200);
+    let sleeper = std::thread::spawn(move || redis_command(stall_port, &["DEBUG", "SLEEP", "2"]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    for i in 0..3 {
+        let (s, h, _) = post(&c, &url_s, &chat("auto", &format!("{math} stalled #{i}"))).await;
+        assert_eq!(s, 200);
+        assert_eq!(header(&h, "x-vsr-selected-model"), "big");
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "stalled Redis held requests: {:?}",
+        t.elapsed()
+    );
+    assert!(sleeper.join().unwrap().is_some(), "DEBUG SLEEP ran");
+    drop(router_s);
+    drop(stalled);
 
     // Redis back on the same port: the pool reconnects and decisions are stored again.
     let port = redis.port;
