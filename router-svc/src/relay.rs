@@ -138,20 +138,19 @@ pub async fn relay(
                         }
                         Ok(None) => None,
                         Ok(Some(Err(e))) => {
-                            metrics::counter!("router_stream_errors_total", "model" => model_label, "reason" => "upstream").increment(1);
-                            tracing::warn!(error = %e, "backend stream broke off");
-                            Some((Err(std::io::Error::other(e)), (up, None)))
+                            metrics::counter!("router_stream_errors_total", "model" => model_label.clone(), "reason" => "upstream").increment(1);
+                            tracing::warn!(model = %model_label, error = %e, "backend stream broke off");
+                            let ev = error_event("The backend stream broke off.", "upstream_error");
+                            Some((Ok(ev), (up, None)))
                         }
                         Err(_) => {
-                            metrics::counter!("router_stream_errors_total", "model" => model_label, "reason" => "timeout").increment(1);
-                            tracing::warn!("stream passed the total timeout; cut off");
-                            Some((
-                                Err(std::io::Error::new(
-                                    std::io::ErrorKind::TimedOut,
-                                    "total timeout",
-                                )),
-                                (up, None),
-                            ))
+                            metrics::counter!("router_stream_errors_total", "model" => model_label.clone(), "reason" => "timeout").increment(1);
+                            tracing::warn!(model = %model_label, "stream passed the total timeout; cut off");
+                            let ev = error_event(
+                                "The stream passed the total timeout.",
+                                "upstream_timeout",
+                            );
+                            Some((Ok(ev), (up, None)))
                         }
                     }
                 }
@@ -194,6 +193,13 @@ struct Usage {
 #[derive(serde::Deserialize)]
 struct WithUsage {
     usage: Option<Usage>,
+}
+
+/// An OpenAI-format error as an SSE event: how a stream that already sent its 200 says it failed
+/// (the OpenAI clients raise it as an APIError).
+fn error_event(message: &str, code: &str) -> bytes::Bytes {
+    let body = crate::error::body(message, "server_error", None, code);
+    bytes::Bytes::from(format!("data: {body}\n\n"))
 }
 
 /// Tokens and cost from a JSON body's `usage`.

@@ -135,3 +135,40 @@ pub async fn watch(shared: Arc<Shared>, path: PathBuf, every: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn api_keys_come_from_the_environment_and_reload_keeps_endpoints() {
+        std::env::set_var("SEMROUTE_TEST_KEY_BIG", "sk-test");
+        let yaml = crate::config::EMBEDDED_DEFAULT
+            .replace(
+                "# api_key_env: QWEN3_8B_API_KEY",
+                "api_key_env: SEMROUTE_TEST_KEY_BIG",
+            )
+            .replace("redis_url: redis://127.0.0.1:6379", "redis_url: null")
+            .replace(
+                "addresses: [\"http://127.0.0.1:50051\"]",
+                "addresses: []",
+            );
+        let rt = Runtime::build(Config::from_yaml(&yaml).unwrap(), None).unwrap();
+        let key = &rt.api_keys["qwen3-8b"];
+        assert_eq!(key.to_str().unwrap(), "Bearer sk-test");
+        assert!(key.is_sensitive(), "kept out of debug output");
+        assert!(!rt.api_keys.contains_key("qwen3-0.6b"));
+
+        let shared = Shared::new(rt);
+        let ep = shared.current().pools.endpoints("qwen3-8b")[0].clone();
+        let cache = shared.current().cache.clone();
+        shared
+            .reload(&yaml.replace("confidence_threshold: 0.5", "confidence_threshold: 0.6"))
+            .unwrap();
+        let now = shared.current();
+        assert!(Arc::ptr_eq(&ep, &now.pools.endpoints("qwen3-8b")[0]));
+        assert!(Arc::ptr_eq(&cache, &now.cache), "unchanged sections are reused");
+        assert!(shared.reload("models: []").is_err());
+        assert_eq!(shared.current().cfg.routing.confidence_threshold, 0.6);
+    }
+}

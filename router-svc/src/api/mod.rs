@@ -47,6 +47,7 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Our own limit answers 413 in OpenAI format.
         .layer(DefaultBodyLimit::disable())
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
@@ -65,6 +66,19 @@ async fn not_found() -> Response {
             "invalid_request_error",
             None,
             "not_found",
+        )),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(crate::error::body(
+            "Method not allowed for this path.",
+            "invalid_request_error",
+            None,
+            "method_not_allowed",
         )),
     )
         .into_response()
@@ -153,7 +167,9 @@ async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Resp
     .increment(1);
     metrics::histogram!("router_request_duration_seconds", "endpoint" => endpoint)
         .record(started.elapsed().as_secs_f64());
-    tracing::info!(
+    // Per-request lines at debug (RUST_LOG=semroute_router=debug): at thousands of requests a
+    // second the metrics tell the story; failures are logged at warn where they happen.
+    tracing::debug!(
         endpoint,
         model,
         category,
