@@ -65,6 +65,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Requests handled at once; more get 429 at once (nothing queues without bound).
     pub max_in_flight: usize,
+    /// A request body must arrive within this (else 408).
+    pub body_timeout_ms: u64,
+    /// On SIGTERM/Ctrl-C, requests in flight get this long to finish.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +78,8 @@ impl Default for ServerConfig {
             auto_model: "auto".into(),
             max_body_bytes: 8 << 20,
             max_in_flight: 4096,
+            body_timeout_ms: 30_000,
+            shutdown_grace_ms: 30_000,
         }
     }
 }
@@ -171,7 +177,8 @@ impl Default for CacheConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
-    /// Until the response headers arrive (vLLM sends them with the first token when streaming).
+    /// Streaming requests: until the response headers (vLLM sends them with the first token).
+    /// Plain requests wait for their headers until the total timeout (vLLM answers when done).
     pub first_byte_timeout_ms: u64,
     /// The whole exchange, body or stream included.
     pub total_timeout_ms: u64,
@@ -546,6 +553,7 @@ impl Config {
             ("upstream.max_attempts", self.upstream.max_attempts as u64),
             ("server.max_body_bytes", self.server.max_body_bytes as u64),
             ("server.max_in_flight", self.server.max_in_flight as u64),
+            ("server.body_timeout_ms", self.server.body_timeout_ms),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -575,10 +583,23 @@ impl Config {
         struct Policy<'a> {
             routing: &'a RoutingConfig,
             input: &'a InputConfig,
+            /// The decision reads each model's reasoning switch.
+            models: Vec<(&'a str, Option<ReasoningFamily>, &'a str)>,
         }
         let bytes = serde_json::to_vec(&Policy {
             routing: &self.routing,
             input: &self.classifier.input,
+            models: self
+                .models
+                .iter()
+                .map(|m| {
+                    (
+                        m.name.as_str(),
+                        m.reasoning_family,
+                        m.reasoning_effort.as_str(),
+                    )
+                })
+                .collect(),
         })
         .expect("config serialises");
         hex::encode(&Sha256::digest(&bytes)[..8])
@@ -693,5 +714,12 @@ routing:
         assert_eq!(a.policy_version(), b.policy_version());
         b.routing.confidence_threshold = 0.9;
         assert_ne!(a.policy_version(), b.policy_version());
+        let mut c = a.clone();
+        c.models[0].reasoning_family = Some(ReasoningFamily::DeepSeek);
+        assert_ne!(
+            a.policy_version(),
+            c.policy_version(),
+            "reasoning switch is policy"
+        );
     }
 }

@@ -20,6 +20,9 @@ pub enum Error {
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
 
+    #[error("The request body did not arrive within {0} ms.")]
+    BodyTimeout(u64),
+
     #[error("Request body is larger than the limit of {0} bytes.")]
     PayloadTooLarge(usize),
 
@@ -51,6 +54,7 @@ impl Error {
             Error::Config { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
@@ -65,6 +69,7 @@ impl Error {
             Error::Config { .. } => ("server_error", "config_error"),
             Error::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
             Error::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            Error::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
             Error::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large"),
             Error::Overloaded(_) => ("rate_limit_error", "rate_limit_exceeded"),
             Error::BadGateway { .. } => ("server_error", "upstream_error"),
@@ -118,6 +123,7 @@ mod tests {
             (Error::bad_request("no messages", Some("messages")), 400),
             (Error::ModelNotFound("gpt-9".into()), 404),
             (Error::PayloadTooLarge(10), 413),
+            (Error::BodyTimeout(10), 408),
             (Error::Overloaded(5), 429),
             (
                 Error::BadGateway {

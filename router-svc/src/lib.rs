@@ -27,13 +27,33 @@ pub async fn serve(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let grace = config::ms(cfg.server.shutdown_grace_ms);
     let shared = state::Shared::new(state::Runtime::build(cfg, None)?);
     let health = tokio::spawn(upstream::health::run(shared.clone()));
     let watcher = config_path.map(|p| tokio::spawn(state::watch(shared.clone(), p, reload_every)));
     let app = api::router(Arc::clone(&shared), metrics);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // Stop accepting on `shutdown`; requests in flight get `grace` to finish.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful = stop_rx.clone();
+    let mut forced = stop_rx;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    });
+    let result = tokio::select! {
+        r = server => r,
+        _ = async {
+            let _ = forced.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64,
+                "requests still in flight after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    };
     health.abort();
     if let Some(w) = watcher {
         w.abort();

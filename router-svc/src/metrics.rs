@@ -6,7 +6,8 @@
 //!   fail_open, no_text), `router_fail_open_total{reason}`
 //! - `router_classify_duration_seconds`, `router_classifier_errors_total{reason}`,
 //!   `router_classifier_circuit_open`
-//! - `router_cache_requests_total{layer,result}` (layer local|redis, result hit|miss|error|skipped)
+//! - `router_cache_requests_total{layer,result}` (layer local|redis, result hit|miss|error|skipped),
+//!   `router_redis_connected`
 //! - `router_upstream_requests_total{model,outcome}`, `router_upstream_ttfb_seconds{model}`,
 //!   `router_upstream_retries_total{model}`, `router_upstream_endpoint_healthy{model,endpoint}`,
 //!   `router_upstream_in_flight{model,endpoint}`

@@ -1,7 +1,7 @@
 //! Relay: the backend's answer back to the client. SSE streams go chunk by chunk as the backend
 //! sends them (nothing buffered, `data: [DONE]` untouched); plain bodies are read whole (to count
-//! tokens and cost) within the total timeout. The relayed body holds the endpoint's in-flight
-//! count and the request's admission slot until it ends; a client that goes away drops it, which
+//! tokens and cost) within the total timeout. A stream's pump task holds the endpoint's in-flight
+//! count and the request's admission slot until it ends; a client that goes away ends it, which
 //! closes the backend connection and so cancels the upstream request.
 
 use std::time::{Duration, Instant};
@@ -94,7 +94,7 @@ pub async fn relay(
     report: &Report<'_>,
     deadline: Instant,
     pricing: &Pricing,
-    hold: impl Send + Sync + 'static,
+    hold: impl Send + 'static,
 ) -> Result<Response, Error> {
     let Answered {
         response,
@@ -118,45 +118,20 @@ pub async fn relay(
         .is_some_and(|v| v.starts_with("text/event-stream"));
 
     let body = if is_sse {
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let upstream = response.bytes_stream();
-        let model_label = model.clone();
-        let pricing = pricing.clone();
-        let stream = futures::stream::unfold(
-            (upstream, Some((in_flight, hold))),
-            move |(mut up, guard)| {
-                let model_label = model_label.clone();
-                let pricing = pricing.clone();
-                async move {
-                    guard.as_ref()?;
-                    match tokio::time::timeout_at(deadline, up.next()).await {
-                        Ok(Some(Ok(chunk))) => {
-                            if let Some(u) = sse_usage(&chunk) {
-                                count_tokens(&model_label, u, &pricing);
-                            }
-                            Some((Ok::<_, std::io::Error>(chunk), (up, guard)))
-                        }
-                        Ok(None) => None,
-                        Ok(Some(Err(e))) => {
-                            metrics::counter!("router_stream_errors_total", "model" => model_label.clone(), "reason" => "upstream").increment(1);
-                            tracing::warn!(model = %model_label, error = %e, "backend stream broke off");
-                            let ev = error_event("The backend stream broke off.", "upstream_error");
-                            Some((Ok(ev), (up, None)))
-                        }
-                        Err(_) => {
-                            metrics::counter!("router_stream_errors_total", "model" => model_label.clone(), "reason" => "timeout").increment(1);
-                            tracing::warn!(model = %model_label, "stream passed the total timeout; cut off");
-                            let ev = error_event(
-                                "The stream passed the total timeout.",
-                                "upstream_timeout",
-                            );
-                            Some((Ok(ev), (up, None)))
-                        }
-                    }
-                }
-            },
-        );
-        Body::from_stream(stream)
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(pump(
+            response,
+            tx,
+            tokio::time::Instant::from_std(deadline),
+            model.clone(),
+            pricing.clone(),
+            (in_flight, hold),
+        ));
+        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+        }))
     } else {
         let bytes =
             tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), response.bytes())
@@ -200,6 +175,61 @@ struct WithUsage {
 fn error_event(message: &str, code: &str) -> bytes::Bytes {
     let body = crate::error::body(message, "server_error", None, code);
     bytes::Bytes::from(format!("data: {body}\n\n"))
+}
+
+/// Chunks buffered between the backend and a slow client.
+const STREAM_BUFFER: usize = 32;
+
+/// Moves an SSE stream from the backend to the client's body, chunk by chunk. It runs on its
+/// own task so the total deadline holds even when the client stops reading; it ends (dropping
+/// the backend connection, the endpoint's in-flight count and the admission slot in `guards`)
+/// when the backend finishes, the client goes away, or the deadline passes.
+async fn pump<G: Send>(
+    response: reqwest::Response,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    deadline: tokio::time::Instant,
+    model: String,
+    pricing: Pricing,
+    guards: G,
+) {
+    let _guards = guards;
+    let mut upstream = response.bytes_stream();
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, upstream.next()) => next,
+            _ = tx.closed() => return, // the client went away: cancel upstream
+        };
+        let (chunk, last) = match next {
+            Ok(None) => return,
+            Ok(Some(Ok(chunk))) => {
+                if let Some(u) = sse_usage(&chunk) {
+                    count_tokens(&model, u, &pricing);
+                }
+                (chunk, false)
+            }
+            Ok(Some(Err(e))) => {
+                metrics::counter!("router_stream_errors_total", "model" => model.clone(), "reason" => "upstream").increment(1);
+                tracing::warn!(model = %model, error = %e, "backend stream broke off");
+                (
+                    error_event("The backend stream broke off.", "upstream_error"),
+                    true,
+                )
+            }
+            Err(_) => {
+                metrics::counter!("router_stream_errors_total", "model" => model.clone(), "reason" => "timeout").increment(1);
+                tracing::warn!(model = %model, "stream passed the total timeout; cut off");
+                (
+                    error_event("The stream passed the total timeout.", "upstream_timeout"),
+                    true,
+                )
+            }
+        };
+        // A client that stops reading holds the stream until the deadline at most.
+        match tokio::time::timeout_at(deadline, tx.send(chunk)).await {
+            Ok(Ok(())) if !last => {}
+            _ => return,
+        }
+    }
 }
 
 /// Tokens and cost from a JSON body's `usage`.

@@ -149,10 +149,7 @@ mod tests {
                 "api_key_env: SEMROUTE_TEST_KEY_BIG",
             )
             .replace("redis_url: redis://127.0.0.1:6379", "redis_url: null")
-            .replace(
-                "addresses: [\"http://127.0.0.1:50051\"]",
-                "addresses: []",
-            );
+            .replace("addresses: [\"http://127.0.0.1:50051\"]", "addresses: []");
         let rt = Runtime::build(Config::from_yaml(&yaml).unwrap(), None).unwrap();
         let key = &rt.api_keys["qwen3-8b"];
         assert_eq!(key.to_str().unwrap(), "Bearer sk-test");
@@ -167,7 +164,10 @@ mod tests {
             .unwrap();
         let now = shared.current();
         assert!(Arc::ptr_eq(&ep, &now.pools.endpoints("qwen3-8b")[0]));
-        assert!(Arc::ptr_eq(&cache, &now.cache), "unchanged sections are reused");
+        assert!(
+            Arc::ptr_eq(&cache, &now.cache),
+            "unchanged sections are reused"
+        );
         assert!(shared.reload("models: []").is_err());
         assert_eq!(shared.current().cfg.routing.confidence_threshold, 0.6);
     }

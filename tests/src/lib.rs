@@ -406,6 +406,16 @@ impl Router {
         r
     }
 
+    /// Until the router has the classifier's tasks and model versions (part of the cache key;
+    /// nothing is cached before).
+    pub fn wait_classifier_known(&self) {
+        wait_until(
+            "router knows the classifier",
+            Duration::from_secs(20),
+            || self.proc.log_text().contains("classifier tasks"),
+        );
+    }
+
     pub fn metrics(&self) -> String {
         http_get_text(self.port, "/metrics")
     }

@@ -23,6 +23,7 @@ use crate::decide::{self, Decision};
 use crate::error::Error;
 use crate::relay::{self, Report};
 use crate::state::{Runtime, Shared};
+use crate::upstream::Outgoing;
 use openai::Kind;
 
 pub struct AppState {
@@ -127,7 +128,12 @@ fn admit(s: &AppState, limit: usize) -> Result<Admitted, Error> {
     Ok(Admitted(s.in_flight.clone()))
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    server: &crate::config::ServerConfig,
+) -> Result<bytes::Bytes, Error> {
+    let limit = server.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -135,15 +141,22 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<byte
     if declared.is_some_and(|n| n > limit) {
         return Err(Error::PayloadTooLarge(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit")
-        {
-            Error::PayloadTooLarge(limit)
-        } else {
-            Error::bad_request(format!("Could not read the request body: {e}"), None)
-        }
-    })
+    let read = tokio::time::timeout(
+        ms(server.body_timeout_ms),
+        axum::body::to_bytes(body, limit),
+    );
+    read.await
+        .map_err(|_| Error::BodyTimeout(server.body_timeout_ms))?
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit")
+            {
+                Error::PayloadTooLarge(limit)
+            } else {
+                Error::bad_request(format!("Could not read the request body: {e}"), None)
+            }
+        })
 }
 
 /// The road of a request.
@@ -191,7 +204,7 @@ async fn road(
     let cfg = &rt.cfg;
     // 1. admit and parse
     let admitted = admit(s, cfg.server.max_in_flight)?;
-    let bytes = read_body(headers, body, cfg.server.max_body_bytes).await?;
+    let bytes = read_body(headers, body, &cfg.server).await?;
     let req = openai::parse(kind, &bytes)?;
 
     // 2. decide (cache, classify, policy)
@@ -236,16 +249,29 @@ async fn road(
     }
     let mut seen = std::collections::HashSet::new();
     order.retain(|m| seen.insert(*m));
-    let models: Vec<_> = order.iter().filter_map(|m| cfg.model(m)).collect();
+    let mut models: Vec<_> = order.iter().filter_map(|m| cfg.model(m)).collect();
+    if models.is_empty() {
+        // A decision cached by a replica with other models (or an older config).
+        models.extend(cfg.model(&cfg.routing.default_model));
+    }
+    let deadline = started + ms(cfg.upstream.total_timeout_ms);
+    let headers_by = if req.stream {
+        deadline.min(Instant::now() + ms(cfg.upstream.first_byte_timeout_ms))
+    } else {
+        deadline
+    };
     let answered = rt
         .upstream
         .send(
             &rt.pools,
             &models,
-            kind.path(),
             |m| openai::body_for(&req, cfg, m, d),
-            &forwarded_headers(headers),
-            &rt.api_keys,
+            Outgoing {
+                path: kind.path(),
+                headers: &forwarded_headers(headers),
+                keys: &rt.api_keys,
+                headers_by,
+            },
         )
         .await?;
 
@@ -256,7 +282,6 @@ async fn road(
         .map(|m| m.pricing.clone())
         .unwrap_or_default();
     let ttfb = answered.ttfb;
-    let deadline = started + ms(cfg.upstream.total_timeout_ms);
     let resp = relay::relay(
         answered,
         &Report {
@@ -292,7 +317,8 @@ fn forwarded_headers(h: &HeaderMap) -> HeaderMap {
 async fn route(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let rt = s.shared.current();
     let result: Result<Response, Error> = async {
-        let bytes = read_body(&headers, body, rt.cfg.server.max_body_bytes).await?;
+        let _admitted = admit(&s, rt.cfg.server.max_in_flight)?;
+        let bytes = read_body(&headers, body, &rt.cfg.server).await?;
         let probe: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let kind = if probe.get("prompt").is_some() && probe.get("messages").is_none() {
             Kind::Completion

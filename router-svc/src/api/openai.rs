@@ -171,6 +171,9 @@ pub fn body_for(p: &Parsed, cfg: &Config, model: &ModelConfig, d: &Decision) -> 
             match path.split_once('.') {
                 Some((outer, inner)) => {
                     let kw = body.entry(outer).or_insert_with(|| json!({}));
+                    if kw.is_null() {
+                        *kw = json!({});
+                    }
                     if let Value::Object(kw) = kw {
                         kw.entry(inner).or_insert(value);
                     }

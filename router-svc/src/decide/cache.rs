@@ -1,14 +1,15 @@
 //! The decision cache: a small in-process LRU in front of Redis (shared by every replica).
 //! Identical concurrent misses are coalesced into one classification (moka runs one init per
 //! key and hands its result to every waiter). Redis is the one place Redis is called: every call
-//! has a budget of a few milliseconds, after an error Redis is skipped for a while (then probed),
-//! and writes happen off the request path. Only the compact decision is stored, never text.
+//! has a budget of a few milliseconds and no request waits for a connect; after an error Redis is
+//! skipped for a while (then probed), and writes happen off the request path. Only the compact decision is stored, never text.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 
@@ -52,7 +53,13 @@ pub fn key(prefix: &str, text: &str, classifier_version: &str, policy_version: &
 }
 
 struct RedisLayer {
+    /// Creates and checks connections (with its own create/recycle timeouts).
     pool: deadpool_redis::Pool,
+    /// The checked connection every request shares: a multiplexed connection pipelines all
+    /// concurrent commands over one socket, so a lookup costs one round trip (a checkout from
+    /// the pool would add a PING). Cleared on error; re-made in the background.
+    conn: Mutex<Option<MultiplexedConnection>>,
+    connecting: AtomicBool,
     timeout: Duration,
     ttl_secs: u64,
     retry: Duration,
@@ -71,6 +78,9 @@ impl RedisLayer {
     }
 
     fn failed(&self, what: &str, err: &str) {
+        if self.conn.lock().unwrap().take().is_some() {
+            metrics::gauge!("router_redis_connected").set(0.0);
+        }
         let until = self.now_ms() + self.retry.as_millis() as u64;
         let prev = self.skip_until_ms.swap(until, Ordering::Relaxed);
         if prev <= self.now_ms() {
@@ -85,27 +95,51 @@ impl RedisLayer {
             .increment(1);
     }
 
-    async fn get(&self, key: &str) -> Option<Decision> {
+    fn skipped() {
+        metrics::counter!("router_cache_requests_total", "layer" => "redis", "result" => "skipped")
+            .increment(1);
+    }
+
+    /// The shared connection, or None while one is being made off the request path (so no
+    /// request waits for a connect).
+    fn connection(self: &Arc<Self>) -> Option<MultiplexedConnection> {
+        if let Some(c) = self.conn.lock().unwrap().as_ref() {
+            return Some(c.clone());
+        }
+        if !self.connecting.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                match this.pool.get().await {
+                    Ok(c) => {
+                        *this.conn.lock().unwrap() = Some((*c).clone());
+                        metrics::gauge!("router_redis_connected").set(1.0);
+                        tracing::info!("redis connected");
+                    }
+                    Err(e) => this.failed("connect", &e.to_string()),
+                }
+                this.connecting.store(false, Ordering::Release);
+            });
+        }
+        None
+    }
+
+    async fn get(self: &Arc<Self>, key: &str) -> Option<Decision> {
         if !self.usable() {
-            metrics::counter!("router_cache_requests_total", "layer" => "redis", "result" => "skipped")
-                .increment(1);
+            Self::skipped();
             return None;
         }
-        let pool = self.pool.clone();
-        let out = tokio::time::timeout(self.timeout, async move {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            conn.get::<_, Option<Vec<u8>>>(key)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await;
+        let Some(mut conn) = self.connection() else {
+            Self::skipped();
+            return None;
+        };
+        let out = tokio::time::timeout(self.timeout, conn.get::<_, Option<Vec<u8>>>(key)).await;
         match out {
             Err(_) => {
                 self.failed("get", "timeout");
                 None
             }
             Ok(Err(e)) => {
-                self.failed("get", &e);
+                self.failed("get", &e.to_string());
                 None
             }
             Ok(Ok(None)) => {
@@ -132,23 +166,22 @@ impl RedisLayer {
         if !self.usable() {
             return;
         }
+        let Some(mut conn) = self.connection() else {
+            return;
+        };
         let Ok(bytes) = serde_json::to_vec(d) else {
             return;
         };
         let this = self.clone();
         tokio::spawn(async move {
-            let pool = this.pool.clone();
-            let ttl = this.ttl_secs;
-            let out = tokio::time::timeout(this.timeout * 4, async move {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                conn.set_ex::<_, _, ()>(key, bytes, ttl)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            let out = tokio::time::timeout(
+                this.timeout * 4,
+                conn.set_ex::<_, _, ()>(key, bytes, this.ttl_secs),
+            )
             .await;
             match out {
                 Err(_) => this.failed("set", "timeout"),
-                Ok(Err(e)) => this.failed("set", &e),
+                Ok(Err(e)) => this.failed("set", &e.to_string()),
                 Ok(Ok(())) => {}
             }
         });
@@ -169,11 +202,10 @@ impl DecisionCache {
                 rc.pool = Some(deadpool_redis::PoolConfig {
                     max_size: cfg.redis_pool_size.max(1),
                     timeouts: deadpool_redis::Timeouts {
-                        wait: Some(t),
-                        // Connecting may take longer than one call's budget; the call's own
-                        // timeout still bounds what a request waits.
-                        create: Some(t.max(Duration::from_millis(250))),
-                        recycle: Some(t.max(Duration::from_millis(50))),
+                        // Connections are made off the request path (see `connection`).
+                        wait: Some(Duration::from_secs(1)),
+                        create: Some(Duration::from_secs(1)),
+                        recycle: Some(Duration::from_millis(500)),
                     },
                     ..Default::default()
                 });
@@ -182,6 +214,8 @@ impl DecisionCache {
                     .map_err(|e| anyhow::anyhow!("cache.redis_url {url:?}: {e}"))?;
                 Some(RedisLayer {
                     pool,
+                    conn: Mutex::new(None),
+                    connecting: AtomicBool::new(false),
                     timeout: t,
                     ttl_secs: cfg.ttl_secs.max(1),
                     retry: ms(cfg.redis_retry_ms),
@@ -190,10 +224,15 @@ impl DecisionCache {
                 })
             }
         };
+        let redis = redis.map(Arc::new);
+        if let Some(r) = &redis {
+            metrics::gauge!("router_redis_connected").set(0.0);
+            r.connection(); // connect now, in the background
+        }
         Ok(Self {
             prefix: cfg.key_prefix.clone(),
             local,
-            redis: redis.map(Arc::new),
+            redis,
         })
     }
 

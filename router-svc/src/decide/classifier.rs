@@ -29,6 +29,8 @@ pub enum ClassifyError {
     Unavailable(String),
     #[error("classifier refused the text: {0}")]
     Rejected(String),
+    #[error("classifier answered without task {0:?}")]
+    Incomplete(String),
 }
 
 impl ClassifyError {
@@ -41,6 +43,7 @@ impl ClassifyError {
             ClassifyError::Overloaded => "overloaded",
             ClassifyError::Unavailable(_) => "unavailable",
             ClassifyError::Rejected(_) => "rejected",
+            ClassifyError::Incomplete(_) => "incomplete",
         }
     }
 }
@@ -57,7 +60,9 @@ struct Breaker {
 struct BreakerState {
     failures: u32,
     open_until: Option<Instant>,
-    probing: bool,
+    /// When the current probe call started; a probe that never reported back (its caller was
+    /// cancelled) expires after the cooldown, so the breaker cannot stay open for good.
+    probe_since: Option<Instant>,
 }
 
 impl Breaker {
@@ -65,8 +70,12 @@ impl Breaker {
         let mut s = self.state.lock().unwrap();
         match s.open_until {
             None => true,
-            Some(t) if Instant::now() >= t && !s.probing => {
-                s.probing = true;
+            Some(t) if Instant::now() >= t => {
+                let now = Instant::now();
+                if s.probe_since.is_some_and(|p| now < p + self.cooldown) {
+                    return false;
+                }
+                s.probe_since = Some(now);
                 true
             }
             Some(_) => false,
@@ -85,7 +94,7 @@ impl Breaker {
     fn failure(&self) {
         let mut s = self.state.lock().unwrap();
         s.failures += 1;
-        s.probing = false;
+        s.probe_since = None;
         if s.failures >= self.threshold {
             if s.open_until.is_none() {
                 tracing::warn!(
@@ -216,8 +225,10 @@ impl Classifier {
             .collect()
     }
 
-    /// "task=model@revision,..." of the given tasks: part of the cache key.
-    pub fn version(&self, tasks: &[String]) -> String {
+    /// "task=model@revision,..." of the given tasks: part of the cache key. None until the
+    /// classifier has told us every task's version (then nothing is cached: a key without the
+    /// version could serve another model's decisions).
+    pub fn version(&self, tasks: &[String]) -> Option<String> {
         let known = self.known.read().unwrap();
         let mut v: Vec<String> = known
             .models
@@ -226,11 +237,7 @@ impl Classifier {
             .map(|(t, m)| format!("{t}={m}"))
             .collect();
         v.sort();
-        if v.is_empty() {
-            "unknown".into()
-        } else {
-            v.join(",")
-        }
+        (v.len() == tasks.len()).then(|| v.join(","))
     }
 
     /// One Classify call for every task, within the deadline, through the breaker. A replica
@@ -257,7 +264,9 @@ impl Classifier {
             let left = deadline.saturating_duration_since(Instant::now());
             let out = self.call(replica, text, tasks, left).await;
             match out {
-                Err(ClassifyError::Unavailable(e)) => {
+                // Unreachable, or hung (a black-holed address times out rather than refusing).
+                Err(ClassifyError::Unavailable(_) | ClassifyError::Timeout) => {
+                    let e = out.unwrap_err();
                     replica.down_until_ms.store(
                         self.now_ms() + self.replica_cooldown.as_millis() as u64,
                         Ordering::Relaxed,
@@ -268,17 +277,31 @@ impl Classifier {
                         tried = Some(i);
                         continue;
                     }
-                    break Err(ClassifyError::Unavailable(e));
+                    break Err(e);
                 }
                 other => break other,
             }
         };
         metrics::histogram!("router_classify_duration_seconds")
             .record(started.elapsed().as_secs_f64());
+        let result =
+            result.and_then(
+                |r| match tasks.iter().find(|t| !r.iter().any(|x| x.task == **t)) {
+                    // Info said it serves the task but the answer lacks it (the server changed): fail
+                    // open without caching; the next Info refresh fixes the task list.
+                    Some(t) => Err(ClassifyError::Incomplete(t.clone())),
+                    None => Ok(r),
+                },
+            );
         match &result {
             Ok(results) => {
                 self.breaker.success();
                 self.note_versions(results);
+            }
+            Err(ClassifyError::Incomplete(_)) => {
+                metrics::counter!("router_classifier_errors_total", "reason" => "incomplete")
+                    .increment(1);
+                self.breaker.success();
             }
             // The text's fault, not the classifier's.
             Err(ClassifyError::Rejected(_)) => self.breaker.success(),
@@ -304,9 +327,15 @@ impl Classifier {
             truncation: pb::Truncation::Truncate as i32,
         });
         req.set_timeout(budget);
+        struct InFlight<'a>(&'a AtomicUsize);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&replica.in_flight);
         let out = tokio::time::timeout(budget, replica.client.clone().classify(req)).await;
-        replica.in_flight.fetch_sub(1, Ordering::Relaxed);
         match out {
             Err(_) => Err(ClassifyError::Timeout),
             Ok(Err(status)) => Err(match status.code() {
@@ -433,6 +462,19 @@ mod tests {
         assert!(b.allow());
         b.success();
         assert!(b.allow() && b.allow(), "closed after a good probe");
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_back_expires() {
+        let b = breaker();
+        b.failure();
+        b.failure();
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "probe let through");
+        // ...and its caller was cancelled: no success(), no failure().
+        assert!(!b.allow());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.allow(), "a new probe after the old one expired");
     }
 
     #[tokio::test]

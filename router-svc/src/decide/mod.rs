@@ -161,32 +161,34 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
     if tasks.is_empty() {
         return count(plain(Source::NoText));
     }
-    let key = cache::key(
-        rt.cache.prefix(),
-        text,
-        &rt.classifier.version(&tasks),
-        &rt.policy_version,
-    );
     let classify_us = AtomicU64::new(u64::MAX);
+    let classify = async {
+        let t0 = Instant::now();
+        let r = rt.classifier.classify(text, &tasks).await;
+        classify_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let signals = r?
+            .into_iter()
+            .map(|r| Signal {
+                task: r.task,
+                label: r.label,
+                probability: r.probability,
+            })
+            .collect();
+        Ok::<_, classifier::ClassifyError>(policy::decide(cfg, signals))
+    };
     let started = Instant::now();
-    let result = rt
-        .cache
-        .get_or_classify(&key, async {
-            let t0 = Instant::now();
-            let r = rt.classifier.classify(text, &tasks).await;
-            classify_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-            let results = r?;
-            let signals = results
-                .into_iter()
-                .map(|r| Signal {
-                    task: r.task,
-                    label: r.label,
-                    probability: r.probability,
-                })
-                .collect();
-            Ok::<_, classifier::ClassifyError>(policy::decide(cfg, signals))
-        })
-        .await;
+    let key = rt
+        .classifier
+        .version(&tasks)
+        .map(|v| cache::key(rt.cache.prefix(), text, &v, &rt.policy_version));
+    let result = match &key {
+        Some(key) => rt.cache.get_or_classify(key, classify).await,
+        // Model versions not known yet (classifier not reached since start): no caching.
+        None => classify
+            .await
+            .map(|d| (std::sync::Arc::new(d), cache::Hit::Miss))
+            .map_err(std::sync::Arc::new),
+    };
     let total = started.elapsed();
     let classify = match classify_us.load(Ordering::Relaxed) {
         u64::MAX => None,
@@ -215,8 +217,8 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
     count(Outcome {
         decision,
         classify,
-        cache: Some(cache_time),
-        cache_key: Some(key),
+        cache: key.is_some().then_some(cache_time),
+        cache_key: key,
     })
 }
 

@@ -200,6 +200,18 @@ pub struct Upstream {
     cfg: UpstreamConfig,
 }
 
+/// What to send besides the body.
+pub struct Outgoing<'a> {
+    pub path: &'a str,
+    /// Client headers that go along (credentials, request id).
+    pub headers: &'a HeaderMap,
+    /// model -> its own backend key (replaces the client's authorization).
+    pub keys: &'a HashMap<String, HeaderValue>,
+    /// The response headers must arrive by then: vLLM sends them with the first token when
+    /// streaming, and with the whole answer otherwise.
+    pub headers_by: Instant,
+}
+
 /// A backend response whose headers arrived; the body is still to be relayed.
 pub struct Answered {
     pub response: reqwest::Response,
@@ -242,11 +254,15 @@ impl Upstream {
         &self,
         pools: &Pools,
         models: &[&ModelConfig],
-        path: &str,
         body_for: impl Fn(&ModelConfig) -> Bytes,
-        forward_headers: &HeaderMap,
-        keys: &HashMap<String, HeaderValue>,
+        out: Outgoing<'_>,
     ) -> Result<Answered, Error> {
+        let Outgoing {
+            path,
+            headers: forward_headers,
+            keys,
+            headers_by,
+        } = out;
         let started = Instant::now();
         let mut attempts = 0u32;
         let mut last_error: Option<Error> = None;
@@ -284,7 +300,8 @@ impl Upstream {
                 }
                 let t0 = Instant::now();
                 let out =
-                    tokio::time::timeout(ms(self.cfg.first_byte_timeout_ms), req.send()).await;
+                    tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), req.send())
+                        .await;
                 let outcome = match &out {
                     Err(_) => "timeout",
                     Ok(Err(_)) => "connect_error",
@@ -297,13 +314,14 @@ impl Upstream {
                 .increment(1);
                 match out {
                     Err(_) => {
-                        ep.failed(&self.cfg);
-                        // Not retried: the request may be running there; a retry could double it.
+                        // Not retried (the request may be running there; a retry could double
+                        // it) and not held against the endpoint (a long generation is no fault;
+                        // a hung server fails its health check).
                         return Err(Error::GatewayTimeout {
                             model: model.name.clone(),
                             detail: format!(
-                                "no response headers within {} ms",
-                                self.cfg.first_byte_timeout_ms
+                                "no response within {} ms",
+                                headers_by.saturating_duration_since(started).as_millis()
                             ),
                         });
                     }
