@@ -28,6 +28,10 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Write heads without training: each label's row is the mean embedding of a few examples.
     CentroidHeads(crate::centroid::CentroidArgs),
+    /// Train a head on the shared encoder from a JSONL file and write it with a model card.
+    Train(crate::train::TrainArgs),
+    /// Judge a task's classifier on a JSONL file (in process or against a server).
+    Eval(crate::eval::EvalArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -42,6 +42,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let metrics = classifier_svc::metrics::install()?;
             classifier_svc::server::serve(args, Some(metrics)).await
         }
+        Command::Eval(args) => {
+            init_tracing(false);
+            classifier_svc::eval::run(&args).await
+        }
+        Command::Train(args) => {
+            init_tracing(false);
+            classifier_svc::train::run(&args)
+        }
         Command::CentroidHeads(args) => {
             init_tracing(false);
             classifier_svc::centroid::run(&args)

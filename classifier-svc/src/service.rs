@@ -259,6 +259,10 @@ impl ClassifierService {
                 }
             }
         }
+        if req.include_embedding {
+            // The default encoder's embedding: free when it serves a task, one more pass if not.
+            wanted.entry(0).or_default();
+        }
         let _permit = self
             .inner
             .admission
@@ -278,6 +282,9 @@ impl ClassifierService {
             let version = model.meta.versioned_id();
             for (text_result, run) in results.iter_mut().zip(outs) {
                 let out = &run.output;
+                if req.include_embedding && *mi == 0 {
+                    text_result.embedding = out.embedding.clone();
+                }
                 text_result.num_tokens = text_result.num_tokens.max(run.num_tokens);
                 text_result.truncated |= run.truncated;
                 text_result.timings.push(pb::Timings {

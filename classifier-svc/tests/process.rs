@@ -123,7 +123,7 @@ async fn serve_binary_loads_classifies_and_stops_cleanly() {
         .classify(pb::ClassifyRequest {
             texts: vec![SECRET_PROMPT.into()],
             tasks: vec![],
-            truncation: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -77,7 +77,7 @@ fn req(texts: &[&str], tasks: &[&str]) -> pb::ClassifyRequest {
     pb::ClassifyRequest {
         texts: texts.iter().map(|s| s.to_string()).collect(),
         tasks: tasks.iter().map(|s| s.to_string()).collect(),
-        truncation: 0,
+        ..Default::default()
     }
 }
 
@@ -175,6 +175,7 @@ async fn malformed_requests_get_invalid_argument_with_a_message() {
                 texts: vec!["hi".into()],
                 tasks: vec![],
                 truncation: 42,
+                ..Default::default()
             },
             "truncation",
         ),
@@ -240,6 +241,35 @@ async fn embed_returns_normalised_vectors() {
         let norm: f32 = e.values.iter().map(|v| v * v).sum();
         assert!((norm - 1.0).abs() < 1e-4);
     }
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn classify_can_return_the_embedding_from_the_same_pass() {
+    let (running, _dir) = full_server(Limits::default()).await;
+    let mut c = ClassifierClient::new(channel(&running).await);
+    let text = "write a poem about the sea";
+    let embed = c
+        .embed(pb::EmbedRequest {
+            texts: vec![text.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut r = req(&[text], &[]);
+    r.include_embedding = true;
+    let classified = c.classify(r).await.unwrap().into_inner();
+    let got = &classified.results[0].embedding;
+    let want = &embed.embeddings[0].values;
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5));
+    assert!(
+        !classified.results[0].results.is_empty(),
+        "tasks still answered"
+    );
+    let plain = c.classify(req(&[text], &[])).await.unwrap().into_inner();
+    assert!(plain.results[0].embedding.is_empty(), "only when asked");
     running.shutdown().await;
 }
 

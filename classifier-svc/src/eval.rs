@@ -1,0 +1,197 @@
+//! `classifier-svc eval`: judges a task's classifier on any JSONL file (its text and label field
+//! named on the command line, labels optionally mapped), in process (encoder + heads) or against
+//! a running classifier-svc by address. Prints accuracy, macro-F1, per-class precision/recall,
+//! the confusion matrix and texts/s; `--json` for machines; `--predictions` writes every row's
+//! label probabilities as JSONL.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use semroute_proto::classifier::v1 as pb;
+use serde_json::json;
+
+use crate::dataset;
+use crate::model::{LoadOptions, Model, Source, Truncation};
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// JSONL file(s) (repeatable).
+    #[arg(long = "data", required = true)]
+    pub data: Vec<PathBuf>,
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    #[arg(long, default_value = "label")]
+    pub label_field: String,
+    /// The classifier task to judge (e.g. domain).
+    #[arg(long)]
+    pub task: String,
+    /// FROM=TO,... or a JSON object file mapping the file's labels to the task's.
+    #[arg(long)]
+    pub label_map: Option<String>,
+    /// A running classifier-svc (e.g. http://127.0.0.1:50051); without it, in process.
+    #[arg(long)]
+    pub addr: Option<String>,
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub encoder: String,
+    #[arg(long, default_value = "models/heads")]
+    pub heads: PathBuf,
+    /// Judge only the first N rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every row's probabilities here (JSONL).
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
+}
+
+/// Label order and per-row probabilities (in that order).
+type Predicted = (Vec<String>, Vec<Vec<f32>>);
+
+fn in_process(args: &EvalArgs, texts: &[&str]) -> anyhow::Result<Predicted> {
+    let source: Source = args.encoder.parse()?;
+    let model = Model::load_encoder(&source, Some(&args.heads), &LoadOptions::default())?;
+    let ti = model
+        .tasks
+        .iter()
+        .position(|t| t.name == args.task)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no head for task {:?} in {} (have: {})",
+                args.task,
+                args.heads.display(),
+                model
+                    .tasks
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| Ok(model.tokenize(t, Truncation::Truncate)?.ids))
+        .collect::<anyhow::Result<_>>()?;
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut probs = vec![Vec::new(); ids.len()];
+    for chunk in order.chunks(32) {
+        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+        let out = model.run(&seqs)?;
+        for (&i, p) in chunk.iter().zip(out.probs) {
+            probs[i] = p[ti].clone();
+        }
+    }
+    Ok((model.tasks[ti].labels.clone(), probs))
+}
+
+async fn remote(args: &EvalArgs, addr: &str, texts: &[&str]) -> anyhow::Result<Predicted> {
+    let mut client = pb::classifier_client::ClassifierClient::connect(addr.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
+    let mut labels: Vec<String> = Vec::new();
+    let mut probs = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(32) {
+        let resp = client
+            .classify(pb::ClassifyRequest {
+                texts: chunk.iter().map(|t| t.to_string()).collect(),
+                tasks: vec![args.task.clone()],
+                truncation: pb::Truncation::Truncate as i32,
+                include_embedding: false,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("Classify: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        for r in resp.results {
+            let t = r
+                .results
+                .into_iter()
+                .find(|t| t.task == args.task)
+                .ok_or_else(|| anyhow::anyhow!("answer without task {:?}", args.task))?;
+            if labels.is_empty() {
+                labels = t.scores.iter().map(|s| s.label.clone()).collect();
+            }
+            probs.push(t.scores.iter().map(|s| s.probability).collect());
+        }
+    }
+    Ok((labels, probs))
+}
+
+pub async fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    let map = dataset::parse_label_map(args.label_map.as_deref())?;
+    let mut rows = dataset::load(&args.data, &args.text_field, &args.label_field, None, &map)?;
+    if let Some(n) = args.limit {
+        rows.truncate(n);
+    }
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    let started = Instant::now();
+    let (head_labels, probs) = match &args.addr {
+        Some(addr) => remote(args, addr, &texts).await?,
+        None => in_process(args, &texts)?,
+    };
+    let secs = started.elapsed().as_secs_f64();
+    // Labels the head does not know stay in the report (always wrong), so nothing is hidden.
+    let mut labels = head_labels.clone();
+    for r in &rows {
+        if !labels.contains(&r.label) {
+            labels.push(r.label.clone());
+        }
+    }
+    let truth: Vec<usize> = rows
+        .iter()
+        .map(|r| labels.iter().position(|l| *l == r.label).unwrap())
+        .collect();
+    let pred: Vec<usize> = probs
+        .iter()
+        .map(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i)
+        })
+        .collect();
+    let scores = dataset::score(&labels, &truth, &pred);
+    let unknown: Vec<&String> = labels[head_labels.len()..].iter().collect();
+    if let Some(path) = &args.predictions {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (i, (r, p)) in rows.iter().zip(&probs).enumerate() {
+            let dist: serde_json::Map<String, serde_json::Value> = head_labels
+                .iter()
+                .zip(p)
+                .map(|(l, v)| (l.clone(), json!(v)))
+                .collect();
+            let line = json!({"row": i, "label": r.label, "predicted": labels[pred[i]], "probabilities": dist});
+            writeln!(f, "{line}")?;
+        }
+    }
+    let rate = rows.len() as f64 / secs.max(1e-9);
+    if args.json {
+        let out = json!({
+            "task": args.task,
+            "source": args.addr.clone().unwrap_or_else(|| "in-process".into()),
+            "scores": scores,
+            "labels_unknown_to_the_head": unknown,
+            "seconds": secs,
+            "texts_per_second": rate,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "task {} on {} rows ({}): {:.1} texts/s",
+            args.task,
+            rows.len(),
+            args.addr.as_deref().unwrap_or("in process"),
+            rate
+        );
+        if !unknown.is_empty() {
+            println!(
+                "labels in the data the head does not have (always counted wrong): {unknown:?}"
+            );
+        }
+        print!("{}", scores.render());
+    }
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! `classifier-svc train`: one head per task on the shared (frozen) encoder. Embeds the data once
+//! (cached on disk, so another head on the same data is fast), splits it stratified with a fixed
+//! seed into train / validation (early stopping, thresholds) / test (the reported figures),
+//! trains a linear or small-MLP head with class weights and AdamW, and writes the head in the
+//! format classifier-svc serves (`models/README.md`) with its metrics and a model card.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use clap::Args;
+use rand::seq::SliceRandom;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::dataset::{self, Row, Scores};
+use crate::model::{LoadOptions, Model, Source, Truncation};
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Task name (the head's directory and the name clients ask for).
+    #[arg(long)]
+    pub task: String,
+    /// JSONL file(s) (repeatable).
+    #[arg(long = "data", required = true)]
+    pub data: Vec<PathBuf>,
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    #[arg(long, default_value = "label")]
+    pub label_field: String,
+    /// FROM=TO,... or a JSON object file; labels mapped to "" are dropped.
+    #[arg(long)]
+    pub label_map: Option<String>,
+    /// A finer kind to report per group on the test split (e.g. the jailbreak data's category).
+    #[arg(long)]
+    pub group_field: Option<String>,
+    /// Heads directory to write `<task>/` into.
+    #[arg(long, default_value = "models/heads")]
+    pub out: PathBuf,
+    /// Shared encoder: a local directory or hf:org/name[@revision].
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub encoder: String,
+    /// Tokens per text when embedding (longer texts are truncated); serving uses 512.
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    /// Hidden units of the MLP head; 0 = a linear head.
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f32,
+    #[arg(long, default_value_t = 300)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Epochs without a better validation macro-F1 before stopping.
+    #[arg(long, default_value_t = 25)]
+    pub patience: usize,
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 0.15)]
+    pub test_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Binary detectors: the positive label, and the false-positive rate its threshold is set
+    /// for on the validation split (written to head.json as `threshold`).
+    #[arg(long)]
+    pub positive: Option<String>,
+    #[arg(long, default_value_t = 0.03)]
+    pub max_fpr: f64,
+    /// Where embeddings of data files are cached.
+    #[arg(long, default_value = "models/cache/embeddings")]
+    pub cache_dir: PathBuf,
+}
+
+/// Embeds `texts` with `model`, 32 at a time in length order, cached under `cache_dir` by the
+/// encoder revision, max length and the texts themselves.
+pub fn embed_cached(
+    model: &Model,
+    texts: &[&str],
+    max_length: usize,
+    cache_dir: &Path,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut h = Sha256::new();
+    h.update(model.meta.revision.as_bytes());
+    h.update(max_length.to_le_bytes());
+    for t in texts {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    let path = cache_dir.join(format!("{}.safetensors", hex::encode(&h.finalize()[..16])));
+    if let Ok(t) = candle_core::safetensors::load(&path, &Device::Cpu) {
+        if let Some(e) = t.get("embeddings") {
+            eprintln!(
+                "embeddings: {} texts from cache {}",
+                texts.len(),
+                path.display()
+            );
+            return Ok(e.to_vec2()?);
+        }
+    }
+    let started = Instant::now();
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| {
+            let mut ids = model.tokenize(t, Truncation::Truncate)?.ids;
+            if ids.len() > max_length {
+                // Keep the final [SEP] so the sequence stays well-formed.
+                let last = *ids.last().unwrap();
+                ids.truncate(max_length - 1);
+                ids.push(last);
+            }
+            Ok(ids)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut out = vec![Vec::new(); ids.len()];
+    let mut done = 0;
+    let mut next_report = 0.0;
+    for chunk in order.chunks(32) {
+        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+        let res = model.run(&seqs)?;
+        for (&i, e) in chunk.iter().zip(res.embeddings) {
+            out[i] = e;
+        }
+        done += chunk.len();
+        let frac = done as f64 / ids.len() as f64;
+        if frac >= next_report {
+            eprintln!(
+                "embedding: {done}/{} ({:.0}%), {:.0} texts/s",
+                ids.len(),
+                frac * 100.0,
+                done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            );
+            next_report += 0.1;
+        }
+    }
+    std::fs::create_dir_all(cache_dir)?;
+    let dim = out[0].len();
+    let flat: Vec<f32> = out.iter().flatten().copied().collect();
+    let t = Tensor::from_vec(flat, (out.len(), dim), &Device::Cpu)?;
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("embeddings".to_string(), t)]),
+        &path,
+    )?;
+    Ok(out)
+}
+
+struct Head {
+    layers: Vec<(Var, Var)>,
+}
+
+impl Head {
+    fn new(dims: &[usize], rng: &mut StdRng) -> anyhow::Result<Self> {
+        let mut layers = Vec::new();
+        for w in dims.windows(2) {
+            let (inp, out) = (w[0], w[1]);
+            // Kaiming-uniform-like init, from our own seeded generator.
+            let bound = (6.0 / inp as f64).sqrt() as f32 * 0.5;
+            let data: Vec<f32> = (0..inp * out)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
+            let wt = Var::from_tensor(&Tensor::from_vec(data, (out, inp), &Device::Cpu)?)?;
+            let b = Var::from_tensor(&Tensor::zeros(out, DType::F32, &Device::Cpu)?)?;
+            layers.push((wt, b));
+        }
+        Ok(Self { layers })
+    }
+
+    /// Training forward with inverted dropout on the hidden layer; the mask comes from our own
+    /// seeded generator (candle cannot seed its CPU one), so runs repeat exactly.
+    fn forward(&self, x: &Tensor, dropout: f32, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+        let mut h = x.clone();
+        for (i, (w, b)) in self.layers.iter().enumerate() {
+            h = h
+                .matmul(&w.as_tensor().t()?)?
+                .broadcast_add(b.as_tensor())?;
+            if i + 1 < self.layers.len() {
+                h = h.relu()?;
+                if dropout > 0.0 {
+                    let keep = 1.0 - dropout;
+                    let mask: Vec<f32> = (0..h.elem_count())
+                        .map(|_| {
+                            if rng.random::<f32>() < keep {
+                                1.0 / keep
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let mask = Tensor::from_vec(mask, h.shape(), h.device())?;
+                    h = (h * mask)?;
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        self.layers
+            .iter()
+            .flat_map(|(w, b)| [w.clone(), b.clone()])
+            .collect()
+    }
+
+    fn snapshot(&self) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        self.layers
+            .iter()
+            .map(|(w, b)| Ok((w.as_tensor().copy()?, b.as_tensor().copy()?)))
+            .collect()
+    }
+}
+
+/// Class-weighted mean cross-entropy.
+fn weighted_ce(logits: &Tensor, targets: &Tensor, class_w: &Tensor) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let w = class_w.index_select(targets, 0)?;
+    (picked * &w)?.sum_all()?.neg()? / w.sum_all()?.to_scalar::<f32>()? as f64
+}
+
+fn probs(weights: &[(Tensor, Tensor)], x: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    let mut h = x.clone();
+    for (i, (w, b)) in weights.iter().enumerate() {
+        h = h.matmul(&w.t()?)?.broadcast_add(b)?;
+        if i + 1 < weights.len() {
+            h = h.relu()?;
+        }
+    }
+    candle_nn::ops::softmax(&h, D::Minus1)?.to_vec2()
+}
+
+fn argmax(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+fn rows_tensor(emb: &[Vec<f32>], idx: &[usize]) -> candle_core::Result<Tensor> {
+    let dim = emb[0].len();
+    let flat: Vec<f32> = idx.iter().flat_map(|&i| emb[i].iter().copied()).collect();
+    Tensor::from_vec(flat, (idx.len(), dim), &Device::Cpu)
+}
+
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let label_map = dataset::parse_label_map(args.label_map.as_deref())?;
+    let rows: Vec<Row> = dataset::load(
+        &args.data,
+        &args.text_field,
+        &args.label_field,
+        args.group_field.as_deref(),
+        &label_map,
+    )?;
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| r.label.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    anyhow::ensure!(
+        labels.len() >= 2,
+        "a head needs at least 2 labels, found {labels:?}"
+    );
+    let y: Vec<usize> = rows
+        .iter()
+        .map(|r| labels.binary_search(&r.label).unwrap())
+        .collect();
+    eprintln!("{}: {} rows, labels {labels:?}", args.task, rows.len());
+
+    let source: Source = args.encoder.parse()?;
+    let model = Model::load_encoder(&source, None, &LoadOptions::default())?;
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    let emb = embed_cached(&model, &texts, args.max_length, &args.cache_dir)?;
+    let dim = emb[0].len();
+
+    // train / rest, then rest -> validation / test, both stratified.
+    let held = args.val_fraction + args.test_fraction;
+    let (train, rest) = dataset::stratified_split(&y, held, args.seed);
+    let rest_y: Vec<usize> = rest.iter().map(|&i| y[i]).collect();
+    let (val_r, test_r) =
+        dataset::stratified_split(&rest_y, args.test_fraction / held, args.seed + 1);
+    let val: Vec<usize> = val_r.iter().map(|&i| rest[i]).collect();
+    let test: Vec<usize> = test_r.iter().map(|&i| rest[i]).collect();
+    eprintln!(
+        "split (seed {}): train {}, validation {}, test {}",
+        args.seed,
+        train.len(),
+        val.len(),
+        test.len()
+    );
+
+    let k = labels.len();
+    let mut counts = vec![0usize; k];
+    for &i in &train {
+        counts[y[i]] += 1;
+    }
+    let class_w: Vec<f32> = counts
+        .iter()
+        .map(|&c| train.len() as f32 / (k as f32 * c.max(1) as f32))
+        .collect();
+    let class_w = Tensor::new(class_w.as_slice(), &Device::Cpu)?;
+
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let dims: Vec<usize> = if args.hidden == 0 {
+        vec![dim, k]
+    } else {
+        vec![dim, args.hidden, k]
+    };
+    let head = Head::new(&dims, &mut rng)?;
+    let mut opt = AdamW::new(
+        head.vars(),
+        ParamsAdamW {
+            lr: args.lr,
+            weight_decay: args.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let x_val = rows_tensor(&emb, &val)?;
+    let y_val: Vec<usize> = val.iter().map(|&i| y[i]).collect();
+    let mut best = (f64::MIN, 0usize, head.snapshot()?);
+    let mut order = train.clone();
+    let started = Instant::now();
+    for epoch in 1..=args.epochs {
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        let mut batches = 0;
+        for b in order.chunks(args.batch_size) {
+            let x = rows_tensor(&emb, b)?;
+            let t: Vec<u32> = b.iter().map(|&i| y[i] as u32).collect();
+            let t = Tensor::new(t.as_slice(), &Device::Cpu)?;
+            let logits = head.forward(&x, args.dropout, &mut rng)?;
+            let loss = weighted_ce(&logits, &t, &class_w)?;
+            opt.backward_step(&loss)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            batches += 1;
+        }
+        let p = probs(&head.snapshot()?, &x_val)?;
+        let pred: Vec<usize> = p.iter().map(|r| argmax(r)).collect();
+        let s = dataset::score(&labels, &y_val, &pred);
+        if s.macro_f1 > best.0 {
+            best = (s.macro_f1, epoch, head.snapshot()?);
+        }
+        if epoch == 1 || epoch % 10 == 0 {
+            eprintln!(
+                "epoch {epoch:>4}: train loss {:.4}, validation accuracy {:.4} macro-F1 {:.4} (best {:.4} at {})",
+                loss_sum / batches as f64,
+                s.accuracy,
+                s.macro_f1,
+                best.0,
+                best.1
+            );
+        }
+        if epoch - best.1 >= args.patience {
+            eprintln!(
+                "early stop at epoch {epoch} (best validation macro-F1 at epoch {})",
+                best.1
+            );
+            break;
+        }
+    }
+    let weights = best.2;
+
+    // Reported figures: the test split, never seen in training or model selection.
+    let x_test = rows_tensor(&emb, &test)?;
+    let y_test: Vec<usize> = test.iter().map(|&i| y[i]).collect();
+    let p_test = probs(&weights, &x_test)?;
+    let pred: Vec<usize> = p_test.iter().map(|r| argmax(r)).collect();
+    let test_scores = dataset::score(&labels, &y_test, &pred);
+    println!("== {} test split\n{}", args.task, test_scores.render());
+
+    let mut detector = None;
+    if let Some(pos) = &args.positive {
+        let pi = labels
+            .binary_search(pos)
+            .map_err(|_| anyhow::anyhow!("--positive {pos:?} is not a label ({labels:?})"))?;
+        let p_val = probs(&weights, &x_val)?;
+        let split = |p: &[Vec<f32>], ys: &[usize]| {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for (r, &t) in p.iter().zip(ys) {
+                if t == pi {
+                    a.push(r[pi])
+                } else {
+                    b.push(r[pi])
+                }
+            }
+            (a, b)
+        };
+        let (vp, vn) = split(&p_val, &y_val);
+        let (thr, val_recall, val_fpr) = dataset::threshold_at_fpr(&vp, &vn, args.max_fpr);
+        let (tp, tn) = split(&p_test, &y_test);
+        let recall = tp.iter().filter(|&&p| p >= thr).count() as f64 / tp.len().max(1) as f64;
+        let fpr = tn.iter().filter(|&&p| p >= thr).count() as f64 / tn.len().max(1) as f64;
+        let mut groups = std::collections::BTreeMap::<String, (usize, usize)>::new();
+        for ((r, &t), &i) in p_test.iter().zip(&y_test).zip(&test) {
+            if let Some(g) = &rows[i].group {
+                let e = groups.entry(format!("{} ({})", g, labels[t])).or_default();
+                e.0 += 1;
+                if r[pi] >= thr {
+                    e.1 += 1;
+                }
+            }
+        }
+        println!(
+            "== {pos} detector: threshold {thr:.4} (set on validation: recall {val_recall:.4} at FPR {val_fpr:.4})\n   test: recall {recall:.4} at FPR {fpr:.4}"
+        );
+        for (g, (n, flagged)) in &groups {
+            println!(
+                "   {g:<40} n={n:>5} flagged {:.4}",
+                *flagged as f64 / *n as f64
+            );
+        }
+        detector = Some(json!({
+            "positive": pos, "threshold": thr, "max_fpr": args.max_fpr,
+            "validation": {"recall": val_recall, "fpr": val_fpr},
+            "test": {"recall": recall, "fpr": fpr},
+            "test_groups_flagged": groups.iter().map(|(g, (n, f))| (g.clone(), json!({"n": n, "flagged_rate": *f as f64 / *n as f64}))).collect::<serde_json::Map<_, _>>(),
+        }));
+    }
+
+    write_head(
+        args,
+        &labels,
+        &weights,
+        &test_scores,
+        detector,
+        &model,
+        best.1,
+        started,
+        (train.len(), val.len(), test.len()),
+    )?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_head(
+    args: &TrainArgs,
+    labels: &[String],
+    weights: &[(Tensor, Tensor)],
+    scores: &Scores,
+    detector: Option<serde_json::Value>,
+    model: &Model,
+    best_epoch: usize,
+    started: Instant,
+    split: (usize, usize, usize),
+) -> anyhow::Result<()> {
+    let dir = args.out.join(&args.task);
+    std::fs::create_dir_all(&dir)?;
+    let mut tensors = std::collections::HashMap::new();
+    for (i, (w, b)) in weights.iter().enumerate() {
+        tensors.insert(format!("layers.{i}.weight"), w.clone());
+        tensors.insert(format!("layers.{i}.bias"), b.clone());
+    }
+    candle_core::safetensors::save(&tensors, dir.join("head.safetensors"))?;
+    let mut spec = json!({
+        "task": args.task,
+        "labels": labels,
+        "activation": "relu",
+        "kind": if args.hidden == 0 { "linear" } else { "mlp" },
+        "encoder": model.meta.id,
+    });
+    if let Some(d) = &detector {
+        spec["positive"] = d["positive"].clone();
+        spec["threshold"] = d["threshold"].clone();
+    }
+    std::fs::write(
+        dir.join("head.json"),
+        serde_json::to_string_pretty(&spec)? + "\n",
+    )?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let metrics = json!({
+        "task": args.task,
+        "split": {"seed": args.seed, "train": split.0, "validation": split.1, "test": split.2},
+        "best_epoch": best_epoch,
+        "test": scores,
+        "detector": detector,
+        "train_seconds": started.elapsed().as_secs_f64(),
+        "command": command,
+    });
+    std::fs::write(
+        dir.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)? + "\n",
+    )?;
+    let mut card = std::fs::File::create(dir.join("CARD.md"))?;
+    writeln!(card, "# `{}` head\n", args.task)?;
+    writeln!(
+        card,
+        "- Encoder: `{}` (frozen; pooled, L2-normalised embedding, max {} tokens)",
+        model.meta.id, args.max_length
+    )?;
+    writeln!(
+        card,
+        "- Head: {} ({}), class-weighted cross-entropy, AdamW lr {} wd {}, dropout {}, early stopping on validation macro-F1 (patience {}, best epoch {best_epoch})",
+        if args.hidden == 0 { "linear".to_string() } else { format!("MLP {} -> {} -> {}", model.meta.hidden_size, args.hidden, labels.len()) },
+        "relu", args.lr, args.weight_decay, args.dropout, args.patience
+    )?;
+    let data: Vec<String> = args
+        .data
+        .iter()
+        .map(|p| format!("`{}`", p.display()))
+        .collect();
+    writeln!(
+        card,
+        "- Data: {} (text `{}`, label `{}`{}); labels: {}",
+        data.join(", "),
+        args.text_field,
+        args.label_field,
+        args.label_map
+            .as_ref()
+            .map(|m| format!(", mapped {m}"))
+            .unwrap_or_default(),
+        labels.join(", ")
+    )?;
+    writeln!(
+        card,
+        "- Split: stratified, seed {}: train {}, validation {} (early stopping{}), test {} (the figures below)",
+        args.seed,
+        split.0,
+        split.1,
+        if detector.is_some() { ", threshold" } else { "" },
+        split.2
+    )?;
+    writeln!(
+        card,
+        "\n## Test split\n\naccuracy {:.4}, macro-F1 {:.4}\n\n```\n{}```",
+        scores.accuracy,
+        scores.macro_f1,
+        scores.render()
+    )?;
+    if let Some(d) = &detector {
+        writeln!(
+            card,
+            "\n## Detector\n\n```json\n{}\n```",
+            serde_json::to_string_pretty(d)?
+        )?;
+    }
+    writeln!(card, "\n## Reproduce\n\n```sh\n{command}\n```")?;
+    eprintln!("wrote {}", dir.display());
+    Ok(())
+}
