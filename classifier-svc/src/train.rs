@@ -498,9 +498,9 @@ fn write_head(
     )?;
     writeln!(
         card,
-        "- Head: {} ({}), class-weighted cross-entropy, AdamW lr {} wd {}, dropout {}, early stopping on validation macro-F1 (patience {}, best epoch {best_epoch})",
-        if args.hidden == 0 { "linear".to_string() } else { format!("MLP {} -> {} -> {}", model.meta.hidden_size, args.hidden, labels.len()) },
-        "relu", args.lr, args.weight_decay, args.dropout, args.patience
+        "- Head: {}, class-weighted cross-entropy, AdamW lr {} wd {}, dropout {}, early stopping on validation macro-F1 (patience {}, best epoch {best_epoch})",
+        if args.hidden == 0 { "linear".to_string() } else { format!("MLP {} -> {} (relu) -> {}", model.meta.hidden_size, args.hidden, labels.len()) },
+        args.lr, args.weight_decay, args.dropout, args.patience
     )?;
     let data: Vec<String> = args
         .data

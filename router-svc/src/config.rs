@@ -282,10 +282,42 @@ pub struct RoutingConfig {
     pub complexity: BTreeMap<String, ComplexityRule>,
     #[serde(default)]
     pub jailbreak: JailbreakPolicy,
+    /// Routes without training: a few example prompts and a target model each.
+    #[serde(default)]
+    pub routes: Vec<RouteRule>,
+    /// true: a matching route wins over the trained domains; false: routes decide only when the
+    /// domain gives no confident category rule.
+    #[serde(default = "yes")]
+    pub routes_win: bool,
 }
 
 fn default_threshold() -> f32 {
     0.5
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A route declared by example prompts (embedded through classifier-svc's Embed RPC); a request
+/// whose embedding is this close (cosine) to one of the examples takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    pub name: String,
+    pub examples: Vec<String>,
+    pub model: String,
+    #[serde(default)]
+    pub use_reasoning: bool,
+    /// Minimum cosine similarity to the nearest example.
+    #[serde(default = "route_threshold")]
+    pub threshold: f32,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+}
+
+fn route_threshold() -> f32 {
+    0.6
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -516,6 +548,23 @@ impl Config {
                     &c.model,
                 )?;
             }
+        }
+        let mut route_names = HashSet::new();
+        for (i, route) in r.routes.iter().enumerate() {
+            if route.name.trim().is_empty() || !route_names.insert(route.name.as_str()) {
+                return bad(
+                    format!("routing.routes[{i}].name"),
+                    format!("empty or duplicate route name {:?}", route.name),
+                );
+            }
+            if route.examples.iter().all(|e| e.trim().is_empty()) {
+                return bad(
+                    format!("routing.routes[{i}].examples"),
+                    "a route needs at least one example prompt".into(),
+                );
+            }
+            known(format!("routing.routes[{i}].model"), &route.model)?;
+            prob(&format!("routing.routes[{i}].threshold"), route.threshold)?;
         }
         for (label, rule) in &r.complexity {
             if let Some(m) = &rule.model {

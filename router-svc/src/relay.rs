@@ -49,6 +49,9 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
     set("x-vsr-confidence", format!("{:.4}", d.confidence));
     set("x-vsr-cache-hit", d.source.is_cache_hit().to_string());
     set("x-vsr-decision-source", d.source.as_str().into());
+    if let Some(r) = &d.route {
+        set("x-vsr-selected-route", r.clone());
+    }
     if let Some(c) = &d.complexity {
         set("x-vsr-selected-complexity", c.clone());
     }

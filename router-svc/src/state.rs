@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::decide::cache::DecisionCache;
 use crate::decide::classifier::Classifier;
+use crate::decide::routes::RouteSet;
 use crate::upstream::{Pools, Upstream};
 
 pub struct Runtime {
@@ -21,6 +22,8 @@ pub struct Runtime {
     pub policy_version: String,
     pub classifier: Arc<Classifier>,
     pub cache: Arc<DecisionCache>,
+    /// Similarity routes (examples embedded in the background).
+    pub routes: Arc<RouteSet>,
     pub upstream: Arc<Upstream>,
     pub pools: Pools,
     /// model -> "Bearer <key>" from the model's `api_key_env`.
@@ -38,6 +41,15 @@ impl Runtime {
         let cache = match prev {
             Some(p) if p.cfg.cache == cfg.cache => p.cache.clone(),
             _ => Arc::new(DecisionCache::new(&cfg.cache)?),
+        };
+        let routes = match prev {
+            Some(p)
+                if p.cfg.routing.routes == cfg.routing.routes
+                    && Arc::ptr_eq(&p.classifier, &classifier) =>
+            {
+                p.routes.clone()
+            }
+            _ => RouteSet::new(cfg.routing.routes.clone(), &classifier),
         };
         let upstream = match prev {
             Some(p) if p.cfg.upstream == cfg.upstream => p.upstream.clone(),
@@ -69,6 +81,7 @@ impl Runtime {
             cfg,
             classifier,
             cache,
+            routes,
             upstream,
             pools,
             api_keys,

@@ -715,3 +715,70 @@ async fn bad_input_and_upstream_trouble_get_openai_errors() {
     });
     assert_eq!(http_status(router.port, "/healthz"), Some(200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similarity_routes_catch_paraphrases_and_leave_other_prompts_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cls = Classifier::start(dir.path());
+    let be = Backends::start().await;
+    let routes = r#"
+  routes:
+    - name: customer-support
+      model: ds
+      threshold: 0.5
+      system_prompt: "You are a patient support agent."
+      examples:
+        - "I want a refund for my order"
+        - "My package never arrived, where is it?"
+        - "How do I cancel my subscription?"
+        - "I was charged twice on my credit card"
+        - "I need to talk to customer service about my account"
+"#;
+    // The demo jailbreak head is a crude few-shot centroid: keep it out of this test's way.
+    let yaml = config_yaml(Some(cls.grpc_port), None, &be.small(), &be.c.url, routes)
+        .replace("    threshold: 0.6\n", "    threshold: 0.999\n");
+    let router = Router::start(dir.path(), &yaml, &[]);
+    wait_until("routes embedded", Duration::from_secs(20), || {
+        router.proc.log_text().contains("similarity routes ready")
+    });
+    let c = client();
+    let route = |prompt: String| {
+        let c = c.clone();
+        let url = format!("{}/v1/route", router.base);
+        async move { post(&c, &url, &chat("auto", &prompt)).await.2 }
+    };
+    for unseen in [
+        "Can I get my money back for this purchase?",
+        "My delivery is late and the parcel hasn't shown up",
+        "Please help me stop my monthly membership",
+    ] {
+        let r = route(unseen.into()).await;
+        assert_eq!(r["decision"]["route"], "customer-support", "{unseen}: {r}");
+        assert_eq!(r["decision"]["model"], "ds", "{r}");
+    }
+    for unrelated in [
+        example("domain", "math", 2),
+        example("domain", "history", 0),
+        example("domain", "computer science", 0),
+    ] {
+        let r = route(unrelated.clone()).await;
+        assert!(r["decision"].get("route").is_none(), "{unrelated}: {r}");
+    }
+    // Through the chat endpoint: header and the route's system prompt.
+    let url = format!("{}/v1/chat/completions", router.base);
+    let (s, h, _) = post(
+        &c,
+        &url,
+        &chat("auto", "Can I get my money back for this purchase?"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-selected-route"), "customer-support");
+    assert_eq!(header(&h, "x-sim-backend"), "sim-c", "{h:?}");
+    let sent = be.last_body(&be.c).await;
+    assert_eq!(sent["model"], "ds");
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "You are a patient support agent."
+    );
+}

@@ -183,12 +183,22 @@ pub fn body_for(p: &Parsed, cfg: &Config, model: &ModelConfig, d: &Decision) -> 
                 }
             }
         }
-        let prompt = d
-            .category
-            .as_ref()
-            .filter(|_| model.name == d.model)
-            .and_then(|c| cfg.routing.categories.get(c))
-            .and_then(|r| r.system_prompt.as_ref());
+        let route_prompt = d.route.as_ref().and_then(|name| {
+            cfg.routing
+                .routes
+                .iter()
+                .find(|r| r.name == *name)
+                .map(|r| r.system_prompt.as_ref())
+        });
+        let prompt = match route_prompt {
+            Some(p) => p,
+            None => d
+                .category
+                .as_ref()
+                .and_then(|c| cfg.routing.categories.get(c))
+                .and_then(|r| r.system_prompt.as_ref()),
+        }
+        .filter(|_| model.name == d.model);
         if let (Some(prompt), Some(Value::Array(msgs))) = (prompt, body.get_mut("messages")) {
             let first_system = msgs
                 .first()

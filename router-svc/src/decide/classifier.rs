@@ -246,7 +246,8 @@ impl Classifier {
         &self,
         text: &str,
         tasks: &[String],
-    ) -> Result<Vec<pb::TaskResult>, ClassifyError> {
+        with_embedding: bool,
+    ) -> Result<pb::TextResult, ClassifyError> {
         if !self.configured() {
             return Err(ClassifyError::NotConfigured);
         }
@@ -262,7 +263,7 @@ impl Classifier {
             };
             let replica = &self.replicas[i];
             let left = deadline.saturating_duration_since(Instant::now());
-            let out = self.call(replica, text, tasks, left).await;
+            let out = self.call(replica, text, tasks, with_embedding, left).await;
             match out {
                 // Unreachable, or hung (a black-holed address times out rather than refusing).
                 Err(ClassifyError::Unavailable(_) | ClassifyError::Timeout) => {
@@ -284,19 +285,21 @@ impl Classifier {
         };
         metrics::histogram!("router_classify_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        let result =
-            result.and_then(
-                |r| match tasks.iter().find(|t| !r.iter().any(|x| x.task == **t)) {
-                    // Info said it serves the task but the answer lacks it (the server changed): fail
-                    // open without caching; the next Info refresh fixes the task list.
-                    Some(t) => Err(ClassifyError::Incomplete(t.clone())),
-                    None => Ok(r),
-                },
-            );
+        let result = result.and_then(|r| {
+            match tasks
+                .iter()
+                .find(|t| !r.results.iter().any(|x| x.task == **t))
+            {
+                // Info said it serves the task but the answer lacks it (the server changed): fail
+                // open without caching; the next Info refresh fixes the task list.
+                Some(t) => Err(ClassifyError::Incomplete(t.clone())),
+                None => Ok(r),
+            }
+        });
         match &result {
             Ok(results) => {
                 self.breaker.success();
-                self.note_versions(results);
+                self.note_versions(&results.results);
             }
             Err(ClassifyError::Incomplete(_)) => {
                 metrics::counter!("router_classifier_errors_total", "reason" => "incomplete")
@@ -319,12 +322,14 @@ impl Classifier {
         replica: &Replica,
         text: &str,
         tasks: &[String],
+        with_embedding: bool,
         budget: Duration,
-    ) -> Result<Vec<pb::TaskResult>, ClassifyError> {
+    ) -> Result<pb::TextResult, ClassifyError> {
         let mut req = tonic::Request::new(pb::ClassifyRequest {
             texts: vec![text.to_string()],
             tasks: tasks.to_vec(),
             truncation: pb::Truncation::Truncate as i32,
+            include_embedding: with_embedding,
         });
         req.set_timeout(budget);
         struct InFlight<'a>(&'a AtomicUsize);
@@ -353,9 +358,40 @@ impl Classifier {
                 .results
                 .into_iter()
                 .next()
-                .map(|r| r.results)
                 .unwrap_or_default()),
         }
+    }
+
+    /// Pooled embeddings of `texts` from the default encoder (Embed RPC), for similarity routes.
+    /// Off the request path: a generous deadline, no breaker.
+    pub async fn embed(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let i = self
+            .pick(None)
+            .ok_or_else(|| anyhow::anyhow!("no classifier configured"))?;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(32) {
+            let mut req = tonic::Request::new(pb::EmbedRequest {
+                texts: chunk.to_vec(),
+                model: String::new(),
+                truncation: pb::Truncation::Truncate as i32,
+            });
+            req.set_timeout(Duration::from_secs(10));
+            let resp = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.replicas[i].client.clone().embed(req),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("Embed timed out"))?
+            .map_err(|s| anyhow::anyhow!("Embed: {:?}: {}", s.code(), s.message()))?;
+            out.extend(resp.into_inner().embeddings.into_iter().map(|e| e.values));
+        }
+        anyhow::ensure!(
+            out.len() == texts.len(),
+            "Embed answered {} of {} texts",
+            out.len(),
+            texts.len()
+        );
+        Ok(out)
     }
 
     /// A response naming another model version than Info did (a model was swapped): adopt it,
@@ -492,7 +528,7 @@ mod tests {
         let c = Classifier::new(&cfg).unwrap();
         let tasks = vec!["domain".to_string()];
         for _ in 0..2 {
-            let e = c.classify("hi", &tasks).await.unwrap_err();
+            let e = c.classify("hi", &tasks, false).await.unwrap_err();
             assert!(
                 matches!(e, ClassifyError::Unavailable(_) | ClassifyError::Timeout),
                 "{e:?}"
@@ -500,7 +536,7 @@ mod tests {
         }
         let t = Instant::now();
         assert!(matches!(
-            c.classify("hi", &tasks).await,
+            c.classify("hi", &tasks, false).await,
             Err(ClassifyError::CircuitOpen)
         ));
         assert!(t.elapsed() < Duration::from_millis(5));

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod classifier;
 pub mod policy;
+pub mod routes;
 pub mod text;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +84,11 @@ pub struct Decision {
     /// Whether reasoning is switched on for the chosen model (false = off or not switchable).
     #[serde(default)]
     pub use_reasoning: bool,
+    /// The similarity route taken, and how close its nearest example was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_similarity: Option<f32>,
     #[serde(default)]
     pub jailbreak: bool,
     #[serde(default)]
@@ -114,6 +120,8 @@ impl Decision {
             confidence: 0.0,
             complexity: None,
             use_reasoning: false,
+            route: None,
+            route_similarity: None,
             jailbreak: false,
             blocked: false,
             signals: Vec::new(),
@@ -161,12 +169,18 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
     if tasks.is_empty() {
         return count(plain(Source::NoText));
     }
+    let with_embedding = !rt.routes.is_empty() && rt.routes.ready();
     let classify_us = AtomicU64::new(u64::MAX);
     let classify = async {
         let t0 = Instant::now();
-        let r = rt.classifier.classify(text, &tasks).await;
+        let r = rt.classifier.classify(text, &tasks, with_embedding).await;
         classify_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let signals = r?
+        let r = r?;
+        let route = with_embedding
+            .then(|| rt.routes.nearest(&r.embedding))
+            .flatten();
+        let signals = r
+            .results
             .into_iter()
             .map(|r| Signal {
                 task: r.task,
@@ -174,13 +188,23 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
                 probability: r.probability,
             })
             .collect();
-        Ok::<_, classifier::ClassifyError>(policy::decide(cfg, signals))
+        Ok::<_, classifier::ClassifyError>(policy::decide(cfg, signals, route))
     };
     let started = Instant::now();
-    let key = rt
-        .classifier
-        .version(&tasks)
-        .map(|v| cache::key(rt.cache.prefix(), text, &v, &rt.policy_version));
+    // Routes embedded or not yet is part of what a decision depends on.
+    let routes_state = match (rt.routes.is_empty(), with_embedding) {
+        (true, _) => "",
+        (false, true) => ";routes=ready",
+        (false, false) => ";routes=pending",
+    };
+    let key = rt.classifier.version(&tasks).map(|v| {
+        cache::key(
+            rt.cache.prefix(),
+            text,
+            &format!("{v}{routes_state}"),
+            &rt.policy_version,
+        )
+    });
     let result = match &key {
         Some(key) => rt.cache.get_or_classify(key, classify).await,
         // Model versions not known yet (classifier not reached since start): no caching.

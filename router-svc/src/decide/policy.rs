@@ -3,11 +3,12 @@
 
 use std::collections::HashSet;
 
+use super::routes::RouteMatch;
 use super::{Decision, Signal, Source};
 use crate::config::{Config, JailbreakAction};
 
-/// Applies the policy to the classifier's signals.
-pub fn decide(cfg: &Config, signals: Vec<Signal>) -> Decision {
+/// Applies the policy to the classifier's signals and the nearest similarity route.
+pub fn decide(cfg: &Config, signals: Vec<Signal>, route: Option<RouteMatch>) -> Decision {
     let r = &cfg.routing;
     let get = |task: &str| signals.iter().find(|s| s.task == task);
     let mut d = Decision::default_model(cfg, Source::Classified);
@@ -37,9 +38,28 @@ pub fn decide(cfg: &Config, signals: Vec<Signal>) -> Decision {
         }
     }
 
+    // A route declared by examples: ahead of the trained domains (routes_win), or where they
+    // give no confident category rule. Operator intent: complexity does not override it.
+    let category_decided = d
+        .category
+        .as_ref()
+        .is_some_and(|c| r.categories.contains_key(c))
+        && d.confidence >= r.confidence_threshold;
+    let route = route.filter(|_| r.routes_win || !category_decided);
+    if let Some(m) = &route {
+        let rule = &r.routes[m.index];
+        if d.model != rule.model {
+            let prev = std::mem::replace(&mut d.model, rule.model.clone());
+            d.alternatives.insert(0, prev);
+        }
+        d.use_reasoning = rule.use_reasoning;
+        d.route = Some(m.name.clone());
+        d.route_similarity = Some(m.similarity);
+    }
+
     if let Some(s) = get(&r.tasks.complexity) {
         d.complexity = Some(s.label.clone());
-        if s.probability >= r.confidence_threshold {
+        if s.probability >= r.confidence_threshold && route.is_none() {
             if let Some(rule) = r.complexity.get(&s.label) {
                 if let Some(m) = &rule.model {
                     if *m != d.model {
@@ -91,6 +111,7 @@ mod tests {
                 sig("domain", "math", 0.9),
                 sig("complexity", "reasoning", 0.9),
             ],
+            None,
         );
         assert_eq!(d.model, "qwen3-8b");
         assert!(d.use_reasoning);
@@ -106,6 +127,7 @@ mod tests {
                 sig("domain", "math", 0.9),
                 sig("complexity", "simple", 0.95),
             ],
+            None,
         );
         assert_eq!(d.model, "qwen3-0.6b");
         assert!(!d.use_reasoning);
@@ -113,21 +135,56 @@ mod tests {
 
     #[test]
     fn low_confidence_uses_default_model() {
-        let d = decide(&cfg(), vec![sig("domain", "law", 0.2)]);
+        let d = decide(&cfg(), vec![sig("domain", "law", 0.2)], None);
         assert_eq!(d.model, "qwen3-0.6b");
         assert_eq!(d.category.as_deref(), Some("law"));
         assert!((d.confidence - 0.2).abs() < 1e-6);
     }
 
     #[test]
+    fn a_route_wins_or_yields_to_a_confident_category() {
+        let mut c = cfg();
+        c.routing.routes = vec![crate::config::RouteRule {
+            name: "support".into(),
+            examples: vec!["x".into()],
+            model: "qwen3-0.6b".into(),
+            use_reasoning: false,
+            threshold: 0.5,
+            system_prompt: None,
+        }];
+        let m = RouteMatch {
+            index: 0,
+            name: "support".into(),
+            similarity: 0.8,
+        };
+        let signals = vec![
+            sig("domain", "math", 0.9),
+            sig("complexity", "reasoning", 0.9),
+        ];
+        let d = decide(&c, signals.clone(), Some(m.clone()));
+        assert_eq!(d.model, "qwen3-0.6b");
+        assert_eq!(d.route.as_deref(), Some("support"));
+        assert!(!d.use_reasoning, "complexity does not override a route");
+        c.routing.routes_win = false;
+        let d = decide(&c, signals, Some(m.clone()));
+        assert_eq!((d.model.as_str(), d.route.as_deref()), ("qwen3-8b", None));
+        let d = decide(&c, vec![sig("domain", "math", 0.2)], Some(m));
+        assert_eq!(
+            d.route.as_deref(),
+            Some("support"),
+            "no confident category: route"
+        );
+    }
+
+    #[test]
     fn jailbreak_blocks_or_flags() {
         let mut c = cfg();
-        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.99)]);
+        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.99)], None);
         assert!(d.jailbreak && d.blocked);
-        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.5)]);
+        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.5)], None);
         assert!(!d.jailbreak, "under the threshold");
         c.routing.jailbreak.action = JailbreakAction::Flag;
-        let d = decide(&c, vec![sig("jailbreak", "malicious", 0.99)]);
+        let d = decide(&c, vec![sig("jailbreak", "malicious", 0.99)], None);
         assert!(d.jailbreak && !d.blocked);
     }
 }
