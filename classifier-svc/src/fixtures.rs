@@ -337,6 +337,7 @@ pub fn write_head(
         task: task.to_string(),
         labels: labels.iter().map(|s| s.to_string()).collect(),
         activation: "relu".into(),
+        token_features: 0,
     };
     std::fs::write(dir.join("head.json"), serde_json::to_string_pretty(&spec)?)?;
     Ok(())

@@ -47,6 +47,10 @@ pub struct TrainArgs {
     /// Tokens per text when embedding (longer texts are truncated); serving uses 512.
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
+    /// Lexical features beside the embedding: a bag of the text's token ids (vocabulary-wide,
+    /// `log(1+count)`, L2-normalised), from the same tokenization as the encoder pass.
+    #[arg(long)]
+    pub token_features: bool,
     /// Hidden units of the MLP head; 0 = a linear head.
     #[arg(long, default_value_t = 256)]
     pub hidden: usize,
@@ -245,10 +249,30 @@ fn argmax(p: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-fn rows_tensor(emb: &[Vec<f32>], idx: &[usize]) -> candle_core::Result<Tensor> {
-    let dim = emb[0].len();
-    let flat: Vec<f32> = idx.iter().flat_map(|&i| emb[i].iter().copied()).collect();
-    Tensor::from_vec(flat, (idx.len(), dim), &Device::Cpu)
+/// Head inputs: the embedding, then (with lexical features) the token bag.
+struct Features {
+    emb: Vec<Vec<f32>>,
+    bags: Option<(usize, Vec<Vec<(usize, f32)>>)>,
+}
+
+impl Features {
+    fn dim(&self) -> usize {
+        self.emb[0].len() + self.bags.as_ref().map_or(0, |b| b.0)
+    }
+
+    fn rows(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
+        let (h, d) = (self.emb[0].len(), self.dim());
+        let mut flat = vec![0f32; idx.len() * d];
+        for (r, &i) in idx.iter().enumerate() {
+            flat[r * d..r * d + h].copy_from_slice(&self.emb[i]);
+            if let Some((_, bags)) = &self.bags {
+                for &(j, v) in &bags[i] {
+                    flat[r * d + h + j] = v;
+                }
+            }
+        }
+        Tensor::from_vec(flat, (idx.len(), d), &Device::Cpu)
+    }
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
@@ -280,7 +304,21 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let model = Model::load_encoder(&source, None, &LoadOptions::default())?;
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     let emb = embed_cached(&model, &texts, args.max_length, &args.cache_dir)?;
-    let dim = emb[0].len();
+    let bags = if args.token_features {
+        let v = model.meta.vocab_size;
+        let bags = texts
+            .iter()
+            .map(|t| {
+                let ids = model.tokenize(t, Truncation::Truncate)?.ids;
+                Ok(crate::model::heads::token_bag(&ids, v))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Some((v, bags))
+    } else {
+        None
+    };
+    let feats = Features { emb, bags };
+    let dim = feats.dim();
 
     // train / rest, then rest -> validation / test, both stratified.
     let held = args.val_fraction + args.test_fraction;
@@ -324,7 +362,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let x_val = rows_tensor(&emb, &val)?;
+    let x_val = feats.rows(&val)?;
     let y_val: Vec<usize> = val.iter().map(|&i| y[i]).collect();
     let mut best = (f64::MIN, 0usize, head.snapshot()?);
     let mut order = train.clone();
@@ -334,7 +372,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let mut loss_sum = 0.0;
         let mut batches = 0;
         for b in order.chunks(args.batch_size) {
-            let x = rows_tensor(&emb, b)?;
+            let x = feats.rows(b)?;
             let t: Vec<u32> = b.iter().map(|&i| y[i] as u32).collect();
             let t = Tensor::new(t.as_slice(), &Device::Cpu)?;
             let logits = head.forward(&x, args.dropout, &mut rng)?;
@@ -370,7 +408,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let weights = best.2;
 
     // Reported figures: the test split, never seen in training or model selection.
-    let x_test = rows_tensor(&emb, &test)?;
+    let x_test = feats.rows(&test)?;
     let y_test: Vec<usize> = test.iter().map(|&i| y[i]).collect();
     let p_test = probs(&weights, &x_test)?;
     let pred: Vec<usize> = p_test.iter().map(|r| argmax(r)).collect();
@@ -465,6 +503,7 @@ fn write_head(
         "labels": labels,
         "activation": "relu",
         "kind": if args.hidden == 0 { "linear" } else { "mlp" },
+        "token_features": if args.token_features { model.meta.vocab_size } else { 0 },
         "encoder": model.meta.id,
     });
     if let Some(d) = &detector {
@@ -475,7 +514,11 @@ fn write_head(
         dir.join("head.json"),
         serde_json::to_string_pretty(&spec)? + "\n",
     )?;
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    // As a user would type it (models/train.sh runs exactly this).
+    let command = std::iter::once("classifier-svc".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
     let metrics = json!({
         "task": args.task,
         "split": {"seed": args.seed, "train": split.0, "validation": split.1, "test": split.2},
@@ -502,6 +545,13 @@ fn write_head(
         if args.hidden == 0 { "linear".to_string() } else { format!("MLP {} -> {} (relu) -> {}", model.meta.hidden_size, args.hidden, labels.len()) },
         args.lr, args.weight_decay, args.dropout, args.patience
     )?;
+    if args.token_features {
+        writeln!(
+            card,
+            "- Inputs: the embedding and a bag of the text's {} token ids (`log(1+count)`, L2-normalised; lexical features from the same tokenization, no second pass)",
+            model.meta.vocab_size
+        )?;
+    }
     let data: Vec<String> = args
         .data
         .iter()

@@ -28,6 +28,30 @@ pub struct HeadSpec {
     /// Activation between MLP layers (ignored for a single linear layer).
     #[serde(default = "default_act")]
     pub activation: String,
+    /// Lexical features beside the embedding: the first layer also reads a bag of the text's
+    /// token ids (`token_bag`) of this many dimensions (the vocabulary size); 0 = none.
+    #[serde(default)]
+    pub token_features: usize,
+}
+
+/// The bag-of-token-ids features of one tokenized text: `log(1 + count)` per id, L2-normalised,
+/// special tokens at both ends left out; sparse `(id, value)`. Training and serving share it.
+pub fn token_bag(ids: &[u32], dim: usize) -> Vec<(usize, f32)> {
+    let inner = if ids.len() > 2 { &ids[1..ids.len() - 1] } else { &[][..] };
+    let mut counts = std::collections::BTreeMap::<usize, f32>::new();
+    for &id in inner {
+        if (id as usize) < dim {
+            *counts.entry(id as usize).or_default() += 1.0;
+        }
+    }
+    let mut v: Vec<(usize, f32)> = counts.into_iter().map(|(i, c)| (i, c.ln_1p())).collect();
+    let norm = v.iter().map(|(_, x)| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for (_, x) in &mut v {
+            *x /= norm;
+        }
+    }
+    v
 }
 
 fn default_act() -> String {
@@ -39,6 +63,8 @@ pub enum Head {
     Mlp {
         layers: Vec<Linear>,
         act: Activation,
+        /// Width of the token-bag input beside the embedding (0 = embedding only).
+        token_features: usize,
     },
     /// BERT: tanh(pooler(CLS)) -> classifier.
     BertPooler { pooler: Linear, classifier: Linear },
@@ -66,16 +92,34 @@ impl TaskHead {
         }
     }
 
-    /// Label probabilities `(b, labels)` from the hidden states and the pooled embedding.
+    /// Dimensions of the token bag this head reads (0 = none).
+    pub fn token_features(&self) -> usize {
+        match self.head {
+            Head::Mlp { token_features, .. } => token_features,
+            _ => 0,
+        }
+    }
+
+    /// Label probabilities `(b, labels)` from the hidden states, the pooled embedding and (for
+    /// heads with lexical features) the batch's token bags, at least as wide as the head's.
     pub fn probabilities(
         &self,
         hidden: &Tensor,
         lengths: &[usize],
         embedding: &Tensor,
+        bag: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let logits = match &self.head {
-            Head::Mlp { layers, act } => {
-                let mut x = embedding.clone();
+            Head::Mlp {
+                layers,
+                act,
+                token_features,
+            } => {
+                let mut x = match (bag, *token_features) {
+                    (_, 0) => embedding.clone(),
+                    (Some(bag), n) => Tensor::cat(&[embedding, &bag.narrow(1, 0, n)?], 1)?,
+                    (None, _) => candle_core::bail!("head needs token features"),
+                };
                 for (i, l) in layers.iter().enumerate() {
                     x = l.forward(&x)?;
                     if i + 1 < layers.len() {
@@ -201,7 +245,7 @@ impl TaskHead {
         let tensors = candle_core::safetensors::load(dir.join("head.safetensors"), device)
             .map_err(|e| Error::load(&name, format!("head.safetensors: {e}")))?;
         let mut layers = Vec::new();
-        let mut in_dim = hidden_size;
+        let mut in_dim = hidden_size + spec.token_features;
         while let Some(w) = tensors.get(&format!("layers.{}.weight", layers.len())) {
             let (out, inp) = w
                 .dims2()
@@ -239,7 +283,28 @@ impl TaskHead {
         Ok(TaskHead {
             name: spec.task,
             labels: spec.labels,
-            head: Head::Mlp { layers, act },
+            head: Head::Mlp {
+                layers,
+                act,
+                token_features: spec.token_features,
+            },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_bag;
+
+    #[test]
+    fn token_bag_skips_the_ends_counts_and_normalises() {
+        // [CLS] 5 7 5 [SEP]
+        let bag = token_bag(&[101, 5, 7, 5, 102], 200);
+        assert_eq!(bag.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [5, 7]);
+        let norm: f32 = bag.iter().map(|(_, v)| v * v).sum();
+        assert!((norm - 1.0).abs() < 1e-6);
+        assert!(bag[0].1 > bag[1].1, "two occurrences weigh more than one");
+        assert!(token_bag(&[101, 102], 200).is_empty());
+        assert!(token_bag(&[101, 500, 102], 200).is_empty(), "ids past the width are dropped");
     }
 }

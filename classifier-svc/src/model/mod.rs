@@ -59,6 +59,7 @@ pub struct ModelMeta {
     pub revision: String,
     pub arch: Arch,
     pub hidden_size: usize,
+    pub vocab_size: usize,
     pub max_length: usize,
     pub pooling: Pooling,
     pub device: String,
@@ -166,6 +167,7 @@ impl Model {
             revision: String::new(),
             arch: cfg.arch,
             hidden_size: cfg.hidden_size,
+            vocab_size: cfg.vocab_size,
             max_length,
             pooling,
             device: device_name(&opts.device),
@@ -232,10 +234,25 @@ impl Model {
         };
         let embedding = ops::l2_normalize(&pooled.to_dtype(DType::F32)?)?;
         let head_input = embedding.to_dtype(hidden.dtype())?;
+        // Lexical features for heads that read them: one bag of token ids per text, built
+        // from the ids already in the batch (no second pass).
+        let bag_dim = self.tasks.iter().map(|t| t.token_features()).max().unwrap_or(0);
+        let bag = if bag_dim > 0 {
+            let ids: Vec<Vec<u32>> = batch.ids.to_vec2()?;
+            let mut dense = vec![0f32; b * bag_dim];
+            for (row, (ids, &len)) in ids.iter().zip(lengths).enumerate() {
+                for (i, v) in heads::token_bag(&ids[..len.min(ids.len())], bag_dim) {
+                    dense[row * bag_dim + i] = v;
+                }
+            }
+            Some(Tensor::from_vec(dense, (b, bag_dim), &self.device)?.to_dtype(hidden.dtype())?)
+        } else {
+            None
+        };
         let mut per_task = Vec::with_capacity(self.tasks.len());
         for task in &self.tasks {
             let p: Vec<Vec<f32>> = task
-                .probabilities(&hidden, lengths, &head_input)?
+                .probabilities(&hidden, lengths, &head_input, bag.as_ref())?
                 .to_vec2()?;
             per_task.push(p);
         }

@@ -1,0 +1,77 @@
+//! `train` end to end on a tiny random-weight encoder: it learns a separable task, writes a head
+//! (with lexical features) that the server's loader reads back, and the served model gives the
+//! trained labels; `eval` scores it.
+
+use classifier_svc::fixtures::{self, Spec};
+use classifier_svc::model::{Arch, LoadOptions, Model, Source, Truncation};
+use classifier_svc::train::{self, TrainArgs};
+
+#[test]
+fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = dir.path().join("enc");
+    fixtures::write_checkpoint(&enc, &Spec::tiny(Arch::Bert)).unwrap();
+    // Two labels told apart by their words.
+    let mut lines = Vec::new();
+    for i in 0..60 {
+        lines.push(format!(r#"{{"q": "the cat sat on the mat {i}", "y": "cats"}}"#));
+        lines.push(format!(r#"{{"q": "a law court and a judge {i}", "y": "law"}}"#));
+    }
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = dir.path().join("heads");
+    let args = TrainArgs {
+        task: "topic".into(),
+        data: vec![data],
+        text_field: "q".into(),
+        label_field: "y".into(),
+        label_map: None,
+        group_field: None,
+        out: out.clone(),
+        encoder: enc.display().to_string(),
+        max_length: 64,
+        token_features: true,
+        hidden: 0,
+        dropout: 0.0,
+        epochs: 60,
+        batch_size: 16,
+        lr: 1e-2,
+        weight_decay: 0.0,
+        patience: 60,
+        val_fraction: 0.2,
+        test_fraction: 0.2,
+        seed: 1,
+        positive: Some("law".into()),
+        max_fpr: 0.05,
+        cache_dir: dir.path().join("cache"),
+    };
+    train::run(&args).unwrap();
+    for f in ["head.json", "head.safetensors", "metrics.json", "CARD.md"] {
+        assert!(out.join("topic").join(f).is_file(), "{f}");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("topic/metrics.json")).unwrap())
+            .unwrap();
+    assert!(metrics["test"]["accuracy"].as_f64().unwrap() >= 0.95, "{metrics}");
+    assert!(metrics["detector"]["threshold"].is_number());
+
+    // The server's loader reads it back, lexical features included.
+    let model = Model::load_encoder(
+        &Source::Local(enc),
+        Some(&out),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(model.tasks[0].name, "topic");
+    assert!(model.tasks[0].token_features() > 0);
+    let ids: Vec<Vec<u32>> = ["the cat sat on the mat", "a judge in a law court"]
+        .iter()
+        .map(|t| model.tokenize(t, Truncation::Truncate).unwrap().ids)
+        .collect();
+    let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let out = model.run(&refs).unwrap();
+    let labels = &model.tasks[0].labels;
+    let top = |p: &Vec<f32>| labels[if p[0] > p[1] { 0 } else { 1 }].clone();
+    assert_eq!(top(&out.probs[0][0]), "cats");
+    assert_eq!(top(&out.probs[1][0]), "law");
+}
