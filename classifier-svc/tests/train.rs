@@ -14,8 +14,12 @@ fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
     // Two labels told apart by their words.
     let mut lines = Vec::new();
     for i in 0..60 {
-        lines.push(format!(r#"{{"q": "the cat sat on the mat {i}", "y": "cats"}}"#));
-        lines.push(format!(r#"{{"q": "a law court and a judge {i}", "y": "law"}}"#));
+        lines.push(format!(
+            r#"{{"q": "the cat sat on the mat {i}", "y": "cats"}}"#
+        ));
+        lines.push(format!(
+            r#"{{"q": "a law court and a judge {i}", "y": "law"}}"#
+        ));
     }
     let data = dir.path().join("d.jsonl");
     std::fs::write(&data, lines.join("\n")).unwrap();
@@ -52,16 +56,15 @@ fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("topic/metrics.json")).unwrap())
             .unwrap();
-    assert!(metrics["test"]["accuracy"].as_f64().unwrap() >= 0.95, "{metrics}");
+    assert!(
+        metrics["test"]["accuracy"].as_f64().unwrap() >= 0.95,
+        "{metrics}"
+    );
     assert!(metrics["detector"]["threshold"].is_number());
 
     // The server's loader reads it back, lexical features included.
-    let model = Model::load_encoder(
-        &Source::Local(enc),
-        Some(&out),
-        &LoadOptions::default(),
-    )
-    .unwrap();
+    let model =
+        Model::load_encoder(&Source::Local(enc), Some(&out), &LoadOptions::default()).unwrap();
     assert_eq!(model.tasks[0].name, "topic");
     assert!(model.tasks[0].token_features() > 0);
     let ids: Vec<Vec<u32>> = ["the cat sat on the mat", "a judge in a law court"]

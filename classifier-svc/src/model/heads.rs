@@ -37,7 +37,11 @@ pub struct HeadSpec {
 /// The bag-of-token-ids features of one tokenized text: `log(1 + count)` per id, L2-normalised,
 /// special tokens at both ends left out; sparse `(id, value)`. Training and serving share it.
 pub fn token_bag(ids: &[u32], dim: usize) -> Vec<(usize, f32)> {
-    let inner = if ids.len() > 2 { &ids[1..ids.len() - 1] } else { &[][..] };
+    let inner = if ids.len() > 2 {
+        &ids[1..ids.len() - 1]
+    } else {
+        &[][..]
+    };
     let mut counts = std::collections::BTreeMap::<usize, f32>::new();
     for &id in inner {
         if (id as usize) < dim {
@@ -305,6 +309,9 @@ mod tests {
         assert!((norm - 1.0).abs() < 1e-6);
         assert!(bag[0].1 > bag[1].1, "two occurrences weigh more than one");
         assert!(token_bag(&[101, 102], 200).is_empty());
-        assert!(token_bag(&[101, 500, 102], 200).is_empty(), "ids past the width are dropped");
+        assert!(
+            token_bag(&[101, 500, 102], 200).is_empty(),
+            "ids past the width are dropped"
+        );
     }
 }

@@ -236,7 +236,12 @@ impl Model {
         let head_input = embedding.to_dtype(hidden.dtype())?;
         // Lexical features for heads that read them: one bag of token ids per text, built
         // from the ids already in the batch (no second pass).
-        let bag_dim = self.tasks.iter().map(|t| t.token_features()).max().unwrap_or(0);
+        let bag_dim = self
+            .tasks
+            .iter()
+            .map(|t| t.token_features())
+            .max()
+            .unwrap_or(0);
         let bag = if bag_dim > 0 {
             let ids: Vec<Vec<u32>> = batch.ids.to_vec2()?;
             let mut dense = vec![0f32; b * bag_dim];
