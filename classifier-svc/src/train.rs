@@ -249,10 +249,14 @@ fn argmax(p: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
+/// Sparse `(token id, value)` features of one text (see `heads::token_bag`).
+type TokenBag = Vec<(usize, f32)>;
+
 /// Head inputs: the embedding, then (with lexical features) the token bag.
 struct Features {
     emb: Vec<Vec<f32>>,
-    bags: Option<(usize, Vec<Vec<(usize, f32)>>)>,
+    /// (width, one sparse bag per row)
+    bags: Option<(usize, Vec<TokenBag>)>,
 }
 
 impl Features {
