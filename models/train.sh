@@ -25,3 +25,12 @@ common=(--token-features --hidden 0 --lr 5e-3 --out models/heads)
 "${bin[@]}" train --task jailbreak --data "$data/jailbreak/jailbreak_injection_prompts.jsonl" \
   --text-field text --label-field label --group-field category --positive malicious --max-fpr 0.03 \
   "${common[@]}"
+# "Strong model needed" for a weak/strong pair (RouteLLM's win label: the weak model wrong and the
+# strong one right), from MMLU-Pro's per-model correctness; the card reports the quality curve
+# (PGR, APGR, CPT) on the test split for this pair and a second one, and the threshold for each
+# target share of strong-model calls.
+m=/correct/mixtral-8x7b-instruct g=/correct/gpt-4o
+"${bin[@]}" train --task strong --data "$data/mmlu-pro/questions.jsonl" --text-field text \
+  --label-field "$m+$g" --label-map "false+true=strong,true+true=weak,true+false=weak,false+false=weak" \
+  --positive strong --max-fpr 0.5 --quality-pair "$m,$g" \
+  --quality-pair /correct/llama-3.1-8b-instruct,/correct/llama-3.1-70b-instruct "${common[@]}"

@@ -16,6 +16,8 @@ pub struct Row {
     pub label: String,
     /// A finer kind to report on (e.g. benign_roleplay), when asked for.
     pub group: Option<String>,
+    /// The whole record, kept when a report needs more of it (the quality curve).
+    pub record: Option<Value>,
 }
 
 /// `a=b,c=d` or a JSON object file: data label -> label. Labels mapped to "" are dropped.
@@ -38,8 +40,19 @@ pub fn parse_label_map(spec: Option<&str>) -> anyhow::Result<HashMap<String, Str
         .collect()
 }
 
-fn field_str(v: &Value, field: &str) -> Option<String> {
-    match v.get(field)? {
+/// A field's value as text. `field` is a name, or a JSON pointer (`/correct/gpt-4o`); several
+/// joined by `+` give their values joined by `+` (e.g. `false+true`), none of them null.
+pub fn field_str(v: &Value, field: &str) -> Option<String> {
+    if field.contains('+') {
+        let parts: Option<Vec<String>> = field.split('+').map(|f| field_str(v, f)).collect();
+        return parts.map(|p| p.join("+"));
+    }
+    let value = if field.starts_with('/') {
+        v.pointer(field)?
+    } else {
+        v.get(field)?
+    };
+    match value {
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(n.to_string()),
@@ -54,6 +67,7 @@ pub fn load(
     label_field: &str,
     group_field: Option<&str>,
     label_map: &HashMap<String, String>,
+    keep_records: bool,
 ) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut skipped = 0usize;
@@ -79,6 +93,7 @@ pub fn load(
                 text: t,
                 label: l,
                 group: group_field.and_then(|g| field_str(&v, g)),
+                record: keep_records.then_some(v),
             });
         }
     }
@@ -237,9 +252,82 @@ fn next_up(x: f32) -> f32 {
     }
 }
 
+/// RouteLLM's measures of a weak/strong router: for every share of calls sent to the strong
+/// model (the rows the router scores highest), the quality reached, as the performance gap
+/// recovered `PGR = (q - q_weak) / (q_strong - q_weak)`; APGR is its mean over the shares 0..1;
+/// CPT(x) the smallest share of strong calls whose PGR reaches x.
+#[derive(Debug, Clone, Serialize)]
+pub struct QualityCurve {
+    pub n: usize,
+    pub weak_accuracy: f64,
+    pub strong_accuracy: f64,
+    pub apgr: f64,
+    pub cpt50: f64,
+    pub cpt80: f64,
+    /// (share of strong calls, PGR) at every 10 %.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// `scores[i]`: how much row i needs the strong model; `weak[i]`, `strong[i]`: whether each
+/// model answered it right.
+pub fn quality_curve(scores: &[f32], weak: &[bool], strong: &[bool]) -> QualityCurve {
+    let n = scores.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let qw = weak.iter().filter(|&&c| c).count() as f64;
+    let qs = strong.iter().filter(|&&c| c).count() as f64;
+    let gap = (qs - qw).max(1e-9);
+    // pgr[k]: the k top-scored rows go to the strong model.
+    let mut pgr = Vec::with_capacity(n + 1);
+    let mut q = qw;
+    pgr.push(0.0);
+    for &i in &order {
+        q += f64::from(u8::from(strong[i])) - f64::from(u8::from(weak[i]));
+        pgr.push((q - qw) / gap);
+    }
+    let apgr = if n == 0 {
+        0.0
+    } else {
+        (0..n).map(|k| (pgr[k] + pgr[k + 1]) / 2.0).sum::<f64>() / n as f64
+    };
+    let cpt = |x: f64| {
+        pgr.iter()
+            .position(|&p| p >= x)
+            .map_or(1.0, |k| k as f64 / n.max(1) as f64)
+    };
+    QualityCurve {
+        n,
+        weak_accuracy: qw / n.max(1) as f64,
+        strong_accuracy: qs / n.max(1) as f64,
+        apgr,
+        cpt50: cpt(0.5),
+        cpt80: cpt(0.8),
+        points: (0..=10)
+            .map(|t| {
+                let k = (n * t) / 10;
+                (t as f64 / 10.0, pgr[k])
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quality_curve_of_a_perfect_and_a_useless_router() {
+        // Strong right where weak is wrong on rows 0 and 1 only.
+        let weak = [false, false, true, true];
+        let strong = [true, true, true, true];
+        let perfect = quality_curve(&[0.9, 0.8, 0.1, 0.2], &weak, &strong);
+        assert_eq!(perfect.cpt50, 0.25);
+        assert_eq!(perfect.cpt80, 0.5);
+        assert!(perfect.apgr > 0.8, "{perfect:?}");
+        let backwards = quality_curve(&[0.1, 0.2, 0.9, 0.8], &weak, &strong);
+        assert_eq!(backwards.cpt50, 0.75);
+        assert!(backwards.apgr < 0.3);
+    }
 
     #[test]
     fn split_is_stratified_and_seeded() {

@@ -122,7 +122,14 @@ async fn remote(args: &EvalArgs, addr: &str, texts: &[&str]) -> anyhow::Result<P
 
 pub async fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let map = dataset::parse_label_map(args.label_map.as_deref())?;
-    let mut rows = dataset::load(&args.data, &args.text_field, &args.label_field, None, &map)?;
+    let mut rows = dataset::load(
+        &args.data,
+        &args.text_field,
+        &args.label_field,
+        None,
+        &map,
+        false,
+    )?;
     if let Some(n) = args.limit {
         rows.truncate(n);
     }

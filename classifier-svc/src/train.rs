@@ -82,6 +82,12 @@ pub struct TrainArgs {
     /// Where embeddings of data files are cached.
     #[arg(long, default_value = "models/cache/embeddings")]
     pub cache_dir: PathBuf,
+    /// With --positive: a weak/strong pair as WEAK_FIELD,STRONG_FIELD (JSON pointers to whether
+    /// each model answered right, e.g. /correct/mixtral-8x7b-instruct,/correct/gpt-4o); the
+    /// test split's quality-vs-strong-share curve (PGR, APGR, CPT) is reported for it.
+    /// Repeatable.
+    #[arg(long = "quality-pair")]
+    pub quality_pairs: Vec<String>,
 }
 
 /// Embeds `texts` with `model`, 32 at a time in length order, cached under `cache_dir` by the
@@ -287,6 +293,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         &args.label_field,
         args.group_field.as_deref(),
         &label_map,
+        !args.quality_pairs.is_empty(),
     )?;
     let labels: Vec<String> = rows
         .iter()
@@ -460,7 +467,49 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 *flagged as f64 / *n as f64
             );
         }
+        // Thresholds that send a given share of traffic to the positive side (validation
+        // quantiles): the cost knob for a strong-model-needed task.
+        let mut all_val: Vec<f32> = p_val.iter().map(|r| r[pi]).collect();
+        all_val.sort_by(|a, b| b.total_cmp(a));
+        let share_thresholds: Vec<(f64, f32)> = (1..10)
+            .map(|t| {
+                let share = t as f64 / 10.0;
+                let k = ((all_val.len() as f64 * share) as usize).min(all_val.len() - 1);
+                (share, all_val[k])
+            })
+            .collect();
+        let mut curves = serde_json::Map::new();
+        for pair in &args.quality_pairs {
+            let (wf, sf) = pair
+                .split_once(',')
+                .ok_or_else(|| anyhow::anyhow!("--quality-pair {pair:?}: expected WEAK,STRONG"))?;
+            let (mut sc, mut wk, mut st) = (Vec::new(), Vec::new(), Vec::new());
+            for (r, &i) in p_test.iter().zip(&test) {
+                let rec = rows[i].record.as_ref();
+                let get = |f: &str| rec.and_then(|v| v.pointer(f)).and_then(|v| v.as_bool());
+                if let (Some(w), Some(s)) = (get(wf), get(sf)) {
+                    sc.push(r[pi]);
+                    wk.push(w);
+                    st.push(s);
+                }
+            }
+            let c = dataset::quality_curve(&sc, &wk, &st);
+            println!(
+                "== quality curve {wf} -> {sf} (test, n={}): weak {:.4}, strong {:.4}, APGR {:.4}, CPT(50%) {:.3}, CPT(80%) {:.3}",
+                c.n, c.weak_accuracy, c.strong_accuracy, c.apgr, c.cpt50, c.cpt80
+            );
+            println!(
+                "   PGR at strong share 0..100%: {:?}",
+                c.points
+                    .iter()
+                    .map(|p| (p.1 * 1000.0).round() / 1000.0)
+                    .collect::<Vec<_>>()
+            );
+            curves.insert(pair.clone(), serde_json::to_value(&c)?);
+        }
         detector = Some(json!({
+            "share_thresholds": share_thresholds,
+            "quality_curves": curves,
             "positive": pos, "threshold": thr, "max_fpr": args.max_fpr,
             "validation": {"recall": val_recall, "fpr": val_fpr},
             "test": {"recall": recall, "fpr": fpr},

@@ -289,6 +289,34 @@ pub struct RoutingConfig {
     /// domain gives no confident category rule.
     #[serde(default = "yes")]
     pub routes_win: bool,
+    /// The cost knob: a "strong model needed" classifier task decides between a weak and a
+    /// strong model, last (after categories and complexity; not over a similarity route).
+    #[serde(default)]
+    pub strong_model: Option<StrongModelRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrongModelRule {
+    /// Classifier task and its label meaning "the strong model is needed".
+    #[serde(default = "strong_task")]
+    pub task: String,
+    #[serde(default = "strong_task")]
+    pub label: String,
+    /// P(label) at or over this sends the request to `model`. The head's card lists the
+    /// threshold for each target share of strong-model calls.
+    pub threshold: f32,
+    pub model: String,
+    /// Under the threshold: this model, if set (else the decision stands).
+    #[serde(default)]
+    pub weak_model: Option<String>,
+    /// Reasoning for escalated requests, if set.
+    #[serde(default)]
+    pub use_reasoning: Option<bool>,
+}
+
+fn strong_task() -> String {
+    "strong".into()
 }
 
 fn default_threshold() -> f32 {
@@ -565,6 +593,13 @@ impl Config {
             }
             known(format!("routing.routes[{i}].model"), &route.model)?;
             prob(&format!("routing.routes[{i}].threshold"), route.threshold)?;
+        }
+        if let Some(sm) = &r.strong_model {
+            known("routing.strong_model.model".into(), &sm.model)?;
+            if let Some(w) = &sm.weak_model {
+                known("routing.strong_model.weak_model".into(), w)?;
+            }
+            prob("routing.strong_model.threshold", sm.threshold)?;
         }
         for (label, rule) in &r.complexity {
             if let Some(m) = &rule.model {

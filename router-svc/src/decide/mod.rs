@@ -26,6 +26,18 @@ pub struct Signal {
     pub probability: f32,
 }
 
+impl Signal {
+    /// P(label) for a task: the top label's probability, or its complement for a binary task
+    /// whose top label is the other one.
+    pub fn probability_of(&self, label: &str) -> f32 {
+        if self.label == label {
+            self.probability
+        } else {
+            1.0 - self.probability
+        }
+    }
+}
+
 /// How the decision was reached (headers, metrics, /v1/route).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -89,6 +101,9 @@ pub struct Decision {
     pub route: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_similarity: Option<f32>,
+    /// P(strong model needed), when the cost knob is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strong_score: Option<f32>,
     #[serde(default)]
     pub jailbreak: bool,
     #[serde(default)]
@@ -122,6 +137,7 @@ impl Decision {
             use_reasoning: false,
             route: None,
             route_similarity: None,
+            strong_score: None,
             jailbreak: false,
             blocked: false,
             signals: Vec::new(),
@@ -162,6 +178,9 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
     let mut wanted: Vec<&str> = vec![&t.domain, &t.complexity];
     if cfg.routing.jailbreak.enabled {
         wanted.push(&t.jailbreak);
+    }
+    if let Some(sm) = &cfg.routing.strong_model {
+        wanted.push(&sm.task);
     }
     wanted.retain(|s| !s.is_empty());
     wanted.dedup();

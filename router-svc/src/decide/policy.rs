@@ -74,6 +74,28 @@ pub fn decide(cfg: &Config, signals: Vec<Signal>, route: Option<RouteMatch>) -> 
         }
     }
 
+    // The cost knob: a weak/strong decision by the strong-model-needed task.
+    if let (Some(sm), None) = (&r.strong_model, &route) {
+        if let Some(s) = get(&sm.task) {
+            let p = s.probability_of(&sm.label);
+            d.strong_score = Some(p);
+            let target = if p >= sm.threshold {
+                if let Some(on) = sm.use_reasoning {
+                    d.use_reasoning = on;
+                }
+                Some(&sm.model)
+            } else {
+                sm.weak_model.as_ref()
+            };
+            if let Some(m) = target {
+                if *m != d.model {
+                    let prev = std::mem::replace(&mut d.model, m.clone());
+                    d.alternatives.insert(0, prev);
+                }
+            }
+        }
+    }
+
     // A model without a reasoning family cannot switch reasoning: say so truthfully.
     if cfg
         .model(&d.model)
@@ -174,6 +196,34 @@ mod tests {
             Some("support"),
             "no confident category: route"
         );
+    }
+
+    #[test]
+    fn strong_model_knob_escalates_or_economises() {
+        let mut c = cfg();
+        c.routing.strong_model = Some(crate::config::StrongModelRule {
+            task: "strong".into(),
+            label: "strong".into(),
+            threshold: 0.6,
+            model: "qwen3-8b".into(),
+            weak_model: Some("qwen3-0.6b".into()),
+            use_reasoning: Some(true),
+        });
+        let d = decide(
+            &c,
+            vec![sig("domain", "history", 0.9), sig("strong", "strong", 0.7)],
+            None,
+        );
+        assert_eq!(d.model, "qwen3-8b");
+        assert!(d.use_reasoning);
+        // The top label is "weak" at 0.8: P(strong) = 0.2, under the threshold.
+        let d = decide(
+            &c,
+            vec![sig("domain", "math", 0.9), sig("strong", "weak", 0.8)],
+            None,
+        );
+        assert_eq!(d.model, "qwen3-0.6b");
+        assert!((d.strong_score.unwrap() - 0.2).abs() < 1e-6);
     }
 
     #[test]
