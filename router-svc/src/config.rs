@@ -231,6 +231,42 @@ pub struct ModelConfig {
     /// Name of an environment variable holding the backend's API key (sent as a Bearer token).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// PII this model may not see, and what then happens.
+    #[serde(default)]
+    pub pii: Option<PiiPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiPolicy {
+    /// EMAIL_ADDRESS, CREDIT_CARD, US_SSN, IP_ADDRESS, PHONE_NUMBER, or ALL.
+    pub deny: Vec<String>,
+    #[serde(default = "pii_skip")]
+    pub action: PiiAction,
+}
+
+fn pii_skip() -> PiiAction {
+    PiiAction::Skip
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiAction {
+    /// The model is skipped for such requests (next candidate; none left: 400).
+    Skip,
+    /// The PII is replaced by `[TYPE]` before the request reaches this model.
+    Mask,
+}
+
+impl PiiPolicy {
+    /// The denied types.
+    pub fn denied(&self) -> std::collections::BTreeSet<crate::decide::pii::PiiType> {
+        use crate::decide::pii::{PiiType, ALL};
+        if self.deny.iter().any(|d| d == "ALL") {
+            return ALL.into_iter().collect();
+        }
+        self.deny.iter().filter_map(|d| PiiType::parse(d)).collect()
+    }
 }
 
 fn default_effort() -> String {
@@ -521,6 +557,16 @@ impl Config {
                             format!("models[{i}].endpoints[{j}]"),
                             format!("{e:?} is not an http(s) URL"),
                         )
+                    }
+                }
+            }
+            if let Some(p) = &m.pii {
+                for (j, d) in p.deny.iter().enumerate() {
+                    if d != "ALL" && crate::decide::pii::PiiType::parse(d).is_none() {
+                        return bad(
+                            format!("models[{i}].pii.deny[{j}]"),
+                            format!("unknown PII type {d:?} (EMAIL_ADDRESS, CREDIT_CARD, US_SSN, IP_ADDRESS, PHONE_NUMBER, ALL)"),
+                        );
                     }
                 }
             }

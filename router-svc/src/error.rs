@@ -17,6 +17,9 @@ pub enum Error {
         param: Option<&'static str>,
     },
 
+    #[error("The request contains PII ({0}) that no model it could go to may receive.")]
+    PiiNotAllowed(String),
+
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
 
@@ -52,7 +55,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Config { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::BadRequest { .. } | Error::PiiNotAllowed(_) => StatusCode::BAD_REQUEST,
             Error::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -68,6 +71,7 @@ impl Error {
         match self {
             Error::Config { .. } => ("server_error", "config_error"),
             Error::BadRequest { .. } => ("invalid_request_error", "invalid_request"),
+            Error::PiiNotAllowed(_) => ("invalid_request_error", "pii_not_allowed"),
             Error::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             Error::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
             Error::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large"),
@@ -122,6 +126,7 @@ mod tests {
         let cases = [
             (Error::bad_request("no messages", Some("messages")), 400),
             (Error::ModelNotFound("gpt-9".into()), 404),
+            (Error::PiiNotAllowed("US_SSN".into()), 400),
             (Error::PayloadTooLarge(10), 413),
             (Error::BodyTimeout(10), 408),
             (Error::Overloaded(5), 429),

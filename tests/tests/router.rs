@@ -782,3 +782,63 @@ async fn similarity_routes_catch_paraphrases_and_leave_other_prompts_alone() {
         "You are a patient support agent."
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pii_policy_skips_or_masks_per_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let be = Backends::start().await;
+    let yaml = config_yaml(None, None, &be.small(), &be.c.url, "")
+        .replace(
+            "  - name: small\n",
+            "  - name: small\n    pii: {deny: [US_SSN]}\n",
+        )
+        .replace(
+            "  - name: big\n",
+            "  - name: big\n    pii: {deny: [EMAIL_ADDRESS, CREDIT_CARD], action: mask}\n",
+        );
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", router.base);
+
+    // `small` may not see an SSN and nothing else may take it: refused, naming the type only.
+    let (s, _, b) = post(
+        &c,
+        &url,
+        &chat("small", "my ssn is 123-45-6789, file my taxes"),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["code"], "pii_not_allowed");
+    let msg = b["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("US_SSN") && !msg.contains("6789"), "{msg}");
+
+    // `big` gets e-mail and card numbers masked; other text untouched.
+    let mut req = chat(
+        "big",
+        "write to jane@example.com about card 4111 1111 1111 1111 today",
+    );
+    req["messages"].as_array_mut().unwrap().insert(
+        0,
+        json!({"role": "system", "content": "cc ops@example.org"}),
+    );
+    let (s, h, _) = post(&c, &url, &req).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-pii"), "EMAIL_ADDRESS,CREDIT_CARD");
+    assert_eq!(header(&h, "x-vsr-pii-masked"), "true");
+    let sent = be.last_body(&be.c).await;
+    assert_eq!(sent["messages"][0]["content"], "cc [EMAIL_ADDRESS]");
+    assert_eq!(
+        sent["messages"][1]["content"],
+        "write to [EMAIL_ADDRESS] about card [CREDIT_CARD] today"
+    );
+
+    // No PII: nothing changes.
+    let (s, h, _) = post(
+        &c,
+        &url,
+        &chat("small", "What is the capital of North Carolina?"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-pii"), "");
+}

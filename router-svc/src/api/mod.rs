@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::config::ms;
+use crate::config::{ms, PiiAction};
 use crate::decide::{self, Decision};
 use crate::error::Error;
 use crate::relay::{self, Report};
@@ -254,6 +254,39 @@ async fn road(
         // A decision cached by a replica with other models (or an older config).
         models.extend(cfg.model(&cfg.routing.default_model));
     }
+    // PII: a model that may not see what the request holds is skipped, or gets it masked.
+    let mut masks = std::collections::HashMap::new();
+    let mut pii_found = String::new();
+    if models.iter().any(|m| m.pii.is_some()) {
+        let found = crate::decide::pii::types(&req.all_text());
+        if !found.is_empty() {
+            pii_found = found
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            for t in &found {
+                metrics::counter!("router_pii_detected_total", "type" => t.as_str()).increment(1);
+            }
+            models.retain(|m| {
+                let Some(policy) = &m.pii else { return true };
+                let hit: std::collections::BTreeSet<_> =
+                    policy.denied().intersection(&found).copied().collect();
+                match (hit.is_empty(), policy.action) {
+                    (true, _) => true,
+                    (false, PiiAction::Skip) => false,
+                    (false, PiiAction::Mask) => {
+                        masks.insert(m.name.clone(), hit);
+                        true
+                    }
+                }
+            });
+            if models.is_empty() {
+                metrics::counter!("router_rejected_total", "reason" => "pii").increment(1);
+                return Err(Error::PiiNotAllowed(pii_found));
+            }
+        }
+    }
     let deadline = started + ms(cfg.upstream.total_timeout_ms);
     let headers_by = if req.stream {
         deadline.min(Instant::now() + ms(cfg.upstream.first_byte_timeout_ms))
@@ -265,7 +298,7 @@ async fn road(
         .send(
             &rt.pools,
             &models,
-            |m| openai::body_for(&req, cfg, m, d),
+            |m| openai::body_for(&req, cfg, m, d, masks.get(&m.name)),
             Outgoing {
                 path: kind.path(),
                 headers: &forwarded_headers(headers),
@@ -277,6 +310,7 @@ async fn road(
 
     // 4. relay
     let served = answered.model.clone();
+    let masked = masks.contains_key(&served);
     let pricing = cfg
         .model(&served)
         .map(|m| m.pricing.clone())
@@ -296,6 +330,16 @@ async fn road(
         admitted,
     )
     .await?;
+    let mut resp = resp;
+    if !pii_found.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&pii_found) {
+            resp.headers_mut().insert("x-vsr-pii", v);
+        }
+        if masked {
+            resp.headers_mut()
+                .insert("x-vsr-pii-masked", HeaderValue::from_static("true"));
+        }
+    }
     Ok((resp, served, category))
 }
 

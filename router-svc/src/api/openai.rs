@@ -8,6 +8,9 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::config::{Config, InputConfig, ModelConfig, ReasoningFamily};
+use std::collections::BTreeSet;
+
+use crate::decide::pii::{self, PiiType};
 use crate::decide::{text, Decision};
 use crate::error::Error;
 
@@ -144,6 +147,63 @@ impl Parsed {
     }
 }
 
+impl Parsed {
+    /// Every text a model would read (all messages' text, or the prompt), for PII checks.
+    pub fn all_text(&self) -> String {
+        let mut out = String::new();
+        if let Some(Value::Array(msgs)) = self.body.get("messages") {
+            for m in msgs {
+                if let Some(t) = m.get("content").and_then(text::content_text) {
+                    out.push_str(&t);
+                    out.push('\n');
+                }
+            }
+        }
+        match self.body.get("prompt") {
+            Some(Value::String(p)) => out.push_str(p),
+            Some(Value::Array(items)) => {
+                for p in items.iter().filter_map(Value::as_str) {
+                    out.push_str(p);
+                    out.push('\n');
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// Replaces PII of `kinds` in every text a model reads (message contents, text parts, prompts).
+fn mask_pii(body: &mut Map<String, Value>, kinds: &BTreeSet<PiiType>) {
+    let mask_value = |v: &mut Value| match v {
+        Value::String(s) => *s = pii::mask(s, kinds),
+        Value::Array(parts) => {
+            for p in parts {
+                match p {
+                    Value::String(s) => *s = pii::mask(s, kinds),
+                    Value::Object(o) => {
+                        if let Some(Value::String(t)) = o.get_mut("text") {
+                            *t = pii::mask(t, kinds);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    };
+    if let Some(Value::Array(msgs)) = body.get_mut("messages") {
+        for m in msgs {
+            if let Some(c) = m.get_mut("content") {
+                mask_value(c);
+            }
+        }
+    }
+    if let Some(p) = body.get_mut("prompt") {
+        mask_value(p);
+    }
+}
+
 /// The reasoning switch of `model`'s family as JSON fields, for the decision's `on`.
 pub fn reasoning_fields(model: &ModelConfig, on: bool) -> Option<(&'static str, Value)> {
     match model.reasoning_family? {
@@ -161,9 +221,19 @@ pub fn reasoning_fields(model: &ModelConfig, on: bool) -> Option<(&'static str, 
 }
 
 /// The body sent to `model`: the client's fields untouched except `model`, and under semantic
-/// routing the reasoning switch (unless the client set it) and the category's system prompt.
-pub fn body_for(p: &Parsed, cfg: &Config, model: &ModelConfig, d: &Decision) -> Bytes {
+/// routing the reasoning switch (unless the client set it) and the category's system prompt;
+/// PII of `mask` kinds replaced.
+pub fn body_for(
+    p: &Parsed,
+    cfg: &Config,
+    model: &ModelConfig,
+    d: &Decision,
+    mask: Option<&BTreeSet<PiiType>>,
+) -> Bytes {
     let mut body = p.body.clone();
+    if let Some(kinds) = mask.filter(|k| !k.is_empty()) {
+        mask_pii(&mut body, kinds);
+    }
     body.insert("model".into(), Value::String(model.name.clone()));
     let routed = d.source != crate::decide::Source::Explicit;
     if routed && p.kind == Kind::Chat {
@@ -316,7 +386,7 @@ mod tests {
         let mut d = Decision::default_model(&cfg, Source::Classified);
         d.use_reasoning = true;
         let out: Value =
-            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &d)).unwrap();
+            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &d, None)).unwrap();
         assert_eq!(out["model"], "qwen3-8b");
         assert_eq!(out["guided_json"], json!({"type": "object"}));
         assert_eq!(out["top_k"], 5);
@@ -324,19 +394,19 @@ mod tests {
 
         cfg.models[1].reasoning_family = Some(ReasoningFamily::DeepSeek);
         let out: Value =
-            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &d)).unwrap();
+            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &d, None)).unwrap();
         assert_eq!(out["chat_template_kwargs"]["thinking"], true);
 
         cfg.models[1].reasoning_family = Some(ReasoningFamily::GptOss);
         d.use_reasoning = false;
         let out: Value =
-            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &d)).unwrap();
+            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &d, None)).unwrap();
         assert_eq!(out["reasoning_effort"], "low");
 
         // An explicit model is forwarded as asked.
         let e = Decision::explicit("qwen3-8b");
         let out: Value =
-            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &e)).unwrap();
+            serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &e, None)).unwrap();
         assert!(out.get("reasoning_effort").is_none());
     }
 
@@ -353,9 +423,14 @@ mod tests {
         d.model = "qwen3-8b".into();
         d.category = Some("math".into());
         d.use_reasoning = true;
-        let out: Value =
-            serde_json::from_slice(&body_for(&p, &cfg, cfg.model("qwen3-8b").unwrap(), &d))
-                .unwrap();
+        let out: Value = serde_json::from_slice(&body_for(
+            &p,
+            &cfg,
+            cfg.model("qwen3-8b").unwrap(),
+            &d,
+            None,
+        ))
+        .unwrap();
         assert_eq!(out["chat_template_kwargs"]["enable_thinking"], false);
         assert_eq!(out["messages"][0]["role"], "system");
         assert_eq!(out["messages"][1]["content"], "x");

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod classifier;
+pub mod pii;
 pub mod policy;
 pub mod routes;
 pub mod text;
