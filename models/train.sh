@@ -24,7 +24,8 @@ common=(--token-features --hidden 0 --lr 5e-3 --out models/heads)
   "${common[@]}"
 "${bin[@]}" train --task jailbreak --data "$data/jailbreak/jailbreak_injection_prompts.jsonl" \
   --text-field text --label-field label --group-field category --positive malicious --max-fpr 0.03 \
-  "${common[@]}"
+  --val-fraction 0.25 --test-fraction 0.15 "${common[@]}"  # a larger validation split: the
+  # false-positive threshold is set on ~350 benign prompts, so it holds on the test split
 # "Strong model needed" for a weak/strong pair (RouteLLM's win label: the weak model wrong and the
 # strong one right), from MMLU-Pro's per-model correctness; the card reports the quality curve
 # (PGR, APGR, CPT) on the test split for this pair and a second one, and the threshold for each
