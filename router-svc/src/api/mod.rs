@@ -1,6 +1,7 @@
 //! The HTTP face: OpenAI-compatible routes, thin handlers over one road:
 //! admit -> read body -> parse -> decide -> forward -> relay. Health, readiness and metrics too.
 
+pub mod candidates;
 pub mod openai;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::config::{ms, PiiAction};
+use crate::config::ms;
 use crate::decide::{self, Decision};
 use crate::error::Error;
 use crate::relay::{self, Report};
@@ -217,76 +218,11 @@ async fn road(
         tracing::warn!(action, "jailbreak detected");
     }
     if d.blocked {
-        let (sse, body) = openai::refusal(&req, &cfg.routing.jailbreak.message);
-        let mut resp = Response::new(Body::from(body));
-        let ct = if sse {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-        relay::report_headers(
-            resp.headers_mut(),
-            &Report {
-                decision: d,
-                served_by: "",
-                classify: outcome.classify,
-                cache: outcome.cache,
-                upstream: None,
-            },
-        );
-        return Ok((resp, String::new(), category));
+        return Ok((refuse(&req, cfg, &outcome), String::new(), category));
     }
 
-    // 3. pick endpoint and forward: the decided model, its alternatives, then the fallback
-    let mut order: Vec<&str> = vec![&d.model];
-    order.extend(d.alternatives.iter().map(String::as_str));
-    if d.source != decide::Source::Explicit {
-        if let Some(f) = &cfg.routing.fallback_model {
-            order.push(f);
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    order.retain(|m| seen.insert(*m));
-    let mut models: Vec<_> = order.iter().filter_map(|m| cfg.model(m)).collect();
-    if models.is_empty() {
-        // A decision cached by a replica with other models (or an older config).
-        models.extend(cfg.model(&cfg.routing.default_model));
-    }
-    // PII: a model that may not see what the request holds is skipped, or gets it masked.
-    let mut masks = std::collections::HashMap::new();
-    let mut pii_found = String::new();
-    if models.iter().any(|m| m.pii.is_some()) {
-        let found = crate::decide::pii::types(&req.all_text());
-        if !found.is_empty() {
-            pii_found = found
-                .iter()
-                .map(|t| t.as_str())
-                .collect::<Vec<_>>()
-                .join(",");
-            for t in &found {
-                metrics::counter!("router_pii_detected_total", "type" => t.as_str()).increment(1);
-            }
-            models.retain(|m| {
-                let Some(policy) = &m.pii else { return true };
-                let hit: std::collections::BTreeSet<_> =
-                    policy.denied().intersection(&found).copied().collect();
-                match (hit.is_empty(), policy.action) {
-                    (true, _) => true,
-                    (false, PiiAction::Skip) => false,
-                    (false, PiiAction::Mask) => {
-                        masks.insert(m.name.clone(), hit);
-                        true
-                    }
-                }
-            });
-            if models.is_empty() {
-                metrics::counter!("router_rejected_total", "reason" => "pii").increment(1);
-                return Err(Error::PiiNotAllowed(pii_found));
-            }
-        }
-    }
+    // 3. pick endpoint and forward: decided model, alternatives, fallback (PII policy applied)
+    let cands = candidates::candidates(cfg, d, &req)?;
     let deadline = started + ms(cfg.upstream.total_timeout_ms);
     let headers_by = if req.stream {
         deadline.min(Instant::now() + ms(cfg.upstream.first_byte_timeout_ms))
@@ -297,8 +233,8 @@ async fn road(
         .upstream
         .send(
             &rt.pools,
-            &models,
-            |m| openai::body_for(&req, cfg, m, d, masks.get(&m.name)),
+            &cands.models,
+            |m| openai::body_for(&req, cfg, m, d, cands.masks.get(&m.name)),
             Outgoing {
                 path: kind.path(),
                 headers: &forwarded_headers(headers),
@@ -310,13 +246,12 @@ async fn road(
 
     // 4. relay
     let served = answered.model.clone();
-    let masked = masks.contains_key(&served);
     let pricing = cfg
         .model(&served)
         .map(|m| m.pricing.clone())
         .unwrap_or_default();
     let ttfb = answered.ttfb;
-    let resp = relay::relay(
+    let mut resp = relay::relay(
         answered,
         &Report {
             decision: d,
@@ -330,17 +265,36 @@ async fn road(
         admitted,
     )
     .await?;
-    let mut resp = resp;
-    if !pii_found.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&pii_found) {
-            resp.headers_mut().insert("x-vsr-pii", v);
-        }
-        if masked {
-            resp.headers_mut()
-                .insert("x-vsr-pii-masked", HeaderValue::from_static("true"));
-        }
-    }
+    cands.report(&served, resp.headers_mut());
     Ok((resp, served, category))
+}
+
+/// A blocked request's answer: an OpenAI-style refusal (SSE when streaming), nothing forwarded.
+fn refuse(
+    req: &openai::Parsed,
+    cfg: &crate::config::Config,
+    outcome: &decide::Outcome,
+) -> Response {
+    let (sse, body) = openai::refusal(req, &cfg.routing.jailbreak.message);
+    let mut resp = Response::new(Body::from(body));
+    let ct = if sse {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    relay::report_headers(
+        resp.headers_mut(),
+        &Report {
+            decision: &outcome.decision,
+            served_by: "",
+            classify: outcome.classify,
+            cache: outcome.cache,
+            upstream: None,
+        },
+    );
+    resp
 }
 
 /// Client headers that travel to the backend: its credentials and the request id (vLLM logs it).
