@@ -15,7 +15,8 @@
 //!   model's pricing; a gauge that only grows) from `usage` in bodies and in SSE streams
 //! - `router_jailbreak_total{action}`, `router_config_reloads_total{result}`,
 //!   `router_rejected_total{reason}`, `router_stream_errors_total{model,reason}`,
-//!   `router_upstream_ejections_total{model}`, `router_upstream_fallbacks_total{model}`
+//!   `router_upstream_ejections_total{model}`, `router_upstream_fallbacks_total{model}`,
+//!   `router_context_skips_total`, `router_pii_detected_total{type}`
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 

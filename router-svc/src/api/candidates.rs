@@ -1,6 +1,7 @@
 //! Step 3 of the road, before any backend is called: the models that may serve this request, in
-//! order (the decided model, its alternatives, the fallback), less those whose PII policy bars
-//! what the request holds; for models that mask instead, which types to mask.
+//! order (the decided model, its alternatives, the fallback), less those whose context is too
+//! small for it (while another fits) and those whose PII policy bars what the request holds; for
+//! models that mask instead, which types to mask.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -36,6 +37,20 @@ pub fn candidates<'a>(
     if models.is_empty() {
         // A decision cached by a replica with other models (or an older config).
         models.extend(cfg.model(&cfg.routing.default_model));
+    }
+    // A model whose context cannot hold the request is passed over while another can take it
+    // (estimate: 4 characters a token, plus the completion budget asked for).
+    let need = req.all_text().chars().count() / 4
+        + req
+            .body
+            .get("max_completion_tokens")
+            .or_else(|| req.body.get("max_tokens"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0) as usize;
+    let fits = |m: &&ModelConfig| m.max_context.is_none_or(|c| need <= c as usize);
+    if models.iter().any(fits) && !models.iter().all(fits) {
+        models.retain(fits);
+        metrics::counter!("router_context_skips_total").increment(1);
     }
     let mut out = Candidates {
         models,
@@ -92,5 +107,53 @@ impl Candidates<'_> {
         if self.masks.contains_key(served) {
             h.insert("x-vsr-pii-masked", HeaderValue::from_static("true"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::openai::{parse, Kind};
+
+    fn cfg() -> Config {
+        let mut c = Config::from_yaml(crate::config::EMBEDDED_DEFAULT).unwrap();
+        c.models[0].max_context = Some(100);
+        c.models[1].pii = Some(crate::config::PiiPolicy {
+            deny: vec!["US_SSN".into()],
+            action: PiiAction::Skip,
+        });
+        c
+    }
+
+    fn req(text: &str, max_tokens: u64) -> Parsed {
+        let body = serde_json::json!({"model": "auto", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": text}]});
+        parse(Kind::Chat, body.to_string().as_bytes()).unwrap()
+    }
+
+    fn names(c: &Candidates) -> Vec<String> {
+        c.models.iter().map(|m| m.name.clone()).collect()
+    }
+
+    #[test]
+    fn order_then_context_then_pii() {
+        let c = cfg();
+        let mut d = Decision::default_model(&c, Source::Classified);
+        d.model = "qwen3-0.6b".into();
+        d.alternatives = vec!["qwen3-8b".into()];
+        let small = candidates(&c, &d, &req("hi", 10)).unwrap();
+        assert_eq!(names(&small), ["qwen3-0.6b", "qwen3-8b"]);
+        // 100-token context: a long prompt goes to the model that holds it.
+        let long = candidates(&c, &d, &req(&"word ".repeat(200), 10)).unwrap();
+        assert_eq!(names(&long), ["qwen3-8b"]);
+        // ...unless that one may not see it: PII skip wins, and nothing is left -> refused.
+        let text = format!("{} ssn 123-45-6789", "word ".repeat(200));
+        assert!(matches!(
+            candidates(&c, &d, &req(&text, 10)),
+            Err(Error::PiiNotAllowed(_))
+        ));
+        let short = candidates(&c, &d, &req("ssn 123-45-6789", 10)).unwrap();
+        assert_eq!(names(&short), ["qwen3-0.6b"]);
+        assert_eq!(short.found.len(), 1);
     }
 }
