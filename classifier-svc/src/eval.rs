@@ -120,7 +120,8 @@ async fn remote(args: &EvalArgs, addr: &str, texts: &[&str]) -> anyhow::Result<P
     Ok((labels, probs))
 }
 
-pub async fn run(args: &EvalArgs) -> anyhow::Result<()> {
+/// Scores `args.task` on the data (see the module comment).
+pub async fn evaluate(args: &EvalArgs) -> anyhow::Result<Report> {
     let map = dataset::parse_label_map(args.label_map.as_deref())?;
     let mut rows = dataset::load(
         &args.data,
@@ -175,30 +176,44 @@ pub async fn run(args: &EvalArgs) -> anyhow::Result<()> {
         }
     }
     let rate = rows.len() as f64 / secs.max(1e-9);
-    if args.json {
-        let out = json!({
+    let report = Report {
+        json: json!({
             "task": args.task,
             "source": args.addr.clone().unwrap_or_else(|| "in-process".into()),
             "scores": scores,
             "labels_unknown_to_the_head": unknown,
             "seconds": secs,
             "texts_per_second": rate,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        println!(
-            "task {} on {} rows ({}): {:.1} texts/s",
+        }),
+        text: format!(
+            "task {} on {} rows ({}): {:.1} texts/s\n{}{}",
             args.task,
             rows.len(),
             args.addr.as_deref().unwrap_or("in process"),
-            rate
-        );
-        if !unknown.is_empty() {
-            println!(
-                "labels in the data the head does not have (always counted wrong): {unknown:?}"
-            );
-        }
-        print!("{}", scores.render());
+            rate,
+            if unknown.is_empty() {
+                String::new()
+            } else {
+                format!("labels in the data the head does not have (always counted wrong): {unknown:?}\n")
+            },
+            scores.render()
+        ),
+    };
+    Ok(report)
+}
+
+/// What `eval` prints: `json` with `--json`, else `text`.
+pub struct Report {
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+pub async fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    let r = evaluate(args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r.json)?);
+    } else {
+        print!("{}", r.text);
     }
     Ok(())
 }

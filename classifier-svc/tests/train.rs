@@ -6,8 +6,8 @@ use classifier_svc::fixtures::{self, Spec};
 use classifier_svc::model::{Arch, LoadOptions, Model, Source, Truncation};
 use classifier_svc::train::{self, TrainArgs};
 
-#[test]
-fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
+#[tokio::test(flavor = "multi_thread")]
+async fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let enc = dir.path().join("enc");
     fixtures::write_checkpoint(&enc, &Spec::tiny(Arch::Bert)).unwrap();
@@ -24,6 +24,7 @@ fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
     let data = dir.path().join("d.jsonl");
     std::fs::write(&data, lines.join("\n")).unwrap();
     let out = dir.path().join("heads");
+    let out_dir = out.clone();
     let args = TrainArgs {
         task: "topic".into(),
         data: vec![data],
@@ -64,8 +65,12 @@ fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
     assert!(metrics["detector"]["threshold"].is_number());
 
     // The server's loader reads it back, lexical features included.
-    let model =
-        Model::load_encoder(&Source::Local(enc), Some(&out), &LoadOptions::default()).unwrap();
+    let model = Model::load_encoder(
+        &Source::Local(enc.clone()),
+        Some(&out),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(model.tasks[0].name, "topic");
     assert!(model.tasks[0].token_features() > 0);
     let ids: Vec<Vec<u32>> = ["the cat sat on the mat", "a judge in a law court"]
@@ -78,4 +83,44 @@ fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
     let top = |p: &Vec<f32>| labels[if p[0] > p[1] { 0 } else { 1 }].clone();
     assert_eq!(top(&out.probs[0][0]), "cats");
     assert_eq!(top(&out.probs[1][0]), "law");
+    drop(model);
+    eval_scores(&enc, &out_dir, dir.path()).await;
+}
+
+/// `eval` on a file it has never seen, with a label the head does not know.
+async fn eval_scores(enc: &std::path::Path, heads: &std::path::Path, dir: &std::path::Path) {
+    let data = dir.join("unseen.jsonl");
+    std::fs::write(
+        &data,
+        [
+            r#"{"body": "the cat sat on the mat", "kind": "feline"}"#,
+            r#"{"body": "a judge in a law court", "kind": "law"}"#,
+            r#"{"body": "a law court and a judge again", "kind": "law"}"#,
+            r#"{"body": "an unrelated row", "kind": "weather"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let preds = dir.join("preds.jsonl");
+    let args = classifier_svc::eval::EvalArgs {
+        data: vec![data],
+        text_field: "body".into(),
+        label_field: "kind".into(),
+        task: "topic".into(),
+        label_map: Some("feline=cats".into()),
+        addr: None,
+        encoder: enc.display().to_string(),
+        heads: heads.to_path_buf(),
+        limit: None,
+        json: true,
+        predictions: Some(preds.clone()),
+    };
+    let r = classifier_svc::eval::evaluate(&args).await.unwrap();
+    assert_eq!(r.json["scores"]["n"], 4);
+    assert_eq!(r.json["labels_unknown_to_the_head"][0], "weather");
+    assert_eq!(r.json["scores"]["accuracy"], 0.75, "{}", r.json);
+    assert!(r.text.contains("confusion"));
+    let lines = std::fs::read_to_string(&preds).unwrap();
+    assert_eq!(lines.lines().count(), 4);
+    assert!(lines.lines().next().unwrap().contains("\"probabilities\""));
 }
