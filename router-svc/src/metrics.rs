@@ -2,6 +2,7 @@
 //! `metrics` facade; this file installs the exporter and documents the names.
 //!
 //! - `router_requests_total{endpoint,model,category,status}`, `router_request_duration_seconds{endpoint}`
+//!   (until the response head is sent; a stream's body continues after it)
 //! - `router_decisions_total{source}` (classified, cache_local, cache_redis, coalesced, explicit,
 //!   fail_open, no_text), `router_fail_open_total{reason}`
 //! - `router_classify_duration_seconds`, `router_classifier_errors_total{reason}`,
