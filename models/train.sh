@@ -16,15 +16,18 @@ fi
 # Every head: a linear layer over [MiniLM embedding ; bag of token ids] (lexical features from the
 # same tokenization: measured +6 points on domain over the embedding alone).
 common=(--token-features --hidden 0 --lr 5e-3 --out models/heads)
+# Adjacent token-id pairs too (hashed): measured +0.9 points on domain, +1.7 recall on jailbreak,
+# nothing on complexity (left without them). Every head using them must use the same count.
+bigrams=(--bigram-buckets 16384)
 
 "${bin[@]}" train --task domain --data "$data/mmlu-pro/questions.jsonl" \
-  --text-field text --label-field category "${common[@]}"
+  --text-field text --label-field category "${common[@]}" "${bigrams[@]}"
 "${bin[@]}" train --task complexity --data "$data/complexity/simple_prompts.jsonl" \
   --data "$data/complexity/reasoning_prompts.jsonl" --text-field text --label-field label \
   "${common[@]}"
 "${bin[@]}" train --task jailbreak --data "$data/jailbreak/jailbreak_injection_prompts.jsonl" \
   --text-field text --label-field label --group-field category --positive malicious --max-fpr 0.03 \
-  --val-fraction 0.25 --test-fraction 0.15 "${common[@]}"  # a larger validation split: the
+  --val-fraction 0.25 --test-fraction 0.15 "${common[@]}" "${bigrams[@]}"  # a larger validation split: the
   # false-positive threshold is set on ~350 benign prompts, so it holds on the test split
 # "Strong model needed" for a weak/strong pair (RouteLLM's win label: the weak model wrong and the
 # strong one right), from MMLU-Pro's per-model correctness; the card reports the quality curve
@@ -34,4 +37,5 @@ m=/correct/mixtral-8x7b-instruct g=/correct/gpt-4o
 "${bin[@]}" train --task strong --data "$data/mmlu-pro/questions.jsonl" --text-field text \
   --label-field "$m+$g" --label-map "false+true=strong,true+true=weak,true+false=weak,false+false=weak" \
   --positive strong --max-fpr 0.5 --quality-pair "$m,$g" \
-  --quality-pair /correct/llama-3.1-8b-instruct,/correct/llama-3.1-70b-instruct "${common[@]}"
+  --quality-pair /correct/llama-3.1-8b-instruct,/correct/llama-3.1-70b-instruct "${common[@]}" \
+  "${bigrams[@]}"

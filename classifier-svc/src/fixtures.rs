@@ -338,6 +338,7 @@ pub fn write_head(
         labels: labels.iter().map(|s| s.to_string()).collect(),
         activation: "relu".into(),
         token_features: 0,
+        bigram_buckets: 0,
     };
     std::fs::write(dir.join("head.json"), serde_json::to_string_pretty(&spec)?)?;
     Ok(())

@@ -51,6 +51,9 @@ pub struct TrainArgs {
     /// `log(1+count)`, L2-normalised), from the same tokenization as the encoder pass.
     #[arg(long)]
     pub token_features: bool,
+    /// With --token-features: also adjacent token-id pairs, hashed into this many buckets.
+    #[arg(long, default_value_t = 0)]
+    pub bigram_buckets: usize,
     /// Hidden units of the MLP head; 0 = a linear head.
     #[arg(long, default_value_t = 256)]
     pub hidden: usize,
@@ -317,14 +320,15 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let emb = embed_cached(&model, &texts, args.max_length, &args.cache_dir)?;
     let bags = if args.token_features {
         let v = model.meta.vocab_size;
+        let nb = args.bigram_buckets;
         let bags = texts
             .iter()
             .map(|t| {
                 let ids = model.tokenize(t, Truncation::Truncate)?.ids;
-                Ok(crate::model::heads::token_bag(&ids, v))
+                Ok(crate::model::heads::token_bag_with(&ids, v, nb))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Some((v, bags))
+        Some((v + nb, bags))
     } else {
         None
     };
@@ -557,6 +561,7 @@ fn write_head(
         "activation": "relu",
         "kind": if args.hidden == 0 { "linear" } else { "mlp" },
         "token_features": if args.token_features { model.meta.vocab_size } else { 0 },
+        "bigram_buckets": if args.token_features { args.bigram_buckets } else { 0 },
         "encoder": model.meta.id,
     });
     if let Some(d) = &detector {
@@ -601,8 +606,13 @@ fn write_head(
     if args.token_features {
         writeln!(
             card,
-            "- Inputs: the embedding and a bag of the text's {} token ids (`log(1+count)`, L2-normalised; lexical features from the same tokenization, no second pass)",
-            model.meta.vocab_size
+            "- Inputs: the embedding and a bag of the text's {} token ids{} (`log(1+count)`, L2-normalised; lexical features from the same tokenization, no second pass)",
+            model.meta.vocab_size,
+            if args.bigram_buckets > 0 {
+                format!(" and of adjacent id pairs hashed into {} buckets", args.bigram_buckets)
+            } else {
+                String::new()
+            }
         )?;
     }
     let data: Vec<String> = args

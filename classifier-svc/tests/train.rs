@@ -36,6 +36,7 @@ async fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
         encoder: enc.display().to_string(),
         max_length: 64,
         token_features: true,
+        bigram_buckets: 64,
         hidden: 0,
         dropout: 0.0,
         epochs: 60,

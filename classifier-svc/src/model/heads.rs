@@ -32,11 +32,20 @@ pub struct HeadSpec {
     /// token ids (`token_bag`) of this many dimensions (the vocabulary size); 0 = none.
     #[serde(default)]
     pub token_features: usize,
+    /// Adjacent token-id pairs hashed into this many more buckets after the token ids (all
+    /// heads of one encoder that use them must agree on the count).
+    #[serde(default)]
+    pub bigram_buckets: usize,
 }
 
 /// The bag-of-token-ids features of one tokenized text: `log(1 + count)` per id, L2-normalised,
 /// special tokens at both ends left out; sparse `(id, value)`. Training and serving share it.
 pub fn token_bag(ids: &[u32], dim: usize) -> Vec<(usize, f32)> {
+    token_bag_with(ids, dim, 0)
+}
+
+/// `token_bag` over `vocab` ids, plus adjacent id pairs hashed into `bigrams` more buckets.
+pub fn token_bag_with(ids: &[u32], vocab: usize, bigrams: usize) -> Vec<(usize, f32)> {
     let inner = if ids.len() > 2 {
         &ids[1..ids.len() - 1]
     } else {
@@ -44,8 +53,21 @@ pub fn token_bag(ids: &[u32], dim: usize) -> Vec<(usize, f32)> {
     };
     let mut counts = std::collections::BTreeMap::<usize, f32>::new();
     for &id in inner {
-        if (id as usize) < dim {
+        if (id as usize) < vocab {
             *counts.entry(id as usize).or_default() += 1.0;
+        }
+    }
+    if bigrams > 0 {
+        for w in inner.windows(2) {
+            // FNV-1a over the pair: stable across builds and platforms.
+            let mut h: u64 = 0xcbf29ce484222325;
+            for b in w[0].to_le_bytes().into_iter().chain(w[1].to_le_bytes()) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            *counts
+                .entry(vocab + (h % bigrams as u64) as usize)
+                .or_default() += 1.0;
         }
     }
     let mut v: Vec<(usize, f32)> = counts.into_iter().map(|(i, c)| (i, c.ln_1p())).collect();
@@ -67,8 +89,10 @@ pub enum Head {
     Mlp {
         layers: Vec<Linear>,
         act: Activation,
-        /// Width of the token-bag input beside the embedding (0 = embedding only).
+        /// Width of the token-bag input beside the embedding (0 = embedding only), bigram
+        /// buckets included.
         token_features: usize,
+        bigram_buckets: usize,
     },
     /// BERT: tanh(pooler(CLS)) -> classifier.
     BertPooler { pooler: Linear, classifier: Linear },
@@ -104,6 +128,18 @@ impl TaskHead {
         }
     }
 
+    /// (token-id width, bigram buckets) of the bag this head reads.
+    pub fn bag_shape(&self) -> (usize, usize) {
+        match self.head {
+            Head::Mlp {
+                token_features,
+                bigram_buckets,
+                ..
+            } => (token_features - bigram_buckets, bigram_buckets),
+            _ => (0, 0),
+        }
+    }
+
     /// Label probabilities `(b, labels)` from the hidden states, the pooled embedding and (for
     /// heads with lexical features) the batch's token bags, at least as wide as the head's.
     pub fn probabilities(
@@ -118,6 +154,7 @@ impl TaskHead {
                 layers,
                 act,
                 token_features,
+                ..
             } => {
                 let mut x = match (bag, *token_features) {
                     (_, 0) => embedding.clone(),
@@ -221,6 +258,25 @@ impl TaskHead {
             }
             heads.push(head);
         }
+        let shapes: HashSet<(usize, usize)> = heads
+            .iter()
+            .map(|h| h.bag_shape())
+            .filter(|s| s.0 > 0)
+            .collect();
+        if shapes.iter().map(|s| s.0).collect::<HashSet<_>>().len() > 1
+            || shapes
+                .iter()
+                .map(|s| s.1)
+                .filter(|b| *b > 0)
+                .collect::<HashSet<_>>()
+                .len()
+                > 1
+        {
+            return Err(Error::load(
+                dir.display().to_string(),
+                format!("heads disagree on their token features {shapes:?}"),
+            ));
+        }
         Ok(heads)
     }
 
@@ -249,7 +305,13 @@ impl TaskHead {
         let tensors = candle_core::safetensors::load(dir.join("head.safetensors"), device)
             .map_err(|e| Error::load(&name, format!("head.safetensors: {e}")))?;
         let mut layers = Vec::new();
-        let mut in_dim = hidden_size + spec.token_features;
+        let mut in_dim = hidden_size + spec.token_features + spec.bigram_buckets;
+        if spec.bigram_buckets > 0 && spec.token_features == 0 {
+            return Err(Error::load(
+                &name,
+                "head.json: bigram_buckets needs token_features",
+            ));
+        }
         while let Some(w) = tensors.get(&format!("layers.{}.weight", layers.len())) {
             let (out, inp) = w
                 .dims2()
@@ -290,7 +352,8 @@ impl TaskHead {
             head: Head::Mlp {
                 layers,
                 act,
-                token_features: spec.token_features,
+                token_features: spec.token_features + spec.bigram_buckets,
+                bigram_buckets: spec.bigram_buckets,
             },
         })
     }
@@ -298,7 +361,19 @@ impl TaskHead {
 
 #[cfg(test)]
 mod tests {
-    use super::token_bag;
+    use super::{token_bag, token_bag_with};
+
+    #[test]
+    fn bigrams_land_after_the_vocabulary_and_are_stable() {
+        let a = token_bag_with(&[101, 5, 7, 5, 7, 102], 200, 16);
+        let pairs: Vec<_> = a.iter().filter(|(i, _)| *i >= 200).collect();
+        assert!(!pairs.is_empty() && pairs.iter().all(|(i, _)| *i < 216));
+        assert_eq!(a, token_bag_with(&[101, 5, 7, 5, 7, 102], 200, 16));
+        assert_eq!(
+            token_bag_with(&[101, 5, 7, 102], 200, 0),
+            token_bag(&[101, 5, 7, 102], 200)
+        );
+    }
 
     #[test]
     fn token_bag_skips_the_ends_counts_and_normalises() {

@@ -236,17 +236,25 @@ impl Model {
         let head_input = embedding.to_dtype(hidden.dtype())?;
         // Lexical features for heads that read them: one bag of token ids per text, built
         // from the ids already in the batch (no second pass).
-        let bag_dim = self
+        let vocab = self
             .tasks
             .iter()
-            .map(|t| t.token_features())
+            .map(|t| t.bag_shape().0)
             .max()
             .unwrap_or(0);
+        let bigrams = self
+            .tasks
+            .iter()
+            .map(|t| t.bag_shape().1)
+            .max()
+            .unwrap_or(0);
+        let bag_dim = vocab + bigrams;
         let bag = if bag_dim > 0 {
             let ids: Vec<Vec<u32>> = batch.ids.to_vec2()?;
             let mut dense = vec![0f32; b * bag_dim];
             for (row, (ids, &len)) in ids.iter().zip(lengths).enumerate() {
-                for (i, v) in heads::token_bag(&ids[..len.min(ids.len())], bag_dim) {
+                let ids = &ids[..len.min(ids.len())];
+                for (i, v) in heads::token_bag_with(ids, vocab, bigrams) {
                     dense[row * bag_dim + i] = v;
                 }
             }
