@@ -6,6 +6,7 @@
 //! holds what a request runs against and swaps it on reload; `error` is the one error type.
 
 pub mod api;
+pub mod balance;
 pub mod config;
 pub mod decide;
 pub mod error;

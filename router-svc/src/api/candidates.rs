@@ -38,29 +38,39 @@ pub fn candidates<'a>(
         // A decision cached by a replica with other models (or an older config).
         models.extend(cfg.model(&cfg.routing.default_model));
     }
+    // The request's text, built once and only when a candidate has a limit or a PII policy.
+    let text = models
+        .iter()
+        .any(|m| m.max_context.is_some() || m.pii.is_some())
+        .then(|| req.all_text());
     // A model whose context cannot hold the request is passed over while another can take it
     // (estimate: 4 characters a token, plus the completion budget asked for).
-    let need = req.all_text().chars().count() / 4
-        + req
-            .body
-            .get("max_completion_tokens")
-            .or_else(|| req.body.get("max_tokens"))
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0) as usize;
-    let fits = |m: &&ModelConfig| m.max_context.is_none_or(|c| need <= c as usize);
-    if models.iter().any(fits) && !models.iter().all(fits) {
-        models.retain(fits);
-        metrics::counter!("router_context_skips_total").increment(1);
+    if let Some(text) = text
+        .as_deref()
+        .filter(|_| models.iter().any(|m| m.max_context.is_some()))
+    {
+        let need = text.chars().count() / 4
+            + req
+                .body
+                .get("max_completion_tokens")
+                .or_else(|| req.body.get("max_tokens"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0) as usize;
+        let fits = |m: &&ModelConfig| m.max_context.is_none_or(|c| need <= c as usize);
+        if models.iter().any(fits) && !models.iter().all(fits) {
+            models.retain(fits);
+            metrics::counter!("router_context_skips_total").increment(1);
+        }
     }
     let mut out = Candidates {
         models,
         masks: HashMap::new(),
         found: BTreeSet::new(),
     };
-    if !out.models.iter().any(|m| m.pii.is_some()) {
+    let Some(text) = text.filter(|_| out.models.iter().any(|m| m.pii.is_some())) else {
         return Ok(out);
-    }
-    out.found = pii::types(&req.all_text());
+    };
+    out.found = pii::types(&text);
     if out.found.is_empty() {
         return Ok(out);
     }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use semroute_proto::classifier::v1 as pb;
 use semroute_proto::classifier::v1::classifier_client::ClassifierClient;
 use tonic::transport::{Channel, Endpoint};
@@ -188,26 +187,12 @@ impl Classifier {
     /// if none is up, any but `except` (better tried than refused).
     fn pick(&self, except: Option<usize>) -> Option<usize> {
         let now = self.now_ms();
-        let others: Vec<usize> = (0..self.replicas.len())
-            .filter(|i| Some(*i) != except)
-            .collect();
-        let up: Vec<usize> = others
-            .iter()
-            .copied()
-            .filter(|&i| self.replicas[i].up(now))
-            .collect();
-        let set = if up.is_empty() { others } else { up };
-        match set.len() {
-            0 => None,
-            1 => Some(set[0]),
-            n => {
-                let mut rng = rand::rng();
-                let a = set[rng.random_range(0..n)];
-                let b = set[rng.random_range(0..n)];
-                let load = |i: usize| self.replicas[i].in_flight.load(Ordering::Relaxed);
-                Some(if load(b) < load(a) { b } else { a })
-            }
-        }
+        crate::balance::pick(
+            self.replicas.len(),
+            |i| Some(i) == except,
+            |i| self.replicas[i].up(now),
+            |i| self.replicas[i].in_flight.load(Ordering::Relaxed),
+        )
     }
 
     pub fn configured(&self) -> bool {

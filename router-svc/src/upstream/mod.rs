@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
-use rand::Rng;
 
 use crate::config::{ms, Config, ModelConfig, UpstreamConfig};
 use crate::error::Error;
@@ -167,31 +166,12 @@ impl Pools {
 /// Power of two choices among available endpoints not tried yet; if none is available, among
 /// all not tried yet (a request is better tried than refused).
 fn pick(eps: &[Arc<Endpoint>], tried: &[usize]) -> Option<usize> {
-    let fresh: Vec<usize> = (0..eps.len()).filter(|i| !tried.contains(i)).collect();
-    let avail: Vec<usize> = fresh
-        .iter()
-        .copied()
-        .filter(|&i| eps[i].available())
-        .collect();
-    let set = if avail.is_empty() { fresh } else { avail };
-    match set.len() {
-        0 => None,
-        1 => Some(set[0]),
-        n => {
-            let mut rng = rand::rng();
-            let a = rng.random_range(0..n);
-            let mut b = rng.random_range(0..n - 1);
-            if b >= a {
-                b += 1;
-            }
-            let (a, b) = (set[a], set[b]);
-            Some(if eps[b].in_flight() < eps[a].in_flight() {
-                b
-            } else {
-                a
-            })
-        }
-    }
+    crate::balance::pick(
+        eps.len(),
+        |i| tried.contains(&i),
+        |i| eps[i].available(),
+        |i| eps[i].in_flight(),
+    )
 }
 
 /// HTTP client for backends (pooled keep-alive connections) and the timeouts.
