@@ -60,15 +60,34 @@ pub fn field_str(v: &Value, field: &str) -> Option<String> {
     }
 }
 
+/// Which labelled file(s) to read and how: shared by `train` and `eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    /// JSONL file(s) (repeatable).
+    #[arg(long = "data", required = true)]
+    pub data: Vec<PathBuf>,
+    /// Field with the text (a name, a JSON pointer, or several joined by `+`).
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    #[arg(long, default_value = "label")]
+    pub label_field: String,
+    /// FROM=TO,... or a JSON object file; labels mapped to "" are dropped.
+    #[arg(long)]
+    pub label_map: Option<String>,
+}
+
 /// Reads every row that has a text and a (mapped) label; says how many were skipped.
 pub fn load(
-    files: &[PathBuf],
-    text_field: &str,
-    label_field: &str,
+    input: &DataArgs,
     group_field: Option<&str>,
-    label_map: &HashMap<String, String>,
     keep_records: bool,
 ) -> anyhow::Result<Vec<Row>> {
+    let label_map = parse_label_map(input.label_map.as_deref())?;
+    let (files, text_field, label_field) = (
+        &input.data,
+        input.text_field.as_str(),
+        input.label_field.as_str(),
+    );
     let mut rows = Vec::new();
     let mut skipped = 0usize;
     for f in files {

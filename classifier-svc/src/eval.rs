@@ -17,19 +17,11 @@ use crate::model::{LoadOptions, Model, Source, Truncation};
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
-    /// JSONL file(s) (repeatable).
-    #[arg(long = "data", required = true)]
-    pub data: Vec<PathBuf>,
-    #[arg(long, default_value = "text")]
-    pub text_field: String,
-    #[arg(long, default_value = "label")]
-    pub label_field: String,
+    #[command(flatten)]
+    pub input: dataset::DataArgs,
     /// The classifier task to judge (e.g. domain).
     #[arg(long)]
     pub task: String,
-    /// FROM=TO,... or a JSON object file mapping the file's labels to the task's.
-    #[arg(long)]
-    pub label_map: Option<String>,
     /// A running classifier-svc (e.g. http://127.0.0.1:50051); without it, in process.
     #[arg(long)]
     pub addr: Option<String>,
@@ -122,15 +114,7 @@ async fn remote(args: &EvalArgs, addr: &str, texts: &[&str]) -> anyhow::Result<P
 
 /// Scores `args.task` on the data (see the module comment).
 pub async fn evaluate(args: &EvalArgs) -> anyhow::Result<Report> {
-    let map = dataset::parse_label_map(args.label_map.as_deref())?;
-    let mut rows = dataset::load(
-        &args.data,
-        &args.text_field,
-        &args.label_field,
-        None,
-        &map,
-        false,
-    )?;
+    let mut rows = dataset::load(&args.input, None, false)?;
     if let Some(n) = args.limit {
         rows.truncate(n);
     }

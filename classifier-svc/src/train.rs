@@ -25,16 +25,8 @@ pub struct TrainArgs {
     /// Task name (the head's directory and the name clients ask for).
     #[arg(long)]
     pub task: String,
-    /// JSONL file(s) (repeatable).
-    #[arg(long = "data", required = true)]
-    pub data: Vec<PathBuf>,
-    #[arg(long, default_value = "text")]
-    pub text_field: String,
-    #[arg(long, default_value = "label")]
-    pub label_field: String,
-    /// FROM=TO,... or a JSON object file; labels mapped to "" are dropped.
-    #[arg(long)]
-    pub label_map: Option<String>,
+    #[command(flatten)]
+    pub input: dataset::DataArgs,
     /// A finer kind to report per group on the test split (e.g. the jailbreak data's category).
     #[arg(long)]
     pub group_field: Option<String>,
@@ -289,13 +281,9 @@ impl Features {
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    let label_map = dataset::parse_label_map(args.label_map.as_deref())?;
     let rows: Vec<Row> = dataset::load(
-        &args.data,
-        &args.text_field,
-        &args.label_field,
+        &args.input,
         args.group_field.as_deref(),
-        &label_map,
         !args.quality_pairs.is_empty(),
     )?;
     let labels: Vec<String> = rows
@@ -616,6 +604,7 @@ fn write_head(
         )?;
     }
     let data: Vec<String> = args
+        .input
         .data
         .iter()
         .map(|p| format!("`{}`", p.display()))
@@ -624,9 +613,10 @@ fn write_head(
         card,
         "- Data: {} (text `{}`, label `{}`{}); labels: {}",
         data.join(", "),
-        args.text_field,
-        args.label_field,
-        args.label_map
+        args.input.text_field,
+        args.input.label_field,
+        args.input
+            .label_map
             .as_ref()
             .map(|m| format!(", mapped {m}"))
             .unwrap_or_default(),

@@ -2,6 +2,7 @@
 //! (with lexical features) that the server's loader reads back, and the served model gives the
 //! trained labels; `eval` scores it.
 
+use classifier_svc::dataset::DataArgs;
 use classifier_svc::fixtures::{self, Spec};
 use classifier_svc::model::{Arch, LoadOptions, Model, Source, Truncation};
 use classifier_svc::train::{self, TrainArgs};
@@ -27,10 +28,12 @@ async fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
     let out_dir = out.clone();
     let args = TrainArgs {
         task: "topic".into(),
-        data: vec![data],
-        text_field: "q".into(),
-        label_field: "y".into(),
-        label_map: None,
+        input: DataArgs {
+            data: vec![data],
+            text_field: "q".into(),
+            label_field: "y".into(),
+            label_map: None,
+        },
         group_field: None,
         out: out.clone(),
         encoder: enc.display().to_string(),
@@ -104,11 +107,13 @@ async fn eval_scores(enc: &std::path::Path, heads: &std::path::Path, dir: &std::
     .unwrap();
     let preds = dir.join("preds.jsonl");
     let args = classifier_svc::eval::EvalArgs {
-        data: vec![data],
-        text_field: "body".into(),
-        label_field: "kind".into(),
+        input: DataArgs {
+            data: vec![data],
+            text_field: "body".into(),
+            label_field: "kind".into(),
+            label_map: Some("feline=cats".into()),
+        },
         task: "topic".into(),
-        label_map: Some("feline=cats".into()),
         addr: None,
         encoder: enc.display().to_string(),
         heads: heads.to_path_buf(),
