@@ -18,3 +18,4 @@ pub mod model;
 pub mod server;
 pub mod service;
 pub mod train;
+pub mod train_spans;

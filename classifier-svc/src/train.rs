@@ -83,6 +83,13 @@ pub struct TrainArgs {
     /// Repeatable.
     #[arg(long = "quality-pair")]
     pub quality_pairs: Vec<String>,
+    /// Train a token-classification head instead: this field holds each text's entity spans
+    /// (`[{entity_type, start, end}]`, character offsets); `--label-map` maps entity types.
+    #[arg(long)]
+    pub spans_field: Option<String>,
+    /// Token heads: neighbouring tokens on each side whose hidden states a token also reads.
+    #[arg(long, default_value_t = 1)]
+    pub context: usize,
 }
 
 /// Embeds `texts` with `model`, 32 at a time in length order, cached under `cache_dir` by the
@@ -159,12 +166,12 @@ pub fn embed_cached(
     Ok(out)
 }
 
-struct Head {
+pub(crate) struct Head {
     layers: Vec<(Var, Var)>,
 }
 
 impl Head {
-    fn new(dims: &[usize], rng: &mut StdRng) -> anyhow::Result<Self> {
+    pub(crate) fn new(dims: &[usize], rng: &mut StdRng) -> anyhow::Result<Self> {
         let mut layers = Vec::new();
         for w in dims.windows(2) {
             let (inp, out) = (w[0], w[1]);
@@ -182,7 +189,12 @@ impl Head {
 
     /// Training forward with inverted dropout on the hidden layer; the mask comes from our own
     /// seeded generator (candle cannot seed its CPU one), so runs repeat exactly.
-    fn forward(&self, x: &Tensor, dropout: f32, rng: &mut StdRng) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        dropout: f32,
+        rng: &mut StdRng,
+    ) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for (i, (w, b)) in self.layers.iter().enumerate() {
             h = h
@@ -209,14 +221,14 @@ impl Head {
         Ok(h)
     }
 
-    fn vars(&self) -> Vec<Var> {
+    pub(crate) fn vars(&self) -> Vec<Var> {
         self.layers
             .iter()
             .flat_map(|(w, b)| [w.clone(), b.clone()])
             .collect()
     }
 
-    fn snapshot(&self) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+    pub(crate) fn snapshot(&self) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
         self.layers
             .iter()
             .map(|(w, b)| Ok((w.as_tensor().copy()?, b.as_tensor().copy()?)))
@@ -225,14 +237,21 @@ impl Head {
 }
 
 /// Class-weighted mean cross-entropy.
-fn weighted_ce(logits: &Tensor, targets: &Tensor, class_w: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn weighted_ce(
+    logits: &Tensor,
+    targets: &Tensor,
+    class_w: &Tensor,
+) -> candle_core::Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
     let w = class_w.index_select(targets, 0)?;
     (picked * &w)?.sum_all()?.neg()? / w.sum_all()?.to_scalar::<f32>()? as f64
 }
 
-fn probs(weights: &[(Tensor, Tensor)], x: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+pub(crate) fn probs(
+    weights: &[(Tensor, Tensor)],
+    x: &Tensor,
+) -> candle_core::Result<Vec<Vec<f32>>> {
     let mut h = x.clone();
     for (i, (w, b)) in weights.iter().enumerate() {
         h = h.matmul(&w.t()?)?.broadcast_add(b)?;
@@ -281,6 +300,9 @@ impl Features {
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    if let Some(field) = &args.spans_field {
+        return crate::train_spans::run(args, field);
+    }
     let rows: Vec<Row> = dataset::load(
         &args.input,
         args.group_field.as_deref(),

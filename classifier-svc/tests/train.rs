@@ -54,6 +54,8 @@ async fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
         max_fpr: 0.05,
         cache_dir: dir.path().join("cache"),
         quality_pairs: vec![],
+        spans_field: None,
+        context: 1,
     };
     train::run(&args).unwrap();
     for f in ["head.json", "head.safetensors", "metrics.json", "CARD.md"] {

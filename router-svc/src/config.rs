@@ -239,7 +239,8 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PiiPolicy {
-    /// EMAIL_ADDRESS, CREDIT_CARD, US_SSN, IP_ADDRESS, PHONE_NUMBER, or ALL.
+    /// Entity types (`semroute_pii::PiiType`: EMAIL_ADDRESS, CREDIT_CARD, US_SSN, IP_ADDRESS,
+    /// PHONE_NUMBER by pattern; PERSON, ADDRESS, LOCATION, ... by the classifier's PII task), or ALL.
     pub deny: Vec<String>,
     #[serde(default = "pii_skip")]
     pub action: PiiAction,
@@ -565,7 +566,10 @@ impl Config {
                     if d != "ALL" && crate::decide::pii::PiiType::parse(d).is_none() {
                         return bad(
                             format!("models[{i}].pii.deny[{j}]"),
-                            format!("unknown PII type {d:?} (EMAIL_ADDRESS, CREDIT_CARD, US_SSN, IP_ADDRESS, PHONE_NUMBER, ALL)"),
+                            format!(
+                                "unknown PII type {d:?} ({}, ALL)",
+                                crate::decide::pii::ALL.map(|t| t.as_str()).join(", ")
+                            ),
                         );
                     }
                 }

@@ -8,6 +8,7 @@ pub mod heads;
 pub mod modernbert;
 pub mod ops;
 pub mod source;
+pub mod spans;
 pub mod tokenize;
 
 use std::path::Path;
@@ -188,6 +189,11 @@ impl Model {
         self.tokenizer.encode(text, truncation)
     }
 
+    /// `tokenize` with each token's byte offsets (token heads read the text through them).
+    pub fn tokenize_with_offsets(&self, text: &str, truncation: Truncation) -> Result<Encoded> {
+        self.tokenizer.encode_with(text, truncation, true)
+    }
+
     /// Pads `seqs` into one `(b, t)` id tensor: done by the batcher while the previous batch runs.
     pub fn prepare(&self, seqs: &[&[u32]]) -> Result<Prepared> {
         let b = seqs.len();
@@ -224,10 +230,7 @@ impl Model {
             });
         }
         let lengths = &batch.lengths;
-        let hidden = match &self.encoder {
-            Encoder::Bert(m) => m.forward(&batch.ids, lengths)?,
-            Encoder::ModernBert(m) => m.forward(&batch.ids, lengths)?,
-        };
+        let hidden = self.hidden(batch)?;
         let pooled = match self.meta.pooling {
             Pooling::Cls => ops::cls_pool(&hidden)?,
             Pooling::Mean => ops::mean_pool(&hidden, lengths)?,
@@ -274,6 +277,29 @@ impl Model {
             .map(|row| per_task.iter().map(|t| t[row].clone()).collect())
             .collect();
         Ok(BatchOutput { embeddings, probs })
+    }
+
+    /// The encoder's last hidden states `(b, t, hidden)`.
+    fn hidden(&self, batch: &Prepared) -> Result<Tensor> {
+        Ok(match &self.encoder {
+            Encoder::Bert(m) => m.forward(&batch.ids, &batch.lengths)?,
+            Encoder::ModernBert(m) => m.forward(&batch.ids, &batch.lengths)?,
+        })
+    }
+
+    /// Last hidden states per text and token, padding left out (offline: training token heads).
+    pub fn token_states(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let batch = self.prepare(seqs)?;
+        let hidden = if self.device.is_cpu() {
+            rayon::scope(|_| self.hidden(&batch))?
+        } else {
+            self.hidden(&batch)?
+        };
+        let mut rows: Vec<Vec<Vec<f32>>> = hidden.to_dtype(DType::F32)?.to_vec3()?;
+        for (r, &len) in rows.iter_mut().zip(&batch.lengths) {
+            r.truncate(len);
+        }
+        Ok(rows)
     }
 
     /// Convenience for offline use (bench, eval): prepare + forward.

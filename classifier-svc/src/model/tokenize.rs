@@ -18,6 +18,12 @@ pub enum Truncation {
 pub struct Encoded {
     pub ids: Vec<u32>,
     pub truncated: bool,
+    /// Byte range of each token in the text (`(0, 0)` for special tokens); empty unless asked
+    /// for (token-classification heads need them; computing them costs time).
+    pub offsets: Vec<(usize, usize)>,
+    /// Per token: whether it starts a word (the pre-tokenizer's words: whitespace and punctuation
+    /// split them); filled with `offsets`.
+    pub word_starts: Vec<bool>,
 }
 
 pub struct TextTokenizer {
@@ -44,13 +50,25 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, text: &str, truncation: Truncation) -> Result<Encoded> {
+        self.encode_with(text, truncation, false)
+    }
+
+    /// `encode`, with each token's byte offsets when `offsets` is set.
+    pub fn encode_with(
+        &self,
+        text: &str,
+        truncation: Truncation,
+        offsets: bool,
+    ) -> Result<Encoded> {
         if text.trim().is_empty() {
             return Err(Error::InvalidArgument("text is empty".into()));
         }
-        let enc = self
-            .inner
-            .encode_fast(text, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = if offsets {
+            self.inner.encode(text, true)
+        } else {
+            self.inner.encode_fast(text, true)
+        }
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let truncated = !enc.get_overflowing().is_empty();
         if truncated && truncation == Truncation::Reject {
             return Err(Error::InvalidArgument(format!(
@@ -61,6 +79,19 @@ impl TextTokenizer {
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
             truncated,
+            offsets: if offsets {
+                enc.get_offsets().to_vec()
+            } else {
+                Vec::new()
+            },
+            word_starts: if offsets {
+                let w = enc.get_word_ids();
+                (0..w.len())
+                    .map(|i| w[i].is_some() && (i == 0 || w[i] != w[i - 1]))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 }

@@ -6,7 +6,7 @@
 
 pub mod cache;
 pub mod classifier;
-pub mod pii;
+pub use semroute_pii as pii;
 pub mod policy;
 pub mod routes;
 pub mod text;

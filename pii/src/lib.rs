@@ -1,15 +1,17 @@
-//! PII in a request, by validated patterns where a pattern is exact: e-mail addresses, credit
-//! card numbers (Luhn-checked), US social security numbers (area/group/serial rules), IP
-//! addresses (v4 octets in range, v6 parsed), phone numbers (North American and international
-//! forms). Found spans drive each model's PII policy: a model that may not see a type is skipped
-//! (next candidate, else the request is refused), or the PII is masked before forwarding.
-//! Names and places need the token-classification head (models issue); this file knows patterns.
+//! PII entity types, and finding PII by validated patterns where a pattern is exact: e-mail
+//! addresses, credit card numbers (Luhn-checked), US social security numbers (area/group/serial
+//! rules), IP addresses (v4 octets in range, v6 parsed), phone numbers (North American and
+//! international forms). classifier-svc adds these to its token-classification head's entities
+//! (names, addresses, places... need the model); router-svc applies per-model PII policies with
+//! the union and masks by span.
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use regex::Regex;
 
+/// Every entity type a policy can name (Presidio's names; the model's two address schemas are
+/// folded into ADDRESS and LOCATION).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PiiType {
     EmailAddress,
@@ -17,7 +19,41 @@ pub enum PiiType {
     UsSsn,
     IpAddress,
     PhoneNumber,
+    Person,
+    Address,
+    Location,
+    Organization,
+    DateTime,
+    IbanCode,
+    UsDriverLicense,
+    Age,
+    Title,
+    Prefix,
+    Nrp,
+    DomainName,
+    ZipCode,
 }
+
+pub const ALL: [PiiType; 18] = [
+    PiiType::EmailAddress,
+    PiiType::CreditCard,
+    PiiType::UsSsn,
+    PiiType::IpAddress,
+    PiiType::PhoneNumber,
+    PiiType::Person,
+    PiiType::Address,
+    PiiType::Location,
+    PiiType::Organization,
+    PiiType::DateTime,
+    PiiType::IbanCode,
+    PiiType::UsDriverLicense,
+    PiiType::Age,
+    PiiType::Title,
+    PiiType::Prefix,
+    PiiType::Nrp,
+    PiiType::DomainName,
+    PiiType::ZipCode,
+];
 
 impl PiiType {
     pub fn as_str(self) -> &'static str {
@@ -27,21 +63,38 @@ impl PiiType {
             PiiType::UsSsn => "US_SSN",
             PiiType::IpAddress => "IP_ADDRESS",
             PiiType::PhoneNumber => "PHONE_NUMBER",
+            PiiType::Person => "PERSON",
+            PiiType::Address => "ADDRESS",
+            PiiType::Location => "LOCATION",
+            PiiType::Organization => "ORGANIZATION",
+            PiiType::DateTime => "DATE_TIME",
+            PiiType::IbanCode => "IBAN_CODE",
+            PiiType::UsDriverLicense => "US_DRIVER_LICENSE",
+            PiiType::Age => "AGE",
+            PiiType::Title => "TITLE",
+            PiiType::Prefix => "PREFIX",
+            PiiType::Nrp => "NRP",
+            PiiType::DomainName => "DOMAIN_NAME",
+            PiiType::ZipCode => "ZIP_CODE",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         ALL.iter().copied().find(|t| t.as_str() == s)
     }
-}
 
-pub const ALL: [PiiType; 5] = [
-    PiiType::EmailAddress,
-    PiiType::CreditCard,
-    PiiType::UsSsn,
-    PiiType::IpAddress,
-    PiiType::PhoneNumber,
-];
+    /// Found by `detect` without a model.
+    pub fn by_pattern(self) -> bool {
+        matches!(
+            self,
+            PiiType::EmailAddress
+                | PiiType::CreditCard
+                | PiiType::UsSsn
+                | PiiType::IpAddress
+                | PiiType::PhoneNumber
+        )
+    }
+}
 
 /// A found span (byte offsets into the text).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +184,11 @@ pub fn detect(text: &str) -> Vec<Span> {
     for m in p.phone.find_iter(text) {
         push(PiiType::PhoneNumber, m.start(), m.end());
     }
+    without_overlaps(spans)
+}
+
+/// Sorted by start; where spans overlap, the earlier (then longer) one stays.
+fn without_overlaps(mut spans: Vec<Span>) -> Vec<Span> {
     spans.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
     let mut out: Vec<Span> = Vec::with_capacity(spans.len());
     for s in spans {
@@ -141,16 +199,36 @@ pub fn detect(text: &str) -> Vec<Span> {
     out
 }
 
-/// The types found in `text`.
+/// `patterns` (exact) and `model` spans together: a model span overlapping a pattern span gives
+/// way to it; the rest are kept, in order, without overlaps.
+pub fn merge(patterns: Vec<Span>, model: Vec<Span>) -> Vec<Span> {
+    let mut all: Vec<Span> = model
+        .into_iter()
+        .filter(|m| !patterns.iter().any(|p| m.start < p.end && p.start < m.end))
+        .collect();
+    all.extend(patterns);
+    without_overlaps(all)
+}
+
+/// The types found in `text` by patterns.
 pub fn types(text: &str) -> BTreeSet<PiiType> {
     detect(text).into_iter().map(|s| s.kind).collect()
 }
 
-/// `text` with the spans of `kinds` replaced by `[TYPE]`.
+/// `text` with the pattern-found spans of `kinds` replaced by `[TYPE]`.
 pub fn mask(text: &str, kinds: &BTreeSet<PiiType>) -> String {
+    mask_spans(text, &detect(text), kinds)
+}
+
+/// `text` with those of `spans` (sorted, not overlapping, byte offsets on char boundaries) whose
+/// type is in `kinds` replaced by `[TYPE]`; spans that do not fit the text are ignored.
+pub fn mask_spans(text: &str, spans: &[Span], kinds: &BTreeSet<PiiType>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for s in detect(text).into_iter().filter(|s| kinds.contains(&s.kind)) {
+    for s in spans.iter().filter(|s| kinds.contains(&s.kind)) {
+        if s.start < at || text.get(s.start..s.end).is_none() {
+            continue;
+        }
         out.push_str(&text[at..s.start]);
         out.push('[');
         out.push_str(s.kind.as_str());
@@ -196,5 +274,39 @@ mod tests {
         assert_eq!(mask(t, &only_card), "me: a@b.io, card [CREDIT_CARD]");
         let all: BTreeSet<_> = ALL.into_iter().collect();
         assert_eq!(mask(t, &all), "me: [EMAIL_ADDRESS], card [CREDIT_CARD]");
+    }
+
+    #[test]
+    fn patterns_win_over_overlapping_model_spans_and_masks_use_spans() {
+        let t = "Ann Lee, ann@x.io";
+        let model = vec![
+            Span {
+                kind: PiiType::Person,
+                start: 0,
+                end: 7,
+            },
+            Span {
+                kind: PiiType::Person,
+                start: 9,
+                end: 12,
+            },
+        ];
+        let merged = merge(detect(t), model);
+        let kinds: Vec<_> = merged.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, [PiiType::Person, PiiType::EmailAddress]);
+        let only_person = BTreeSet::from([PiiType::Person]);
+        assert_eq!(mask_spans(t, &merged, &only_person), "[PERSON], ann@x.io");
+        let bad = [Span {
+            kind: PiiType::Person,
+            start: 5,
+            end: 99,
+        }];
+        assert_eq!(
+            mask_spans(t, &bad, &only_person),
+            t,
+            "out-of-range span ignored"
+        );
+        assert_eq!(PiiType::parse("LOCATION"), Some(PiiType::Location));
+        assert!(PiiType::Person.as_str() == "PERSON" && !PiiType::Person.by_pattern());
     }
 }
