@@ -63,6 +63,11 @@ fn in_process(args: &EvalArgs, texts: &[&str]) -> anyhow::Result<Predicted> {
                     .join(", ")
             )
         })?;
+    anyhow::ensure!(
+        !model.tasks[ti].is_token(),
+        "task {:?} is a token-classification head: its entity F1 is measured by `train --spans-field` on a held-out split",
+        args.task
+    );
     let ids: Vec<Vec<u32>> = texts
         .iter()
         .map(|t| Ok(model.tokenize(t, Truncation::Truncate)?.ids))

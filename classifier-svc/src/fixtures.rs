@@ -339,6 +339,8 @@ pub fn write_head(
         activation: "relu".into(),
         token_features: 0,
         bigram_buckets: 0,
+        kind: String::new(),
+        context: 0,
     };
     std::fs::write(dir.join("head.json"), serde_json::to_string_pretty(&spec)?)?;
     Ok(())

@@ -19,7 +19,7 @@ use crate::batch::{Admission, Batcher, Output};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::metrics as m;
-use crate::model::{Encoded, Model, Truncation};
+use crate::model::{spans, Encoded, Model, Truncation};
 
 /// gRPC service name used in health checks for the whole server.
 pub const SERVICE_NAME: &str = "semroute.classifier.v1.Classifier";
@@ -30,6 +30,9 @@ struct TextRun {
     truncated: bool,
     tokenization: Duration,
     output: Output,
+    /// Token byte offsets and word starts, for models with token heads (else empty).
+    offsets: Vec<(usize, usize)>,
+    word_starts: Vec<bool>,
 }
 
 /// Loaded models and the task -> (model, head) index. Replaced whole when a model is added.
@@ -171,13 +174,20 @@ impl ClassifierService {
         let model = batcher.model().clone();
         let labels = [("model", model.meta.id.clone())];
         let big = texts.iter().map(|t| t.len()).sum::<usize>() > 16 * 1024;
-        let tokenize = move || -> Result<Vec<(Encoded, Duration)>, Error> {
+        // Token heads read the text through each token's offsets (and its spelling).
+        let with_offsets = model.has_token_heads();
+        let tokenize = move || -> Result<Vec<(Encoded, Vec<f32>, Duration)>, Error> {
             texts
                 .iter()
                 .map(|t| {
                     let start = Instant::now();
-                    let e = model.tokenize(t, truncation)?;
-                    Ok((e, start.elapsed()))
+                    if with_offsets {
+                        let e = model.tokenize_with_offsets(t, truncation)?;
+                        let shape = spans::shape_features(t, &e.offsets);
+                        Ok((e, shape, start.elapsed()))
+                    } else {
+                        Ok((model.tokenize(t, truncation)?, Vec::new(), start.elapsed()))
+                    }
                 })
                 .collect()
         };
@@ -191,13 +201,19 @@ impl ClassifierService {
         };
         let mut waits = Vec::with_capacity(encoded.len());
         let mut runs = Vec::with_capacity(encoded.len());
-        for (e, took) in encoded {
+        for (e, shape, took) in encoded {
             metrics::histogram!(m::TOKENIZATION_SECONDS, &labels).record(took.as_secs_f64());
             if e.truncated {
                 metrics::counter!(m::TRUNCATED, &labels).increment(1);
             }
-            runs.push((e.ids.len() as u32, e.truncated, took));
-            waits.push(batcher.submit(e.ids, deadline));
+            runs.push((
+                e.ids.len() as u32,
+                e.truncated,
+                took,
+                e.offsets,
+                e.word_starts,
+            ));
+            waits.push(batcher.submit(e.ids, shape, deadline));
         }
         let all = futures::future::join_all(waits);
         let outputs = match deadline {
@@ -208,16 +224,20 @@ impl ClassifierService {
         };
         runs.into_iter()
             .zip(outputs)
-            .map(|((num_tokens, truncated, tokenization), out)| {
-                let output =
-                    out.map_err(|_| Error::Internal("batcher dropped the request".into()))??;
-                Ok(TextRun {
-                    num_tokens,
-                    truncated,
-                    tokenization,
-                    output,
-                })
-            })
+            .map(
+                |((num_tokens, truncated, tokenization, offsets, word_starts), out)| {
+                    let output =
+                        out.map_err(|_| Error::Internal("batcher dropped the request".into()))??;
+                    Ok(TextRun {
+                        num_tokens,
+                        truncated,
+                        tokenization,
+                        output,
+                        offsets,
+                        word_starts,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -280,7 +300,7 @@ impl ClassifierService {
         for ((mi, heads), outs) in wanted.iter().zip(per_model) {
             let model = reg.models[*mi].model();
             let version = model.meta.versioned_id();
-            for (text_result, run) in results.iter_mut().zip(outs) {
+            for ((text_result, run), text) in results.iter_mut().zip(outs).zip(texts.iter()) {
                 let out = &run.output;
                 if req.include_embedding && *mi == 0 {
                     text_result.embedding = out.embedding.clone();
@@ -296,6 +316,13 @@ impl ClassifierService {
                 });
                 for (name, hi) in heads {
                     let labels = &model.tasks[*hi].labels;
+                    if model.tasks[*hi].is_token() {
+                        let (result, entities) =
+                            token_task(name, labels, text, &run, &out.tokens[*hi], &version);
+                        text_result.results.push(result);
+                        text_result.entities.extend(entities);
+                        continue;
+                    }
                     let probs = &out.probs[*hi];
                     let (top, p) = probs
                         .iter()
@@ -423,6 +450,54 @@ impl ClassifierService {
             server_version: env!("CARGO_PKG_VERSION").into(),
         }
     }
+}
+
+/// A token task's answer for one text: its entities (the head's, decoded, with validated
+/// patterns added and winning overlaps) and a sentence-level result: label `found` when there
+/// is any entity (probability: the highest entity score), else `none` (probability: the lowest
+/// per-word probability of `O`).
+fn token_task(
+    name: &str,
+    labels: &[String],
+    text: &str,
+    run: &TextRun,
+    probs: &[Vec<f32>],
+    version: &str,
+) -> (pb::TaskResult, Vec<pb::Entity>) {
+    let found = spans::decode(&run.offsets, &run.word_starts, probs, labels);
+    let entities: Vec<pb::Entity> = spans::with_patterns(text, found)
+        .into_iter()
+        .map(|(e, pattern)| pb::Entity {
+            task: name.to_string(),
+            entity_type: e.kind,
+            start: e.start as u32,
+            end: e.end as u32,
+            score: e.score,
+            source: if pattern { "pattern" } else { "model" }.into(),
+        })
+        .collect();
+    let (label, probability) = if entities.is_empty() {
+        let p_o = probs
+            .iter()
+            .zip(&run.word_starts)
+            .filter(|(_, w)| **w)
+            .map(|(p, _)| p.first().copied().unwrap_or(1.0))
+            .fold(1.0f32, f32::min);
+        ("none", p_o)
+    } else {
+        (
+            "found",
+            entities.iter().map(|e| e.score).fold(0.0, f32::max),
+        )
+    };
+    let result = pb::TaskResult {
+        task: name.to_string(),
+        label: label.into(),
+        probability,
+        scores: Vec::new(),
+        model: version.to_string(),
+    };
+    (result, entities)
 }
 
 fn truncation(v: i32) -> Result<Truncation, Error> {

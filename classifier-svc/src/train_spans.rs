@@ -260,6 +260,27 @@ pub fn run(args: &TrainArgs, field: &str) -> anyhow::Result<()> {
     }
     let weights = best.2;
     let test_pred = predict(&weights, &test)?;
+    // As served: the head's entities with validated patterns added.
+    let served: Vec<Vec<(String, usize, usize)>> = test
+        .iter()
+        .zip(&test_pred)
+        .map(|(&i, p)| {
+            let found = p
+                .iter()
+                .map(|(kind, start, end)| spans::EntitySpan {
+                    kind: kind.clone(),
+                    start: *start,
+                    end: *end,
+                    score: 1.0,
+                })
+                .collect();
+            spans::with_patterns(&examples[i].text, found)
+                .into_iter()
+                .map(|(e, _)| (e.kind, e.start, e.end))
+                .collect()
+        })
+        .collect();
+    let served_scores = spans::entity_scores(&gold_of(&test), &served);
     if std::env::var_os("DEBUG_SPANS").is_some() {
         for (&i, p) in test.iter().zip(&test_pred) {
             let e = &examples[i];
@@ -279,13 +300,18 @@ pub fn run(args: &TrainArgs, field: &str) -> anyhow::Result<()> {
         }
     }
     let test_scores = spans::entity_scores(&gold_of(&test), &test_pred);
-    println!("== {} test split\n{}", args.task, test_scores.render());
+    println!(
+        "== {} test split, head alone\n{}\n== with validated patterns (as served)\n{}",
+        args.task,
+        test_scores.render(),
+        served_scores.render()
+    );
     write(
         args,
         &types,
         &labels,
         &weights,
-        &test_scores,
+        (&test_scores, &served_scores),
         &model,
         (best.1, best.0),
         started,
@@ -299,7 +325,7 @@ fn write(
     types: &[String],
     labels: &[String],
     weights: &[(Tensor, Tensor)],
-    scores: &EntityScores,
+    (scores, served): (&EntityScores, &EntityScores),
     model: &Model,
     best: (usize, f64),
     started: Instant,
@@ -340,6 +366,7 @@ fn write(
         "best_epoch": best.0,
         "validation_entity_f1": best.1,
         "test": scores,
+        "test_with_patterns": served,
         "train_seconds": started.elapsed().as_secs_f64(),
         "command": command,
     });
@@ -396,7 +423,8 @@ fn write(
     )?;
     writeln!(
         card,
-        "\n## Test split (head alone, before patterns)\n\n```\n{}```",
+        "\n## Test split, as served (head + validated patterns)\n\n```\n{}```\n\n## Test split, head alone\n\n```\n{}```",
+        served.render(),
         scores.render()
     )?;
     writeln!(card, "\n## Reproduce\n\n```sh\n{command}\n```")?;

@@ -414,10 +414,17 @@ async fn expired_deadlines_are_dropped_before_inference() {
     let batcher = Batcher::spawn(model.clone(), BatchConfig::default());
     let ids = model.tokenize("hello", Default::default()).unwrap().ids;
     let past = Instant::now() - Duration::from_millis(5);
-    let r = batcher.submit(ids.clone(), Some(past)).await.unwrap();
+    let r = batcher
+        .submit(ids.clone(), Vec::new(), Some(past))
+        .await
+        .unwrap();
     assert!(matches!(r, Err(Error::DeadlineExceeded(_))), "{r:?}");
     let ok = batcher
-        .submit(ids, Some(Instant::now() + Duration::from_secs(10)))
+        .submit(
+            ids,
+            Vec::new(),
+            Some(Instant::now() + Duration::from_secs(10)),
+        )
         .await
         .unwrap();
     assert!(ok.is_ok());

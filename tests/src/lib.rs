@@ -135,7 +135,19 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// `start`, serving also these shipped heads of `models/heads` (e.g. `pii`).
+    pub fn start_with(dir: &Path, shipped: &[&str]) -> Self {
         let heads = dir.join("heads");
+        for name in shipped {
+            let (from, to) = (repo().join("models/heads").join(name), heads.join(name));
+            std::fs::create_dir_all(&to).unwrap();
+            for f in ["head.json", "head.safetensors"] {
+                std::fs::copy(from.join(f), to.join(f)).unwrap();
+            }
+        }
         if !heads.join("domain/head.json").is_file() {
             let st = Command::new(bin("classifier-svc"))
                 .args(["centroid-heads", "--examples"])

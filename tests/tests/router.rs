@@ -842,3 +842,76 @@ async fn pii_policy_skips_or_masks_per_model() {
     assert_eq!(s, 200);
     assert_eq!(header(&h, "x-vsr-pii"), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pii_policy_uses_the_classifiers_entities_for_names_and_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cls = Classifier::start_with(dir.path(), &["pii"]);
+    let be = Backends::start().await;
+    let yaml = config_yaml(Some(cls.grpc_port), None, &be.small(), &be.c.url, "")
+        .replace(
+            "  - name: small\n",
+            "  - name: small\n    pii: {deny: [PERSON]}\n",
+        )
+        .replace(
+            "  - name: big\n",
+            "  - name: big\n    pii: {deny: [PERSON, EMAIL_ADDRESS], action: mask}\n",
+        );
+    let router = Router::start(dir.path(), &yaml, &[]);
+    router.wait_classifier_known();
+    let c = client();
+    let url = format!("{}/v1/chat/completions", router.base);
+
+    // A name only the model can find: `big` gets it masked (the pattern-found e-mail too).
+    let prompt = "Please send the signed contract to Maria Gonzalez at maria.g@example.com today.";
+    let (s, h, b) = post(&c, &url, &chat("big", prompt)).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(header(&h, "x-vsr-pii").contains("PERSON"), "{h:?}");
+    assert_eq!(header(&h, "x-vsr-pii-masked"), "true");
+    let sent = be.last_body(&be.c).await;
+    let content = sent["messages"][0]["content"].as_str().unwrap().to_string();
+    assert!(
+        content.contains("[PERSON]") && content.contains("[EMAIL_ADDRESS]"),
+        "{content}"
+    );
+    assert!(
+        !content.contains("Gonzalez") && !content.contains("maria.g@"),
+        "{content}"
+    );
+    assert!(
+        content.starts_with("Please send the signed contract to "),
+        "{content}"
+    );
+
+    // `small` may not see names: refused, naming the type only.
+    let (s, _, b) = post(
+        &c,
+        &url,
+        &chat("small", "Write a birthday note for John Miller."),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["code"], "pii_not_allowed");
+    assert!(!b.to_string().contains("Miller"), "{b}");
+
+    // No names: served as is.
+    let (s, h, _) = post(
+        &c,
+        &url,
+        &chat("small", "Explain how photosynthesis works."),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-pii"), "");
+
+    // Classifier gone: patterns still apply (the e-mail is masked), counted as a PII-task error.
+    cls.proc.kill();
+    let (s, _, _) = post(&c, &url, &chat("big", "reply to ops@example.org please")).await;
+    assert_eq!(s, 200);
+    let sent = be.last_body(&be.c).await;
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "reply to [EMAIL_ADDRESS] please"
+    );
+    assert!(metric_sum(&router.metrics(), "router_pii_model_errors_total", &[]) >= 1);
+}

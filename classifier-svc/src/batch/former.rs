@@ -98,9 +98,17 @@ pub(crate) fn run(model: Arc<Model>, cfg: BatchConfig, rx: Receiver<Msg>, out: S
         if !form_now {
             continue;
         }
-        let requests = take_batch(&mut pending, &cfg);
+        let mut requests = take_batch(&mut pending, &cfg);
+        let shapes: Vec<Vec<f32>> = if requests.iter().any(|r| !r.shape.is_empty()) {
+            requests
+                .iter_mut()
+                .map(|r| std::mem::take(&mut r.shape))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let seqs: Vec<&[u32]> = requests.iter().map(|r| r.ids.as_slice()).collect();
-        match model.prepare(&seqs) {
+        match model.prepare_with(&seqs, shapes) {
             Ok(prepared) => {
                 in_flight += 1;
                 if let Err(e) = out.send(Formed { requests, prepared }) {
@@ -208,6 +216,7 @@ mod tests {
         std::mem::forget(rx);
         Request {
             ids: vec![1; len],
+            shape: Vec::new(),
             enqueued: Instant::now() - Duration::from_millis(age_ms),
             deadline: None,
             reply,

@@ -49,8 +49,10 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone)]
 pub struct Output {
     pub embedding: Vec<f32>,
-    /// `probs[task][label]` in `Model::tasks` order.
+    /// `probs[task][label]` in `Model::tasks` order (empty for token heads).
     pub probs: Vec<Vec<f32>>,
+    /// `tokens[task][token][label]` for token heads (empty for sentence heads).
+    pub tokens: Vec<Vec<Vec<f32>>>,
     pub queue: Duration,
     pub inference: Duration,
     pub batch_size: usize,
@@ -59,6 +61,8 @@ pub struct Output {
 
 pub(crate) struct Request {
     ids: Vec<u32>,
+    /// Spelling features per token for token heads (`model::spans::shape_features`), or empty.
+    shape: Vec<f32>,
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: oneshot::Sender<Result<Output>>,
@@ -106,11 +110,13 @@ impl Batcher {
     pub fn submit(
         &self,
         ids: Vec<u32>,
+        shape: Vec<f32>,
         deadline: Option<Instant>,
     ) -> oneshot::Receiver<Result<Output>> {
         let (reply, rx) = oneshot::channel();
         let req = Request {
             ids,
+            shape,
             enqueued: Instant::now(),
             deadline,
             reply,
@@ -146,24 +152,25 @@ fn inference_loop(model: Arc<Model>, rx: mpsc::Receiver<former::Formed>, idle: m
         };
         let inference = start.elapsed();
         let size = batch.requests.len();
-        let tokens = batch.prepared.padded_tokens();
+        let padded = batch.prepared.padded_tokens();
         metrics::histogram!(m::INFERENCE_SECONDS, &labels).record(inference.as_secs_f64());
         metrics::histogram!(m::BATCH_SIZE, &labels).record(size as f64);
-        metrics::histogram!(m::BATCH_TOKENS, &labels).record(tokens as f64);
+        metrics::histogram!(m::BATCH_TOKENS, &labels).record(padded as f64);
         metrics::gauge!(m::QUEUE_SIZE, &labels).decrement(size as f64);
         match result {
             Ok(out) => {
-                let rows = out.embeddings.into_iter().zip(out.probs);
-                for (req, (embedding, probs)) in batch.requests.into_iter().zip(rows) {
+                let rows = out.embeddings.into_iter().zip(out.probs).zip(out.tokens);
+                for (req, ((embedding, probs), tokens)) in batch.requests.into_iter().zip(rows) {
                     let queue = start.saturating_duration_since(req.enqueued);
                     metrics::histogram!(m::QUEUE_SECONDS, &labels).record(queue.as_secs_f64());
                     let _ = req.reply.send(Ok(Output {
                         embedding,
                         probs,
+                        tokens,
                         queue,
                         inference,
                         batch_size: size,
-                        batch_tokens: tokens,
+                        batch_tokens: padded,
                     }));
                 }
             }

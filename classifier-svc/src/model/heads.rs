@@ -36,6 +36,13 @@ pub struct HeadSpec {
     /// heads of one encoder that use them must agree on the count).
     #[serde(default)]
     pub bigram_buckets: usize,
+    /// `token`: a token-classification head (BIO labels per token, `model::spans`); otherwise
+    /// (`linear`, `mlp`, absent) a sentence head.
+    #[serde(default)]
+    pub kind: String,
+    /// Token heads: neighbouring tokens on each side whose hidden states a token also reads.
+    #[serde(default)]
+    pub context: usize,
 }
 
 /// The bag-of-token-ids features of one tokenized text: `log(1 + count)` per id, L2-normalised,
@@ -94,6 +101,13 @@ pub enum Head {
         token_features: usize,
         bigram_buckets: usize,
     },
+    /// Per token over `model::spans::token_inputs` (hidden state, `context` neighbours each side,
+    /// spelling features): `layers.0`, ... with `act` between; labels are BIO tags.
+    Token {
+        layers: Vec<Linear>,
+        act: Activation,
+        context: usize,
+    },
     /// BERT: tanh(pooler(CLS)) -> classifier.
     BertPooler { pooler: Linear, classifier: Linear },
     /// ModernBERT: pool -> dense -> act -> norm -> classifier.
@@ -116,8 +130,65 @@ impl TaskHead {
     pub fn kind(&self) -> &'static str {
         match self.head {
             Head::Mlp { .. } => "head",
+            Head::Token { .. } => "token_classification",
             _ => "sequence_classification",
         }
+    }
+
+    pub fn is_token(&self) -> bool {
+        matches!(self.head, Head::Token { .. })
+    }
+
+    /// Entity types of a token head (from its `B-` labels), in label order.
+    pub fn entity_types(&self) -> Vec<String> {
+        self.labels
+            .iter()
+            .filter_map(|l| l.strip_prefix("B-").map(str::to_string))
+            .collect()
+    }
+
+    /// A token head's label probabilities for every token of every row: `hidden[row][token]`
+    /// (padding left out), `shapes[row]` the rows' spelling features (missing rows: zeros).
+    /// Returns `[row][token][label]`; empty for sentence heads.
+    pub fn token_probabilities(
+        &self,
+        hidden: &[Vec<Vec<f32>>],
+        shapes: &[Vec<f32>],
+        device: &Device,
+    ) -> candle_core::Result<Vec<Vec<Vec<f32>>>> {
+        let Head::Token {
+            layers,
+            act,
+            context,
+        } = &self.head
+        else {
+            return Ok(Vec::new());
+        };
+        let h = hidden.iter().find_map(|r| r.first()).map_or(0, |t| t.len());
+        let width = super::spans::token_input_width(h, *context);
+        let mut flat = Vec::new();
+        for (i, rows) in hidden.iter().enumerate() {
+            let shape = shapes.get(i).map_or(&[][..], |s| s.as_slice());
+            flat.extend(super::spans::token_inputs(rows, shape, *context));
+        }
+        let n = flat.len() / width.max(1);
+        if n == 0 {
+            return Ok(hidden.iter().map(|_| Vec::new()).collect());
+        }
+        let mut x = Tensor::from_vec(flat, (n, width), device)?.to_dtype(layers[0].dtype())?;
+        for (i, l) in layers.iter().enumerate() {
+            x = l.forward(&x)?;
+            if i + 1 < layers.len() {
+                x = ops::activate(&x, *act)?;
+            }
+        }
+        let p: Vec<Vec<f32>> =
+            candle_nn::ops::softmax(&x.to_dtype(candle_core::DType::F32)?, D::Minus1)?.to_vec2()?;
+        let mut it = p.into_iter();
+        Ok(hidden
+            .iter()
+            .map(|rows| it.by_ref().take(rows.len()).collect())
+            .collect())
     }
 
     /// Dimensions of the token bag this head reads (0 = none).
@@ -169,6 +240,7 @@ impl TaskHead {
                 }
                 x
             }
+            Head::Token { .. } => candle_core::bail!("a token head has no sentence probabilities"),
             Head::BertPooler { pooler, classifier } => {
                 let pooled = pooler.forward(&ops::cls_pool(hidden)?)?.tanh()?;
                 classifier.forward(&pooled)?
@@ -304,8 +376,24 @@ impl TaskHead {
         let act = Activation::parse(&spec.activation).map_err(|e| Error::load(&name, e))?;
         let tensors = candle_core::safetensors::load(dir.join("head.safetensors"), device)
             .map_err(|e| Error::load(&name, format!("head.safetensors: {e}")))?;
+        let token = spec.kind == "token";
+        if token
+            && (spec.labels.first().map(String::as_str) != Some("O")
+                || spec.labels[1..]
+                    .iter()
+                    .any(|l| !l.starts_with("B-") && !l.starts_with("I-")))
+        {
+            return Err(Error::load(
+                &name,
+                "head.json: a token head's labels are O, then B-TYPE / I-TYPE",
+            ));
+        }
         let mut layers = Vec::new();
-        let mut in_dim = hidden_size + spec.token_features + spec.bigram_buckets;
+        let mut in_dim = if token {
+            super::spans::token_input_width(hidden_size, spec.context)
+        } else {
+            hidden_size + spec.token_features + spec.bigram_buckets
+        };
         if spec.bigram_buckets > 0 && spec.token_features == 0 {
             return Err(Error::load(
                 &name,
@@ -345,6 +433,17 @@ impl TaskHead {
                     spec.labels.len()
                 ),
             ));
+        }
+        if token {
+            return Ok(TaskHead {
+                name: spec.task,
+                labels: spec.labels,
+                head: Head::Token {
+                    layers,
+                    act,
+                    context: spec.context,
+                },
+            });
         }
         Ok(TaskHead {
             name: spec.task,

@@ -88,8 +88,10 @@ pub struct Model {
 pub struct BatchOutput {
     /// L2-normalised pooled embedding per row.
     pub embeddings: Vec<Vec<f32>>,
-    /// `probs[row][task][label]`, tasks in `Model::tasks` order.
+    /// `probs[row][task][label]`, tasks in `Model::tasks` order (empty for token heads).
     pub probs: Vec<Vec<Vec<f32>>>,
+    /// `tokens[row][task][token][label]` for token heads (empty for sentence heads).
+    pub tokens: Vec<Vec<Vec<Vec<f32>>>>,
 }
 
 impl Model {
@@ -196,6 +198,18 @@ impl Model {
 
     /// Pads `seqs` into one `(b, t)` id tensor: done by the batcher while the previous batch runs.
     pub fn prepare(&self, seqs: &[&[u32]]) -> Result<Prepared> {
+        self.prepare_with(seqs, Vec::new())
+    }
+
+    /// Whether a head reads tokens (then texts are tokenized with offsets, and `prepare_with`
+    /// gets their spelling features).
+    pub fn has_token_heads(&self) -> bool {
+        self.tasks.iter().any(|t| t.is_token())
+    }
+
+    /// `prepare`, with each row's spelling features (`model::spans::shape_features`) for token
+    /// heads; rows without them read zeros.
+    pub fn prepare_with(&self, seqs: &[&[u32]], shapes: Vec<Vec<f32>>) -> Result<Prepared> {
         let b = seqs.len();
         let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
         let lengths: Vec<usize> = seqs.iter().map(|s| s.len().max(1)).collect();
@@ -206,6 +220,7 @@ impl Model {
         Ok(Prepared {
             ids: Tensor::from_vec(ids, (b.max(1), t), &self.device)?,
             lengths,
+            shapes,
         })
     }
 
@@ -227,6 +242,7 @@ impl Model {
             return Ok(BatchOutput {
                 embeddings: vec![],
                 probs: vec![],
+                tokens: vec![],
             });
         }
         let lengths = &batch.lengths;
@@ -265,18 +281,51 @@ impl Model {
         } else {
             None
         };
+        // Token heads read every token's hidden state (padding left out), once for all of them.
+        let states: Option<Vec<Vec<Vec<f32>>>> = if self.has_token_heads() {
+            let mut rows: Vec<Vec<Vec<f32>>> = hidden.to_dtype(DType::F32)?.to_vec3()?;
+            for (r, &len) in rows.iter_mut().zip(lengths) {
+                r.truncate(len);
+            }
+            Some(rows)
+        } else {
+            None
+        };
         let mut per_task = Vec::with_capacity(self.tasks.len());
+        let mut per_task_tokens = Vec::with_capacity(self.tasks.len());
         for task in &self.tasks {
-            let p: Vec<Vec<f32>> = task
-                .probabilities(&hidden, lengths, &head_input, bag.as_ref())?
-                .to_vec2()?;
-            per_task.push(p);
+            match &states {
+                Some(rows) if task.is_token() => {
+                    per_task.push(vec![Vec::new(); b]);
+                    per_task_tokens.push(task.token_probabilities(
+                        rows,
+                        &batch.shapes,
+                        &self.device,
+                    )?);
+                }
+                _ => {
+                    per_task.push(
+                        task.probabilities(&hidden, lengths, &head_input, bag.as_ref())?
+                            .to_vec2()?,
+                    );
+                    per_task_tokens.push(vec![Vec::new(); b]);
+                }
+            }
         }
         let embeddings: Vec<Vec<f32>> = embedding.to_vec2()?;
-        let probs = (0..b)
-            .map(|row| per_task.iter().map(|t| t[row].clone()).collect())
-            .collect();
-        Ok(BatchOutput { embeddings, probs })
+        let mut probs = vec![Vec::with_capacity(self.tasks.len()); b];
+        let mut tokens = vec![Vec::with_capacity(self.tasks.len()); b];
+        for (p, t) in per_task.into_iter().zip(per_task_tokens) {
+            for (row, (p, t)) in p.into_iter().zip(t).enumerate() {
+                probs[row].push(p);
+                tokens[row].push(t);
+            }
+        }
+        Ok(BatchOutput {
+            embeddings,
+            probs,
+            tokens,
+        })
     }
 
     /// The encoder's last hidden states `(b, t, hidden)`.
@@ -312,6 +361,7 @@ impl Model {
 pub struct Prepared {
     ids: Tensor,
     lengths: Vec<usize>,
+    shapes: Vec<Vec<f32>>,
 }
 
 impl Prepared {

@@ -312,6 +312,9 @@ impl Linear {
     pub fn out_dim(&self) -> usize {
         self.weight_t.dims()[1]
     }
+    pub fn dtype(&self) -> candle_core::DType {
+        self.weight_t.dtype()
+    }
     /// Loads `<prefix>.weight` `(out, in)` and `<prefix>.bias` if the checkpoint has it.
     pub fn load(vb: &candle_nn::VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         let w = vb.get((out_dim, in_dim), "weight")?;

@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, HeaderValue};
 
 use super::openai::Parsed;
 use crate::config::{Config, ModelConfig, PiiAction};
-use crate::decide::pii::{self, PiiType};
+use crate::decide::classifier::Classifier;
+use crate::decide::pii::PiiType;
+use crate::decide::pii_scan::PiiScan;
 use crate::decide::{Decision, Source};
 use crate::error::Error;
 
@@ -19,12 +21,15 @@ pub struct Candidates<'a> {
     pub masks: HashMap<String, BTreeSet<PiiType>>,
     /// PII types the request holds (found only when some candidate has a PII policy).
     pub found: BTreeSet<PiiType>,
+    /// Where the PII is, text by text (for masking).
+    pub scan: PiiScan,
 }
 
-pub fn candidates<'a>(
+pub async fn candidates<'a>(
     cfg: &'a Config,
     d: &Decision,
     req: &Parsed,
+    classifier: &Classifier,
 ) -> Result<Candidates<'a>, Error> {
     let mut order: Vec<&str> = vec![&d.model];
     order.extend(d.alternatives.iter().map(String::as_str));
@@ -38,17 +43,10 @@ pub fn candidates<'a>(
         // A decision cached by a replica with other models (or an older config).
         models.extend(cfg.model(&cfg.routing.default_model));
     }
-    // The request's text, built once and only when a candidate has a limit or a PII policy.
-    let text = models
-        .iter()
-        .any(|m| m.max_context.is_some() || m.pii.is_some())
-        .then(|| req.all_text());
     // A model whose context cannot hold the request is passed over while another can take it
     // (estimate: 4 characters a token, plus the completion budget asked for).
-    if let Some(text) = text
-        .as_deref()
-        .filter(|_| models.iter().any(|m| m.max_context.is_some()))
-    {
+    if models.iter().any(|m| m.max_context.is_some()) {
+        let text = req.all_text();
         let need = text.chars().count() / 4
             + req
                 .body
@@ -66,11 +64,19 @@ pub fn candidates<'a>(
         models,
         masks: HashMap::new(),
         found: BTreeSet::new(),
+        scan: PiiScan::default(),
     };
-    let Some(text) = text.filter(|_| out.models.iter().any(|m| m.pii.is_some())) else {
+    let wanted: BTreeSet<PiiType> = out
+        .models
+        .iter()
+        .filter_map(|m| m.pii.as_ref())
+        .flat_map(|p| p.denied())
+        .collect();
+    if wanted.is_empty() {
         return Ok(out);
-    };
-    out.found = pii::types(&text);
+    }
+    out.scan = PiiScan::run(req.model_texts(), &wanted, classifier).await;
+    out.found = out.scan.types();
     if out.found.is_empty() {
         return Ok(out);
     }
@@ -145,24 +151,34 @@ mod tests {
         c.models.iter().map(|m| m.name.clone()).collect()
     }
 
-    #[test]
-    fn order_then_context_then_pii() {
+    #[tokio::test]
+    async fn order_then_context_then_pii() {
         let c = cfg();
+        // No classifier address: patterns alone (the e2e tests cover the classifier's PII task).
+        let cl = Classifier::new(&crate::config::ClassifierConfig {
+            addresses: vec![],
+            ..Default::default()
+        })
+        .unwrap();
         let mut d = Decision::default_model(&c, Source::Classified);
         d.model = "qwen3-0.6b".into();
         d.alternatives = vec!["qwen3-8b".into()];
-        let small = candidates(&c, &d, &req("hi", 10)).unwrap();
+        let small = candidates(&c, &d, &req("hi", 10), &cl).await.unwrap();
         assert_eq!(names(&small), ["qwen3-0.6b", "qwen3-8b"]);
         // 100-token context: a long prompt goes to the model that holds it.
-        let long = candidates(&c, &d, &req(&"word ".repeat(200), 10)).unwrap();
+        let long = candidates(&c, &d, &req(&"word ".repeat(200), 10), &cl)
+            .await
+            .unwrap();
         assert_eq!(names(&long), ["qwen3-8b"]);
         // ...unless that one may not see it: PII skip wins, and nothing is left -> refused.
         let text = format!("{} ssn 123-45-6789", "word ".repeat(200));
         assert!(matches!(
-            candidates(&c, &d, &req(&text, 10)),
+            candidates(&c, &d, &req(&text, 10), &cl).await,
             Err(Error::PiiNotAllowed(_))
         ));
-        let short = candidates(&c, &d, &req("ssn 123-45-6789", 10)).unwrap();
+        let short = candidates(&c, &d, &req("ssn 123-45-6789", 10), &cl)
+            .await
+            .unwrap();
         assert_eq!(names(&short), ["qwen3-0.6b"]);
         assert_eq!(short.found.len(), 1);
     }

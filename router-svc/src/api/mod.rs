@@ -222,7 +222,7 @@ async fn road(
     }
 
     // 3. pick endpoint and forward: decided model, alternatives, fallback (PII policy applied)
-    let cands = candidates::candidates(cfg, d, &req)?;
+    let cands = candidates::candidates(cfg, d, &req, &rt.classifier).await?;
     let deadline = started + ms(cfg.upstream.total_timeout_ms);
     let headers_by = if req.stream {
         deadline.min(Instant::now() + ms(cfg.upstream.first_byte_timeout_ms))
@@ -234,7 +234,10 @@ async fn road(
         .send(
             &rt.pools,
             &cands.models,
-            |m| openai::body_for(&req, cfg, m, d, cands.masks.get(&m.name)),
+            |m| {
+                let mask = cands.masks.get(&m.name).map(|k| (k, &cands.scan));
+                openai::body_for(&req, cfg, m, d, mask)
+            },
             Outgoing {
                 path: kind.path(),
                 headers: &forwarded_headers(headers),

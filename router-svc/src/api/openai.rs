@@ -11,6 +11,7 @@ use crate::config::{Config, InputConfig, ModelConfig, ReasoningFamily};
 use std::collections::BTreeSet;
 
 use crate::decide::pii::{self, PiiType};
+use crate::decide::pii_scan::PiiScan;
 use crate::decide::{text, Decision};
 use crate::error::Error;
 
@@ -173,17 +174,18 @@ impl Parsed {
     }
 }
 
-/// Replaces PII of `kinds` in every text a model reads (message contents, text parts, prompts).
-fn mask_pii(body: &mut Map<String, Value>, kinds: &BTreeSet<PiiType>) {
-    let mask_value = |v: &mut Value| match v {
-        Value::String(s) => *s = pii::mask(s, kinds),
+/// Calls `f` on every text a model reads: message contents (strings, string parts, the `text`
+/// of parts), prompts (a string or strings).
+fn each_text(body: &mut Map<String, Value>, f: &mut impl FnMut(&mut String)) {
+    let mut visit = |v: &mut Value| match v {
+        Value::String(s) => f(s),
         Value::Array(parts) => {
             for p in parts {
                 match p {
-                    Value::String(s) => *s = pii::mask(s, kinds),
+                    Value::String(s) => f(s),
                     Value::Object(o) => {
                         if let Some(Value::String(t)) = o.get_mut("text") {
-                            *t = pii::mask(t, kinds);
+                            f(t);
                         }
                     }
                     _ => {}
@@ -195,12 +197,26 @@ fn mask_pii(body: &mut Map<String, Value>, kinds: &BTreeSet<PiiType>) {
     if let Some(Value::Array(msgs)) = body.get_mut("messages") {
         for m in msgs {
             if let Some(c) = m.get_mut("content") {
-                mask_value(c);
+                visit(c);
             }
         }
     }
     if let Some(p) = body.get_mut("prompt") {
-        mask_value(p);
+        visit(p);
+    }
+}
+
+impl Parsed {
+    /// Every text a model reads, in body order, once each (what the PII scan looks at).
+    pub fn model_texts(&self) -> Vec<String> {
+        let mut body = self.body.clone();
+        let mut out: Vec<String> = Vec::new();
+        each_text(&mut body, &mut |s| {
+            if !s.trim().is_empty() && !out.contains(s) {
+                out.push(std::mem::take(s));
+            }
+        });
+        out
     }
 }
 
@@ -228,11 +244,13 @@ pub fn body_for(
     cfg: &Config,
     model: &ModelConfig,
     d: &Decision,
-    mask: Option<&BTreeSet<PiiType>>,
+    mask: Option<(&BTreeSet<PiiType>, &PiiScan)>,
 ) -> Bytes {
     let mut body = p.body.clone();
-    if let Some(kinds) = mask.filter(|k| !k.is_empty()) {
-        mask_pii(&mut body, kinds);
+    if let Some((kinds, scan)) = mask.filter(|(k, _)| !k.is_empty()) {
+        each_text(&mut body, &mut |s| {
+            *s = pii::mask_spans(s, &scan.spans(s), kinds)
+        });
     }
     body.insert("model".into(), Value::String(model.name.clone()));
     let routed = d.source != crate::decide::Source::Explicit;

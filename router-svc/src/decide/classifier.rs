@@ -233,6 +233,19 @@ impl Classifier {
         tasks: &[String],
         with_embedding: bool,
     ) -> Result<pb::TextResult, ClassifyError> {
+        let mut out = self
+            .classify_texts(vec![text.to_string()], tasks, with_embedding)
+            .await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// `classify` for several texts in one call (one result per text, in order).
+    pub async fn classify_texts(
+        &self,
+        texts: Vec<String>,
+        tasks: &[String],
+        with_embedding: bool,
+    ) -> Result<Vec<pb::TextResult>, ClassifyError> {
         if !self.configured() {
             return Err(ClassifyError::NotConfigured);
         }
@@ -248,7 +261,9 @@ impl Classifier {
             };
             let replica = &self.replicas[i];
             let left = deadline.saturating_duration_since(Instant::now());
-            let out = self.call(replica, text, tasks, with_embedding, left).await;
+            let out = self
+                .call(replica, texts.clone(), tasks, with_embedding, left)
+                .await;
             match out {
                 // Unreachable, or hung (a black-holed address times out rather than refusing).
                 Err(ClassifyError::Unavailable(_) | ClassifyError::Timeout) => {
@@ -270,21 +285,25 @@ impl Classifier {
         };
         metrics::histogram!("router_classify_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        let result = result.and_then(|r| {
-            match tasks
-                .iter()
-                .find(|t| !r.results.iter().any(|x| x.task == **t))
-            {
+        let result = result.and_then(|rs| {
+            let missing = rs.iter().find_map(|r| {
+                tasks
+                    .iter()
+                    .find(|t| !r.results.iter().any(|x| x.task == **t))
+            });
+            match missing.or(tasks.first().filter(|_| rs.len() != texts.len())) {
                 // Info said it serves the task but the answer lacks it (the server changed): fail
                 // open without caching; the next Info refresh fixes the task list.
                 Some(t) => Err(ClassifyError::Incomplete(t.clone())),
-                None => Ok(r),
+                None => Ok(rs),
             }
         });
         match &result {
             Ok(results) => {
                 self.breaker.success();
-                self.note_versions(&results.results);
+                if let Some(first) = results.first() {
+                    self.note_versions(&first.results);
+                }
             }
             Err(ClassifyError::Incomplete(_)) => {
                 metrics::counter!("router_classifier_errors_total", "reason" => "incomplete")
@@ -305,13 +324,13 @@ impl Classifier {
     async fn call(
         &self,
         replica: &Replica,
-        text: &str,
+        texts: Vec<String>,
         tasks: &[String],
         with_embedding: bool,
         budget: Duration,
-    ) -> Result<pb::TextResult, ClassifyError> {
+    ) -> Result<Vec<pb::TextResult>, ClassifyError> {
         let mut req = tonic::Request::new(pb::ClassifyRequest {
-            texts: vec![text.to_string()],
+            texts,
             tasks: tasks.to_vec(),
             truncation: pb::Truncation::Truncate as i32,
             include_embedding: with_embedding,
@@ -338,12 +357,7 @@ impl Classifier {
                     ClassifyError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
                 }
             }),
-            Ok(Ok(resp)) => Ok(resp
-                .into_inner()
-                .results
-                .into_iter()
-                .next()
-                .unwrap_or_default()),
+            Ok(Ok(resp)) => Ok(resp.into_inner().results),
         }
     }
 

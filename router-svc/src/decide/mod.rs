@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod classifier;
 pub use semroute_pii as pii;
+pub mod pii_scan;
 pub mod policy;
 pub mod routes;
 pub mod text;
