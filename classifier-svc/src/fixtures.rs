@@ -345,3 +345,34 @@ pub fn write_head(
     std::fs::write(dir.join("head.json"), serde_json::to_string_pretty(&spec)?)?;
     Ok(())
 }
+
+/// Writes a token-classification head (`"kind": "token"`, BIO labels over `types`) reading
+/// `context` neighbours each side of an encoder with `hidden` dimensions; random weights.
+pub fn write_token_head(
+    heads_dir: &Path,
+    task: &str,
+    types: &[&str],
+    hidden: usize,
+    context: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+    let labels = crate::model::spans::bio_labels(&types);
+    let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let width = crate::model::spans::token_input_width(hidden, context);
+    write_head(heads_dir, task, &refs, width, &[16], seed)?;
+    let spec = crate::model::heads::HeadSpec {
+        task: task.to_string(),
+        labels,
+        activation: "relu".into(),
+        token_features: 0,
+        bigram_buckets: 0,
+        kind: "token".into(),
+        context,
+    };
+    std::fs::write(
+        heads_dir.join(task).join("head.json"),
+        serde_json::to_string_pretty(&spec)?,
+    )?;
+    Ok(())
+}

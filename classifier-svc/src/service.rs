@@ -165,17 +165,20 @@ impl ClassifierService {
     }
 
     /// Tokenizes every text for `batcher`'s model and queues it; waits for all answers.
+    /// `token_tasks`: the caller asked for a token task of this model (then texts are tokenized
+    /// with offsets and carry spelling features; without them the token heads are not run).
     async fn run_texts(
         batcher: &Batcher,
         texts: Arc<Vec<String>>,
         truncation: Truncation,
         deadline: Option<Instant>,
+        token_tasks: bool,
     ) -> Result<Vec<TextRun>, Error> {
         let model = batcher.model().clone();
         let labels = [("model", model.meta.id.clone())];
         let big = texts.iter().map(|t| t.len()).sum::<usize>() > 16 * 1024;
         // Token heads read the text through each token's offsets (and its spelling).
-        let with_offsets = model.has_token_heads();
+        let with_offsets = token_tasks && model.has_token_heads();
         let tokenize = move || -> Result<Vec<(Encoded, Vec<f32>, Duration)>, Error> {
             texts
                 .iter()
@@ -289,9 +292,13 @@ impl ClassifierService {
             .try_admit(req.texts.len() * wanted.len())
             .inspect_err(|_| metrics::counter!(m::REJECTED).increment(1))?;
         let texts = Arc::new(req.texts);
-        let runs = wanted
-            .keys()
-            .map(|&mi| Self::run_texts(&reg.models[mi], texts.clone(), truncation, deadline));
+        let runs = wanted.iter().map(|(&mi, heads)| {
+            let batcher = &reg.models[mi];
+            let token_tasks = heads
+                .iter()
+                .any(|(_, hi)| batcher.model().tasks[*hi].is_token());
+            Self::run_texts(batcher, texts.clone(), truncation, deadline, token_tasks)
+        });
         let per_model = futures::future::try_join_all(runs).await?;
 
         let mut results: Vec<pb::TextResult> = (0..texts.len())
@@ -390,7 +397,8 @@ impl ClassifierService {
             .try_admit(req.texts.len())
             .inspect_err(|_| metrics::counter!(m::REJECTED).increment(1))?;
         let meta = batcher.model().meta.clone();
-        let outs = Self::run_texts(batcher, Arc::new(req.texts), truncation, deadline).await?;
+        let outs =
+            Self::run_texts(batcher, Arc::new(req.texts), truncation, deadline, false).await?;
         Ok(pb::EmbedResponse {
             embeddings: outs
                 .into_iter()

@@ -573,3 +573,71 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test]
+async fn token_tasks_return_entities_with_patterns_and_run_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = dir.path().join("enc");
+    fixtures::write_checkpoint(&enc, &Spec::tiny(Arch::Bert)).unwrap();
+    let heads = dir.path().join("heads");
+    fixtures::write_head(&heads, "domain", &["math", "law", "other"], 32, &[], 1).unwrap();
+    fixtures::write_token_head(&heads, "pii", &["PERSON", "EMAIL_ADDRESS"], 32, 1, 3).unwrap();
+    let model =
+        Model::load_encoder(&Source::Local(enc), Some(&heads), &LoadOptions::default()).unwrap();
+    let limits = Limits::default();
+    let running = start(limits.clone(), &["domain", "pii"]).await;
+    running.service.add_model(model, limits.batch.clone()).await;
+    running.service.mark_ready().await;
+    let mut c = ClassifierClient::new(channel(&running).await);
+
+    let info = c.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    let pii = info.tasks.iter().find(|t| t.name == "pii").unwrap();
+    assert_eq!(pii.kind, "token_classification");
+    assert_eq!(pii.labels[0], "O");
+
+    let texts = ["mail bob@example.com now", "hello there world"];
+    let r = c
+        .classify(req(&texts, &["pii"]))
+        .await
+        .unwrap()
+        .into_inner();
+    for (text, res) in texts.iter().zip(&r.results) {
+        assert_eq!(res.results.len(), 1);
+        let t = &res.results[0];
+        assert_eq!(t.task, "pii");
+        assert!(t.label == "found" || t.label == "none", "{}", t.label);
+        assert_eq!(t.label == "found", !res.entities.is_empty());
+        let mut end = 0;
+        for e in &res.entities {
+            assert!(
+                e.start >= end && e.end > e.start,
+                "ordered, not overlapping"
+            );
+            assert!(text.get(e.start as usize..e.end as usize).is_some());
+            end = e.end;
+        }
+    }
+    // The e-mail is found by its validated pattern whatever the random head says.
+    let mail = r.results[0]
+        .entities
+        .iter()
+        .find(|e| e.entity_type == "EMAIL_ADDRESS")
+        .expect("e-mail entity");
+    assert_eq!(
+        &texts[0][mail.start as usize..mail.end as usize],
+        "bob@example.com"
+    );
+    assert_eq!((mail.source.as_str(), mail.score), ("pattern", 1.0));
+
+    // A sentence task alone on the same model: no entities, and no token work.
+    let r = c
+        .classify(req(&texts, &["domain"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r
+        .results
+        .iter()
+        .all(|t| t.entities.is_empty() && t.results.len() == 1));
+    running.shutdown().await;
+}

@@ -208,7 +208,7 @@ impl Model {
     }
 
     /// `prepare`, with each row's spelling features (`model::spans::shape_features`) for token
-    /// heads; rows without them read zeros.
+    /// heads; rows without them read zeros. Token heads run only on batches given features.
     pub fn prepare_with(&self, seqs: &[&[u32]], shapes: Vec<Vec<f32>>) -> Result<Prepared> {
         let b = seqs.len();
         let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
@@ -281,16 +281,18 @@ impl Model {
         } else {
             None
         };
-        // Token heads read every token's hidden state (padding left out), once for all of them.
-        let states: Option<Vec<Vec<Vec<f32>>>> = if self.has_token_heads() {
-            let mut rows: Vec<Vec<Vec<f32>>> = hidden.to_dtype(DType::F32)?.to_vec3()?;
-            for (r, &len) in rows.iter_mut().zip(lengths) {
-                r.truncate(len);
-            }
-            Some(rows)
-        } else {
-            None
-        };
+        // Token heads read every token's hidden state (padding left out), once for all of them;
+        // only when some text in the batch asked for them (it then carries spelling features).
+        let states: Option<Vec<Vec<Vec<f32>>>> =
+            if self.has_token_heads() && !batch.shapes.is_empty() {
+                let mut rows: Vec<Vec<Vec<f32>>> = hidden.to_dtype(DType::F32)?.to_vec3()?;
+                for (r, &len) in rows.iter_mut().zip(lengths) {
+                    r.truncate(len);
+                }
+                Some(rows)
+            } else {
+                None
+            };
         let mut per_task = Vec::with_capacity(self.tasks.len());
         let mut per_task_tokens = Vec::with_capacity(self.tasks.len());
         for task in &self.tasks {
@@ -302,6 +304,11 @@ impl Model {
                         &batch.shapes,
                         &self.device,
                     )?);
+                }
+                // Not asked for in this batch.
+                None if task.is_token() => {
+                    per_task.push(vec![Vec::new(); b]);
+                    per_task_tokens.push(vec![Vec::new(); b]);
                 }
                 _ => {
                     per_task.push(
