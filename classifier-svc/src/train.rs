@@ -87,6 +87,10 @@ pub struct TrainArgs {
     /// (`[{entity_type, start, end}]`, character offsets); `--label-map` maps entity types.
     #[arg(long)]
     pub spans_field: Option<String>,
+    /// Weight examples so each group (`--group-field`) of a label counts alike (square-rooted
+    /// inverse group frequency within the label): small kinds are not drowned by large ones.
+    #[arg(long)]
+    pub balance_groups: bool,
     /// Token heads: neighbouring tokens on each side whose hidden states a token also reads.
     #[arg(long, default_value_t = 1)]
     pub context: usize,
@@ -236,16 +240,15 @@ impl Head {
     }
 }
 
-/// Class-weighted mean cross-entropy.
+/// Weighted mean cross-entropy, one weight per example (`w`).
 pub(crate) fn weighted_ce(
     logits: &Tensor,
     targets: &Tensor,
-    class_w: &Tensor,
+    w: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let w = class_w.index_select(targets, 0)?;
-    (picked * &w)?.sum_all()?.neg()? / w.sum_all()?.to_scalar::<f32>()? as f64
+    (picked * w)?.sum_all()?.neg()? / w.sum_all()?.to_scalar::<f32>()? as f64
 }
 
 pub(crate) fn probs(
@@ -370,7 +373,27 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         .iter()
         .map(|&c| train.len() as f32 / (k as f32 * c.max(1) as f32))
         .collect();
-    let class_w = Tensor::new(class_w.as_slice(), &Device::Cpu)?;
+    // Per example: its class weight, times (with --balance-groups) a weight that lets each
+    // group (--group-field) of a label count as much as the others of that label, square-rooted.
+    let mut group_w = vec![1f32; rows.len()];
+    if args.balance_groups {
+        anyhow::ensure!(
+            args.group_field.is_some(),
+            "--balance-groups needs --group-field"
+        );
+        let mut per = std::collections::HashMap::<(usize, Option<&str>), usize>::new();
+        for &i in &train {
+            *per.entry((y[i], rows[i].group.as_deref())).or_default() += 1;
+        }
+        for &i in &train {
+            let groups = per.keys().filter(|(l, _)| *l == y[i]).count() as f32;
+            let n = per[&(y[i], rows[i].group.as_deref())] as f32;
+            group_w[i] = (counts[y[i]] as f32 / (groups * n)).sqrt();
+        }
+    }
+    let example_w: Vec<f32> = (0..rows.len())
+        .map(|i| class_w[y[i]] * group_w[i])
+        .collect();
 
     let mut rng = StdRng::seed_from_u64(args.seed);
     let dims: Vec<usize> = if args.hidden == 0 {
@@ -401,7 +424,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             let t: Vec<u32> = b.iter().map(|&i| y[i] as u32).collect();
             let t = Tensor::new(t.as_slice(), &Device::Cpu)?;
             let logits = head.forward(&x, args.dropout, &mut rng)?;
-            let loss = weighted_ce(&logits, &t, &class_w)?;
+            let w: Vec<f32> = b.iter().map(|&i| example_w[i]).collect();
+            let loss = weighted_ce(&logits, &t, &Tensor::new(w.as_slice(), &Device::Cpu)?)?;
             opt.backward_step(&loss)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             batches += 1;

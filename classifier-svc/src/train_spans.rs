@@ -235,7 +235,8 @@ pub fn run(args: &TrainArgs, field: &str) -> anyhow::Result<()> {
             let x = Tensor::from_vec(x, (b.len(), width), &Device::Cpu)?;
             let y: Vec<u32> = b.iter().map(|&(_, _, y)| y as u32).collect();
             let y = Tensor::new(y.as_slice(), &Device::Cpu)?;
-            let loss = weighted_ce(&head.forward(&x, args.dropout, &mut rng)?, &y, &class_w)?;
+            let w = class_w.index_select(&y, 0)?;
+            let loss = weighted_ce(&head.forward(&x, args.dropout, &mut rng)?, &y, &w)?;
             opt.backward_step(&loss)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             batches += 1;

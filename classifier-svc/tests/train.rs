@@ -55,9 +55,16 @@ async fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
         cache_dir: dir.path().join("cache"),
         quality_pairs: vec![],
         spans_field: None,
+        balance_groups: false,
         context: 1,
     };
     train::run(&args).unwrap();
+    let e = train::run(&TrainArgs {
+        balance_groups: true,
+        ..args.clone()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("--group-field"), "{e}");
     for f in ["head.json", "head.safetensors", "metrics.json", "CARD.md"] {
         assert!(out.join("topic").join(f).is_file(), "{f}");
     }
