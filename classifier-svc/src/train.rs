@@ -569,6 +569,53 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a trained head into `dir`: `head.safetensors` (`layers.N.weight` / `.bias`),
+/// `head.json` (`spec`) and `metrics.json` (`metrics` plus the command that made them, as a user
+/// would type it: models/train.sh runs exactly this). Returns that command for the card.
+pub(crate) fn save_head(
+    dir: &Path,
+    weights: &[(Tensor, Tensor)],
+    spec: &serde_json::Value,
+    mut metrics: serde_json::Value,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let tensors: std::collections::HashMap<String, Tensor> = weights
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (w, b))| {
+            [
+                (format!("layers.{i}.weight"), w.clone()),
+                (format!("layers.{i}.bias"), b.clone()),
+            ]
+        })
+        .collect();
+    candle_core::safetensors::save(&tensors, dir.join("head.safetensors"))?;
+    std::fs::write(
+        dir.join("head.json"),
+        serde_json::to_string_pretty(spec)? + "\n",
+    )?;
+    let command = std::iter::once("classifier-svc".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    metrics["command"] = json!(command);
+    std::fs::write(
+        dir.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)? + "\n",
+    )?;
+    Ok(command)
+}
+
+/// The training files, as a card lists them.
+pub(crate) fn data_files(args: &TrainArgs) -> String {
+    args.input
+        .data
+        .iter()
+        .map(|p| format!("`{}`", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_head(
     args: &TrainArgs,
@@ -582,13 +629,6 @@ fn write_head(
     split: (usize, usize, usize),
 ) -> anyhow::Result<()> {
     let dir = args.out.join(&args.task);
-    std::fs::create_dir_all(&dir)?;
-    let mut tensors = std::collections::HashMap::new();
-    for (i, (w, b)) in weights.iter().enumerate() {
-        tensors.insert(format!("layers.{i}.weight"), w.clone());
-        tensors.insert(format!("layers.{i}.bias"), b.clone());
-    }
-    candle_core::safetensors::save(&tensors, dir.join("head.safetensors"))?;
     let mut spec = json!({
         "task": args.task,
         "labels": labels,
@@ -602,15 +642,6 @@ fn write_head(
         spec["positive"] = d["positive"].clone();
         spec["threshold"] = d["threshold"].clone();
     }
-    std::fs::write(
-        dir.join("head.json"),
-        serde_json::to_string_pretty(&spec)? + "\n",
-    )?;
-    // As a user would type it (models/train.sh runs exactly this).
-    let command = std::iter::once("classifier-svc".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
     let metrics = json!({
         "task": args.task,
         "split": {"seed": args.seed, "train": split.0, "validation": split.1, "test": split.2},
@@ -618,12 +649,8 @@ fn write_head(
         "test": scores,
         "detector": detector,
         "train_seconds": started.elapsed().as_secs_f64(),
-        "command": command,
     });
-    std::fs::write(
-        dir.join("metrics.json"),
-        serde_json::to_string_pretty(&metrics)? + "\n",
-    )?;
+    let command = save_head(&dir, weights, &spec, metrics)?;
     let mut card = std::fs::File::create(dir.join("CARD.md"))?;
     writeln!(card, "# `{}` head\n", args.task)?;
     writeln!(
@@ -649,16 +676,10 @@ fn write_head(
             }
         )?;
     }
-    let data: Vec<String> = args
-        .input
-        .data
-        .iter()
-        .map(|p| format!("`{}`", p.display()))
-        .collect();
     writeln!(
         card,
         "- Data: {} (text `{}`, label `{}`{}); labels: {}",
-        data.join(", "),
+        data_files(args),
         args.input.text_field,
         args.input.label_field,
         args.input

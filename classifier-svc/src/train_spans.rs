@@ -3,7 +3,7 @@
 //! token's last hidden state, its neighbours' and its spelling (`model::spans`); early stopping
 //! and the reported figures are entity-level F1 (exact type and span) on a held-out split.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::dataset;
 use crate::model::spans::{self, EntityScores};
 use crate::model::{LoadOptions, Model, Source, Truncation};
-use crate::train::{probs, weighted_ce, Head, TrainArgs};
+use crate::train::{data_files, probs, save_head, weighted_ce, Head, TrainArgs};
 
 /// One text with its gold entities as byte ranges, types already mapped.
 struct Example {
@@ -333,18 +333,6 @@ fn write(
     split: (usize, usize, usize),
 ) -> anyhow::Result<()> {
     let dir = args.out.join(&args.task);
-    std::fs::create_dir_all(&dir)?;
-    let tensors: HashMap<String, Tensor> = weights
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (w, b))| {
-            [
-                (format!("layers.{i}.weight"), w.clone()),
-                (format!("layers.{i}.bias"), b.clone()),
-            ]
-        })
-        .collect();
-    candle_core::safetensors::save(&tensors, dir.join("head.safetensors"))?;
     let spec = json!({
         "task": args.task,
         "kind": "token",
@@ -353,14 +341,6 @@ fn write(
         "context": args.context,
         "encoder": model.meta.id,
     });
-    std::fs::write(
-        dir.join("head.json"),
-        serde_json::to_string_pretty(&spec)? + "\n",
-    )?;
-    let command = std::iter::once("classifier-svc".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
     let metrics = json!({
         "task": args.task,
         "split": {"seed": args.seed, "train": split.0, "validation": split.1, "test": split.2},
@@ -369,12 +349,8 @@ fn write(
         "test": scores,
         "test_with_patterns": served,
         "train_seconds": started.elapsed().as_secs_f64(),
-        "command": command,
     });
-    std::fs::write(
-        dir.join("metrics.json"),
-        serde_json::to_string_pretty(&metrics)? + "\n",
-    )?;
+    let command = save_head(&dir, weights, &spec, metrics)?;
     let mut card = std::fs::File::create(dir.join("CARD.md"))?;
     writeln!(card, "# `{}` token-classification head\n", args.task)?;
     writeln!(
@@ -396,18 +372,12 @@ fn write(
     )?;
     writeln!(
         card,
-        "- Decoding: `B-T`/`I-T` runs become spans (an entity ending inside a word is completed to the word's end); classifier-svc then adds validated patterns (e-mail, Luhn-checked cards, SSN, IP, phone), which win where they overlap",
+        "- Decoding: `B-T`/`I-T` runs become spans (each word follows its first token's label); classifier-svc then adds validated patterns (e-mail, Luhn-checked cards, SSN, IP, phone), which win where they overlap",
     )?;
-    let data: Vec<String> = args
-        .input
-        .data
-        .iter()
-        .map(|p| format!("`{}`", p.display()))
-        .collect();
     writeln!(
         card,
         "- Data: {} (text `{}`, spans `{}`{}); entity types: {}",
-        data.join(", "),
+        data_files(args),
         args.input.text_field,
         args.spans_field.as_deref().unwrap_or_default(),
         args.input

@@ -9,7 +9,30 @@ use std::collections::{BTreeSet, HashMap};
 
 use semroute_pii::{self as pii, PiiType, Span};
 
+use semroute_proto::classifier::v1 as pb;
+
 use super::classifier::Classifier;
+
+/// The `pii` task's entities of `text` whose type a policy can name and whose span fits the text
+/// on char boundaries (sorted, not overlapping, as the classifier sends them).
+fn model_spans(text: &str, entities: &[pb::Entity]) -> Vec<Span> {
+    let mut spans: Vec<Span> = entities
+        .iter()
+        .filter(|e| e.task == PII_TASK)
+        .filter_map(|e| {
+            let (start, end) = (e.start as usize, e.end as usize);
+            text.get(start..end)?;
+            Some(Span {
+                kind: PiiType::parse(&e.entity_type)?,
+                start,
+                end,
+            })
+        })
+        .collect();
+    spans.sort_by_key(|s| s.start);
+    spans.dedup_by(|b, a| b.start < a.end);
+    spans
+}
 
 /// The classifier task that finds PII entities.
 pub const PII_TASK: &str = "pii";
@@ -27,46 +50,40 @@ impl PiiScan {
         wanted: &BTreeSet<PiiType>,
         classifier: &Classifier,
     ) -> Self {
-        let mut by_text: HashMap<String, Vec<Span>> =
-            texts.iter().map(|t| (t.clone(), pii::detect(t))).collect();
         let tasks = classifier.tasks_for(&[PII_TASK]);
         let needs_model = wanted.iter().any(|t| !t.by_pattern());
-        if texts.is_empty() || !needs_model || tasks.is_empty() || !classifier.configured() {
-            return Self { by_text };
-        }
-        match classifier
-            .classify_texts(texts.clone(), &tasks, false)
-            .await
-        {
-            Ok(results) => {
-                for (text, r) in texts.iter().zip(results) {
-                    let model: Vec<Span> = r
-                        .entities
-                        .iter()
-                        .filter(|e| e.task == PII_TASK)
-                        .filter_map(|e| {
-                            let (start, end) = (e.start as usize, e.end as usize);
-                            // Only spans that fit the text on char boundaries are used.
-                            text.get(start..end)?;
-                            Some(Span {
-                                kind: PiiType::parse(&e.entity_type)?,
-                                start,
-                                end,
-                            })
+        if !texts.is_empty() && needs_model && !tasks.is_empty() && classifier.configured() {
+            match classifier
+                .classify_texts(texts.clone(), &tasks, false)
+                .await
+            {
+                // The classifier's entities already hold the validated patterns' spans.
+                Ok(results) => {
+                    let by_text = texts
+                        .into_iter()
+                        .zip(results)
+                        .map(|(text, r)| {
+                            let spans = model_spans(&text, &r.entities);
+                            (text, spans)
                         })
                         .collect();
-                    if let Some(spans) = by_text.get_mut(text) {
-                        *spans = pii::merge(std::mem::take(spans), model);
-                    }
+                    return Self { by_text };
+                }
+                Err(e) => {
+                    metrics::counter!("router_pii_model_errors_total", "reason" => e.reason())
+                        .increment(1);
+                    tracing::warn!(error = %e,
+                        "PII task unavailable: only validated patterns checked for this request");
                 }
             }
-            Err(e) => {
-                metrics::counter!("router_pii_model_errors_total", "reason" => e.reason())
-                    .increment(1);
-                tracing::warn!(error = %e,
-                    "PII task unavailable: only validated patterns checked for this request");
-            }
         }
+        let by_text = texts
+            .into_iter()
+            .map(|t| {
+                let spans = pii::detect(&t);
+                (t, spans)
+            })
+            .collect();
         Self { by_text }
     }
 
