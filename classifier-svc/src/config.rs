@@ -30,6 +30,8 @@ pub enum Command {
     CentroidHeads(crate::centroid::CentroidArgs),
     /// Train a head on the shared encoder from a JSONL file and write it with a model card.
     Train(crate::train::TrainArgs),
+    /// Fine-tune the shared encoder jointly for several tasks (one encoder pass still serves all).
+    Finetune(crate::finetune::FinetuneArgs),
     /// Judge a task's classifier on a JSONL file (in process or against a server).
     Eval(crate::eval::EvalArgs),
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod dataset;
 pub mod error;
 pub mod eval;
+pub mod finetune;
 pub mod fixtures;
 pub mod http;
 pub mod metrics;

@@ -50,6 +50,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(false);
             classifier_svc::train::run(&args)
         }
+        Command::Finetune(args) => {
+            init_tracing(false);
+            classifier_svc::finetune::run(&args)
+        }
         Command::CentroidHeads(args) => {
             init_tracing(false);
             classifier_svc::centroid::run(&args)

@@ -126,14 +126,10 @@ pub fn embed_cached(
     let ids: Vec<Vec<u32>> = texts
         .iter()
         .map(|t| {
-            let mut ids = model.tokenize(t, Truncation::Truncate)?.ids;
-            if ids.len() > max_length {
-                // Keep the final [SEP] so the sequence stays well-formed.
-                let last = *ids.last().unwrap();
-                ids.truncate(max_length - 1);
-                ids.push(last);
-            }
-            Ok(ids)
+            Ok(truncate_ids(
+                model.tokenize(t, Truncation::Truncate)?.ids,
+                max_length,
+            ))
         })
         .collect::<anyhow::Result<_>>()?;
     let mut order: Vec<usize> = (0..ids.len()).collect();
@@ -170,12 +166,22 @@ pub fn embed_cached(
     Ok(out)
 }
 
+/// Cuts token ids to `max_length`, keeping the final [SEP] so the sequence stays well-formed.
+pub(crate) fn truncate_ids(mut ids: Vec<u32>, max_length: usize) -> Vec<u32> {
+    if ids.len() > max_length && max_length >= 2 {
+        let last = *ids.last().unwrap();
+        ids.truncate(max_length - 1);
+        ids.push(last);
+    }
+    ids
+}
+
 pub(crate) struct Head {
     layers: Vec<(Var, Var)>,
 }
 
 impl Head {
-    pub(crate) fn new(dims: &[usize], rng: &mut StdRng) -> anyhow::Result<Self> {
+    pub(crate) fn new(dims: &[usize], rng: &mut StdRng, device: &Device) -> anyhow::Result<Self> {
         let mut layers = Vec::new();
         for w in dims.windows(2) {
             let (inp, out) = (w[0], w[1]);
@@ -184,8 +190,8 @@ impl Head {
             let data: Vec<f32> = (0..inp * out)
                 .map(|_| rng.random_range(-bound..bound))
                 .collect();
-            let wt = Var::from_tensor(&Tensor::from_vec(data, (out, inp), &Device::Cpu)?)?;
-            let b = Var::from_tensor(&Tensor::zeros(out, DType::F32, &Device::Cpu)?)?;
+            let wt = Var::from_tensor(&Tensor::from_vec(data, (out, inp), device)?)?;
+            let b = Var::from_tensor(&Tensor::zeros(out, DType::F32, device)?)?;
             layers.push((wt, b));
         }
         Ok(Self { layers })
@@ -348,14 +354,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let feats = Features { emb, bags };
     let dim = feats.dim();
 
-    // train / rest, then rest -> validation / test, both stratified.
-    let held = args.val_fraction + args.test_fraction;
-    let (train, rest) = dataset::stratified_split(&y, held, args.seed);
-    let rest_y: Vec<usize> = rest.iter().map(|&i| y[i]).collect();
-    let (val_r, test_r) =
-        dataset::stratified_split(&rest_y, args.test_fraction / held, args.seed + 1);
-    let val: Vec<usize> = val_r.iter().map(|&i| rest[i]).collect();
-    let test: Vec<usize> = test_r.iter().map(|&i| rest[i]).collect();
+    let (train, val, test) = split3(&y, args.val_fraction, args.test_fraction, args.seed);
     eprintln!(
         "split (seed {}): train {}, validation {}, test {}",
         args.seed,
@@ -365,35 +364,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     );
 
     let k = labels.len();
-    let mut counts = vec![0usize; k];
-    for &i in &train {
-        counts[y[i]] += 1;
-    }
-    let class_w: Vec<f32> = counts
-        .iter()
-        .map(|&c| train.len() as f32 / (k as f32 * c.max(1) as f32))
-        .collect();
-    // Per example: its class weight, times (with --balance-groups) a weight that lets each
-    // group (--group-field) of a label count as much as the others of that label, square-rooted.
-    let mut group_w = vec![1f32; rows.len()];
-    if args.balance_groups {
-        anyhow::ensure!(
-            args.group_field.is_some(),
-            "--balance-groups needs --group-field"
-        );
-        let mut per = std::collections::HashMap::<(usize, Option<&str>), usize>::new();
-        for &i in &train {
-            *per.entry((y[i], rows[i].group.as_deref())).or_default() += 1;
-        }
-        for &i in &train {
-            let groups = per.keys().filter(|(l, _)| *l == y[i]).count() as f32;
-            let n = per[&(y[i], rows[i].group.as_deref())] as f32;
-            group_w[i] = (counts[y[i]] as f32 / (groups * n)).sqrt();
-        }
-    }
-    let example_w: Vec<f32> = (0..rows.len())
-        .map(|i| class_w[y[i]] * group_w[i])
-        .collect();
+    let example_w = example_weights(args, &rows, &y, &train, k)?;
 
     let mut rng = StdRng::seed_from_u64(args.seed);
     let dims: Vec<usize> = if args.hidden == 0 {
@@ -401,7 +372,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     } else {
         vec![dim, args.hidden, k]
     };
-    let head = Head::new(&dims, &mut rng)?;
+    let head = Head::new(&dims, &mut rng, &Device::Cpu)?;
     let mut opt = AdamW::new(
         head.vars(),
         ParamsAdamW {
@@ -456,10 +427,40 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     }
     let weights = best.2;
 
+    let p_val = probs(&weights, &x_val)?;
+    let p_test = probs(&weights, &feats.rows(&test)?)?;
+    let (test_scores, detector) =
+        report(args, &rows, &labels, &y, (&val, &p_val), (&test, &p_test))?;
+
+    write_head(
+        args,
+        &labels,
+        &weights,
+        &test_scores,
+        detector,
+        &model,
+        best.1,
+        started,
+        (train.len(), val.len(), test.len()),
+        "frozen",
+    )?;
+    Ok(())
+}
+
+/// The reported figures from a head's probabilities on the validation and test splits: test
+/// scores (printed), and for a detector (`--positive`) its threshold at `--max-fpr` set on
+/// validation, test recall / FPR per group, share thresholds and quality curves.
+pub(crate) fn report(
+    args: &TrainArgs,
+    rows: &[Row],
+    labels: &[String],
+    y: &[usize],
+    (val, p_val): (&[usize], &[Vec<f32>]),
+    (test, p_test): (&[usize], &[Vec<f32>]),
+) -> anyhow::Result<(Scores, Option<serde_json::Value>)> {
     // Reported figures: the test split, never seen in training or model selection.
-    let x_test = feats.rows(&test)?;
+    let y_val: Vec<usize> = val.iter().map(|&i| y[i]).collect();
     let y_test: Vec<usize> = test.iter().map(|&i| y[i]).collect();
-    let p_test = probs(&weights, &x_test)?;
     let pred: Vec<usize> = p_test.iter().map(|r| argmax(r)).collect();
     let test_scores = dataset::score(&labels, &y_test, &pred);
     println!("== {} test split\n{}", args.task, test_scores.render());
@@ -469,7 +470,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let pi = labels
             .binary_search(pos)
             .map_err(|_| anyhow::anyhow!("--positive {pos:?} is not a label ({labels:?})"))?;
-        let p_val = probs(&weights, &x_val)?;
         let split = |p: &[Vec<f32>], ys: &[usize]| {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for (r, &t) in p.iter().zip(ys) {
@@ -481,13 +481,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             }
             (a, b)
         };
-        let (vp, vn) = split(&p_val, &y_val);
+        let (vp, vn) = split(p_val, &y_val);
         let (thr, val_recall, val_fpr) = dataset::threshold_at_fpr(&vp, &vn, args.max_fpr);
-        let (tp, tn) = split(&p_test, &y_test);
+        let (tp, tn) = split(p_test, &y_test);
         let recall = tp.iter().filter(|&&p| p >= thr).count() as f64 / tp.len().max(1) as f64;
         let fpr = tn.iter().filter(|&&p| p >= thr).count() as f64 / tn.len().max(1) as f64;
         let mut groups = std::collections::BTreeMap::<String, (usize, usize)>::new();
-        for ((r, &t), &i) in p_test.iter().zip(&y_test).zip(&test) {
+        for ((r, &t), &i) in p_test.iter().zip(&y_test).zip(test) {
             if let Some(g) = &rows[i].group {
                 let e = groups.entry(format!("{} ({})", g, labels[t])).or_default();
                 e.0 += 1;
@@ -522,7 +522,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 .split_once(',')
                 .ok_or_else(|| anyhow::anyhow!("--quality-pair {pair:?}: expected WEAK,STRONG"))?;
             let (mut sc, mut wk, mut st) = (Vec::new(), Vec::new(), Vec::new());
-            for (r, &i) in p_test.iter().zip(&test) {
+            for (r, &i) in p_test.iter().zip(test) {
                 let rec = rows[i].record.as_ref();
                 let get = |f: &str| rec.and_then(|v| v.pointer(f)).and_then(|v| v.as_bool());
                 if let (Some(w), Some(s)) = (get(wf), get(sf)) {
@@ -555,18 +555,67 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         }));
     }
 
-    write_head(
-        args,
-        &labels,
-        &weights,
-        &test_scores,
-        detector,
-        &model,
-        best.1,
-        started,
-        (train.len(), val.len(), test.len()),
-    )?;
-    Ok(())
+    Ok((test_scores, detector))
+}
+
+/// Train / validation / test indices, each stratified by label, with a fixed seed: `train` and
+/// `finetune` both split this way, so their test figures are on the same rows.
+pub(crate) fn split3(
+    y: &[usize],
+    val_fraction: f64,
+    test_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    // train / rest, then rest -> validation / test, both stratified.
+    let held = val_fraction + test_fraction;
+    let (train, rest) = dataset::stratified_split(&y, held, seed);
+    let rest_y: Vec<usize> = rest.iter().map(|&i| y[i]).collect();
+    let (val_r, test_r) = dataset::stratified_split(&rest_y, test_fraction / held, seed + 1);
+    let val: Vec<usize> = val_r.iter().map(|&i| rest[i]).collect();
+    let test: Vec<usize> = test_r.iter().map(|&i| rest[i]).collect();
+    (train, val, test)
+}
+
+/// Per training example: its class weight (inverse frequency), times, with `--balance-groups`,
+/// a weight that lets each group of a label count as much as the others of that label.
+pub(crate) fn example_weights(
+    args: &TrainArgs,
+    rows: &[Row],
+    y: &[usize],
+    train: &[usize],
+    k: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let mut counts = vec![0usize; k];
+    for &i in train {
+        counts[y[i]] += 1;
+    }
+    let class_w: Vec<f32> = counts
+        .iter()
+        .map(|&c| train.len() as f32 / (k as f32 * c.max(1) as f32))
+        .collect();
+    // Per example: its class weight, times (with --balance-groups) a weight that lets each
+    // group (--group-field) of a label count as much as the others of that label, square-rooted.
+    let mut group_w = vec![1f32; rows.len()];
+    if args.balance_groups {
+        anyhow::ensure!(
+            args.group_field.is_some(),
+            "--balance-groups needs --group-field"
+        );
+        let mut per = std::collections::HashMap::<(usize, Option<&str>), usize>::new();
+        for &i in train {
+            *per.entry((y[i], rows[i].group.as_deref())).or_default() += 1;
+        }
+        for &i in train {
+            let groups = per.keys().filter(|(l, _)| *l == y[i]).count() as f32;
+            let n = per[&(y[i], rows[i].group.as_deref())] as f32;
+            group_w[i] = (counts[y[i]] as f32 / (groups * n)).sqrt();
+        }
+    }
+    let example_w: Vec<f32> = (0..rows.len())
+        .map(|i| class_w[y[i]] * group_w[i])
+        .collect();
+
+    Ok(example_w)
 }
 
 /// Writes a trained head into `dir`: `head.safetensors` (`layers.N.weight` / `.bias`),
@@ -617,7 +666,7 @@ pub(crate) fn data_files(args: &TrainArgs) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_head(
+pub(crate) fn write_head(
     args: &TrainArgs,
     labels: &[String],
     weights: &[(Tensor, Tensor)],
@@ -627,6 +676,7 @@ fn write_head(
     best_epoch: usize,
     started: Instant,
     split: (usize, usize, usize),
+    encoder_note: &str,
 ) -> anyhow::Result<()> {
     let dir = args.out.join(&args.task);
     let mut spec = json!({
@@ -655,7 +705,7 @@ fn write_head(
     writeln!(card, "# `{}` head\n", args.task)?;
     writeln!(
         card,
-        "- Encoder: `{}` (frozen; pooled, L2-normalised embedding, max {} tokens)",
+        "- Encoder: `{}` ({encoder_note}; pooled, L2-normalised embedding, max {} tokens)",
         model.meta.id, args.max_length
     )?;
     writeln!(

@@ -195,7 +195,7 @@ pub fn run(args: &TrainArgs, field: &str) -> anyhow::Result<()> {
     } else {
         vec![width, args.hidden, k]
     };
-    let head = Head::new(&dims, &mut rng)?;
+    let head = Head::new(&dims, &mut rng, &Device::Cpu)?;
     let mut opt = AdamW::new(
         head.vars(),
         ParamsAdamW {
