@@ -63,6 +63,10 @@ pub struct FinetuneArgs {
     /// Use at most N training rows per task (0 = all), drawn at random with the seed.
     #[arg(long, default_value_t = 0)]
     pub max_train_rows: usize,
+    /// Train only the top N encoder layers (embeddings and the layers below frozen): a cheaper
+    /// backward pass on a CPU. Default: the whole encoder.
+    #[arg(long)]
+    pub train_layers: Option<usize>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
@@ -125,18 +129,22 @@ struct Task {
 /// variables named as in the checkpoint, so the saved weights load in `model::bert` unchanged.
 pub struct Trainable {
     vars: HashMap<String, Var>,
+    /// Tensors left frozen (`--train-layers`): plain tensors, so backward stops above them.
+    fixed: HashMap<String, Tensor>,
     cfg: EncoderConfig,
     pooling: Pooling,
     device: Device,
 }
 
 impl Trainable {
-    /// Loads the encoder tensors of `weights` into variables (names without the `bert.` prefix;
-    /// the pooler and any classifier are left out).
+    /// Loads the encoder tensors of `weights` (names without the `bert.` prefix; the pooler and
+    /// any classifier are left out): the top `train_layers` layers (all with None) as variables,
+    /// the embeddings and the layers below them frozen.
     pub fn load(
         config: &Path,
         weights: &Path,
         pooling: Pooling,
+        train_layers: Option<usize>,
         device: &Device,
     ) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(config)?;
@@ -147,18 +155,34 @@ impl Trainable {
             cfg.arch.as_str()
         );
         let stored = candle_core::safetensors::load(weights, device)?;
-        let mut vars = HashMap::new();
+        let first_trained =
+            cfg.num_layers - train_layers.unwrap_or(cfg.num_layers).min(cfg.num_layers);
+        let trained = |name: &str| match name.strip_prefix("encoder.layer.") {
+            Some(rest) => rest
+                .split('.')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n >= first_trained),
+            None => train_layers.is_none(),
+        };
+        let (mut vars, mut fixed) = (HashMap::new(), HashMap::new());
         for (name, t) in stored {
             let name = name.strip_prefix("bert.").unwrap_or(&name).to_string();
-            if name.starts_with("embeddings.") || name.starts_with("encoder.") {
-                if name.ends_with("position_ids") {
-                    continue;
-                }
-                vars.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?)?);
+            if !(name.starts_with("embeddings.") || name.starts_with("encoder."))
+                || name.ends_with("position_ids")
+            {
+                continue;
+            }
+            let t = t.to_dtype(DType::F32)?;
+            if trained(&name) {
+                vars.insert(name, Var::from_tensor(&t)?);
+            } else {
+                fixed.insert(name, t);
             }
         }
         let enc = Self {
             vars,
+            fixed,
             cfg,
             pooling,
             device: device.clone(),
@@ -173,6 +197,7 @@ impl Trainable {
         self.vars
             .get(name)
             .map(|v| v.as_tensor())
+            .or_else(|| self.fixed.get(name))
             .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))
     }
 
@@ -277,12 +302,13 @@ impl Trainable {
         pooled.broadcast_div(&norm)
     }
 
-    /// The variables' current values, by name.
+    /// Every encoder tensor's current value, by name (the trained ones copied).
     fn snapshot(&self) -> candle_core::Result<HashMap<String, Tensor>> {
-        self.vars
-            .iter()
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
-            .collect()
+        let mut all: HashMap<String, Tensor> = self.fixed.clone();
+        for (n, v) in &self.vars {
+            all.insert(n.clone(), v.as_tensor().copy()?);
+        }
+        Ok(all)
     }
 
     fn restore(&self, snap: &HashMap<String, Tensor>) -> candle_core::Result<()> {
@@ -345,7 +371,13 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
     let files = source.resolve()?;
     // The serving model, for its tokenizer and pooling (and the cards' facts about it).
     let base = Model::load_encoder(&source, None, &LoadOptions::default())?;
-    let enc = Trainable::load(&files.config, &files.weights, base.meta.pooling, &device)?;
+    let enc = Trainable::load(
+        &files.config,
+        &files.weights,
+        base.meta.pooling,
+        args.train_layers,
+        &device,
+    )?;
     let mut rng = StdRng::seed_from_u64(args.seed);
 
     let mut tasks = Vec::new();
@@ -514,9 +546,10 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
     }
     let names: Vec<&str> = tasks.iter().map(|t| t.args.task.as_str()).collect();
     let note = format!(
-        "fine-tuned jointly for {} from `{}` by `classifier-svc finetune`: encoder lr {}, heads lr {}, batch {}, best of {step} steps at step {best_step}",
+        "fine-tuned jointly for {} from `{}` by `classifier-svc finetune` ({}): encoder lr {}, heads lr {}, batch {}, best of {step} steps at step {best_step}",
         names.join(", "),
         args.encoder,
+        args.train_layers.map_or("all layers".to_string(), |n| format!("top {n} layers")),
         args.lr,
         args.head_lr,
         args.batch_size
@@ -630,6 +663,39 @@ mod tests {
         assert!(parse_tasks(&p).unwrap_err().to_string().contains("twice"));
     }
 
+    #[test]
+    fn train_layers_freezes_embeddings_and_lower_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(dir.path(), &Spec::tiny(Arch::Bert)).unwrap();
+        let enc = Trainable::load(
+            &dir.path().join("config.json"),
+            &dir.path().join("model.safetensors"),
+            Pooling::Mean,
+            Some(1),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(!enc.vars.is_empty());
+        assert!(enc.vars.keys().all(|n| n.starts_with("encoder.layer.3.")));
+        assert!(enc.fixed.contains_key("embeddings.word_embeddings.weight"));
+        let loss = enc
+            .embed(&[&[1u32, 5, 6, 2][..]])
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let with_grad = enc
+            .all_vars()
+            .iter()
+            .filter(|v| grads.get(v).is_some())
+            .count();
+        assert!(with_grad > 0, "no gradient reached the trained layer");
+        assert_eq!(
+            enc.snapshot().unwrap().len(),
+            enc.vars.len() + enc.fixed.len()
+        );
+    }
+
     /// Fine-tunes a tiny random BERT on a task its frozen random embedding barely separates,
     /// then serves the written directory: the encoder changed, the served embedding is the
     /// trained one, and the served head classifies the held-out rows.
@@ -676,6 +742,7 @@ mod tests {
             max_steps: 0,
             eval_every: 0,
             max_train_rows: 0,
+            train_layers: None,
             seed: 3,
         };
         run(&args).unwrap();
@@ -705,6 +772,7 @@ mod tests {
             &out.join("config.json"),
             &out.join("model.safetensors"),
             Pooling::Mean,
+            None,
             &Device::Cpu,
         )
         .unwrap();
