@@ -107,6 +107,14 @@ pub fn parse_tasks(path: &Path) -> anyhow::Result<Vec<TrainArgs>> {
     Ok(out)
 }
 
+/// The best checkpoint so far: mean validation macro-F1, step, encoder tensors, head weights.
+type Best = (
+    f64,
+    usize,
+    HashMap<String, Tensor>,
+    Vec<Vec<(Tensor, Tensor)>>,
+);
+
 /// A task's data, split and head while training.
 struct Task {
     args: TrainArgs,
@@ -466,12 +474,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let mut best: Option<(
-        f64,
-        usize,
-        HashMap<String, Tensor>,
-        Vec<Vec<(Tensor, Tensor)>>,
-    )> = None;
+    let mut best: Option<Best> = None;
     let mut step = 0usize;
     let mut history = Vec::new();
     'epochs: for epoch in 1..=args.epochs {
@@ -503,7 +506,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
             loss_sum += loss.to_scalar::<f32>()? as f64;
             seen += rows.len();
             step += 1;
-            if step % 20 == 0 || bi + 1 == total {
+            if step.is_multiple_of(20) || bi + 1 == total {
                 let rate = seen as f64 / t0.elapsed().as_secs_f64().max(1e-9);
                 eprintln!(
                     "epoch {epoch} step {step} ({}/{total}): loss {:.4}, {rate:.1} texts/s",
@@ -512,7 +515,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
                 );
             }
             let last = (args.max_steps > 0 && step >= args.max_steps) || bi + 1 == total;
-            if last || (args.eval_every > 0 && step % args.eval_every == 0) {
+            if last || (args.eval_every > 0 && step.is_multiple_of(args.eval_every)) {
                 let v = validate(&enc, &tasks)?;
                 let mean = v.iter().sum::<f64>() / v.len() as f64;
                 eprintln!("step {step}: validation macro-F1 {v:.4?} (mean {mean:.4})");

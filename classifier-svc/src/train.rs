@@ -462,7 +462,7 @@ pub(crate) fn report(
     let y_val: Vec<usize> = val.iter().map(|&i| y[i]).collect();
     let y_test: Vec<usize> = test.iter().map(|&i| y[i]).collect();
     let pred: Vec<usize> = p_test.iter().map(|r| argmax(r)).collect();
-    let test_scores = dataset::score(&labels, &y_test, &pred);
+    let test_scores = dataset::score(labels, &y_test, &pred);
     println!("== {} test split\n{}", args.task, test_scores.render());
 
     let mut detector = None;
@@ -568,7 +568,7 @@ pub(crate) fn split3(
 ) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
     // train / rest, then rest -> validation / test, both stratified.
     let held = val_fraction + test_fraction;
-    let (train, rest) = dataset::stratified_split(&y, held, seed);
+    let (train, rest) = dataset::stratified_split(y, held, seed);
     let rest_y: Vec<usize> = rest.iter().map(|&i| y[i]).collect();
     let (val_r, test_r) = dataset::stratified_split(&rest_y, test_fraction / held, seed + 1);
     let val: Vec<usize> = val_r.iter().map(|&i| rest[i]).collect();
