@@ -171,24 +171,24 @@ def check_dockerfile(path, bins, bin_dir):
     for m in re.finditer(r"cargo build [^\n]*?-p (\S+) --bin (\S+)[^\n]*?cp target/release/(\S+) /out/(\S+)", text):
         pkg, b, src, dst = m.groups()
         if b not in bins.get(pkg, set()):
-            problem(f"{path.name}: package {pkg} has no binary {b} (has {sorted(bins.get(pkg, []))})")
+            problem(f"{path.relative_to(ROOT)}: package {pkg} has no binary {b} (has {sorted(bins.get(pkg, []))})")
         if src != b:
-            problem(f"{path.name}: builds {b} but copies target/release/{src}")
+            problem(f"{path.relative_to(ROOT)}: builds {b} but copies target/release/{src}")
         if not (bin_dir / b).exists():
-            problem(f"{path.name}: {b} is not among the workspace's built binaries in {bin_dir}")
+            problem(f"{path.relative_to(ROOT)}: {b} is not among the workspace's built binaries in {bin_dir}")
         built[f"/out/{dst}"] = b
     if not built:
         problem(f"{path.relative_to(ROOT)}: no `cargo build -p PKG --bin BIN ... cp target/release/BIN /out/BIN` step")
     for m in re.finditer(r"^COPY (--from=(\S+) )?(\S+) (\S+)$", text, re.M):
         _, stage, src, _dst = m.groups()
         if stage == "build" and src not in built:
-            problem(f"{path.name}: copies {src} from the build stage, which does not produce it")
+            problem(f"{path.relative_to(ROOT)}: copies {src} from the build stage, which does not produce it")
         if stage is None and src != "." and not (ROOT / src).exists():
-            problem(f"{path.name}: COPY {src}: no such path in the repository")
+            problem(f"{path.relative_to(ROOT)}: COPY {src}: no such path in the repository")
     if not re.search(r"^USER (?!root)\S+", text, re.M):
-        problem(f"{path.name}: runs as root (no USER)")
+        problem(f"{path.relative_to(ROOT)}: runs as root (no USER)")
     if "HEALTHCHECK" not in text:
-        problem(f"{path.name}: no HEALTHCHECK")
+        problem(f"{path.relative_to(ROOT)}: no HEALTHCHECK")
 
 
 def check_k8s():
