@@ -1,8 +1,9 @@
 //! Relay: the backend's answer back to the client. SSE streams go chunk by chunk as the backend
-//! sends them (nothing buffered, `data: [DONE]` untouched); plain bodies are read whole (to count
-//! tokens and cost) within the total timeout. A stream's pump task holds the endpoint's in-flight
-//! count and the request's admission slot until it ends; a client that goes away ends it, which
-//! closes the backend connection and so cancels the upstream request.
+//! sends them (headers with the first event; nothing buffered, `data: [DONE]` untouched); plain
+//! bodies are read whole (to count tokens and cost) within the total timeout. A stream's pump
+//! task holds the endpoint's in-flight count and the request's admission slot until it ends; a
+//! client that goes away ends it, which closes the backend connection and so cancels the
+//! upstream request.
 
 use std::time::{Duration, Instant};
 
@@ -130,11 +131,21 @@ pub async fn relay(
             pricing.clone(),
             (in_flight, hold),
         ));
-        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
-        }))
+        // Headers go out with the first event, not before: the client's time to first byte is
+        // its time to first token (what load tools can measure), and a stream the backend ends
+        // before any event is answered at once. Dropping this future (client gone) closes `rx`,
+        // which stops the pump and cancels the upstream request.
+        let mut rx = rx;
+        let first = rx.recv().await;
+        Body::from_stream(
+            futures::stream::iter(first.map(Ok::<_, std::io::Error>)).chain(
+                futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+                }),
+            ),
+        )
     } else {
         let bytes =
             tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), response.bytes())
