@@ -24,7 +24,7 @@ use crate::dataset::{self, Row};
 use crate::model::config::Activation;
 use crate::model::heads::token_bag_with;
 use crate::model::{Arch, EncoderConfig, LoadOptions, Model, Pooling, Source, Truncation};
-use crate::train::{self, probs, weighted_ce, Head, TrainArgs};
+use crate::train::{self, argmax, probs, weighted_ce, Head, TrainArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct FinetuneArgs {
@@ -352,13 +352,6 @@ fn predict(enc: &Trainable, task: &Task, idx: &[usize]) -> anyhow::Result<Vec<Ve
     predict_with(enc, task, &task.head.snapshot()?, idx)
 }
 
-fn argmax(p: &[f32]) -> usize {
-    p.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
-}
-
 /// Validation macro-F1 per task.
 fn validate(enc: &Trainable, tasks: &[Task]) -> anyhow::Result<Vec<f64>> {
     tasks
@@ -398,17 +391,8 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
             a.group_field.as_deref(),
             !a.quality_pairs.is_empty(),
         )?;
-        let labels: Vec<String> = rows
-            .iter()
-            .map(|r| r.label.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        anyhow::ensure!(labels.len() >= 2, "{}: needs at least 2 labels", a.task);
-        let y: Vec<usize> = rows
-            .iter()
-            .map(|r| labels.binary_search(&r.label).unwrap())
-            .collect();
+        let (labels, y) =
+            train::label_ids(&rows).map_err(|e| anyhow::anyhow!("{}: {e}", a.task))?;
         let ids = rows
             .iter()
             .map(|r| {
@@ -587,10 +571,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
             &note,
         )?;
     }
-    let command = std::iter::once("classifier-svc".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = train::command_line();
     std::fs::write(
         args.out.join("finetune.json"),
         serde_json::to_string_pretty(&json!({

@@ -271,7 +271,7 @@ pub(crate) fn probs(
     candle_nn::ops::softmax(&h, D::Minus1)?.to_vec2()
 }
 
-fn argmax(p: &[f32]) -> usize {
+pub(crate) fn argmax(p: &[f32]) -> usize {
     p.iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
@@ -317,20 +317,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         args.group_field.as_deref(),
         !args.quality_pairs.is_empty(),
     )?;
-    let labels: Vec<String> = rows
-        .iter()
-        .map(|r| r.label.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    anyhow::ensure!(
-        labels.len() >= 2,
-        "a head needs at least 2 labels, found {labels:?}"
-    );
-    let y: Vec<usize> = rows
-        .iter()
-        .map(|r| labels.binary_search(&r.label).unwrap())
-        .collect();
+    let (labels, y) = label_ids(&rows)?;
     eprintln!("{}: {} rows, labels {labels:?}", args.task, rows.len());
 
     let source: Source = args.encoder.parse()?;
@@ -558,6 +545,25 @@ pub(crate) fn report(
     Ok((test_scores, detector))
 }
 
+/// The sorted label set of `rows` (at least two) and each row's label index.
+pub(crate) fn label_ids(rows: &[Row]) -> anyhow::Result<(Vec<String>, Vec<usize>)> {
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| r.label.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    anyhow::ensure!(
+        labels.len() >= 2,
+        "a head needs at least 2 labels, found {labels:?}"
+    );
+    let y = rows
+        .iter()
+        .map(|r| labels.binary_search(&r.label).unwrap())
+        .collect();
+    Ok((labels, y))
+}
+
 /// Train / validation / test indices, each stratified by label, with a fixed seed: `train` and
 /// `finetune` both split this way, so their test figures are on the same rows.
 pub(crate) fn split3(
@@ -643,16 +649,21 @@ pub(crate) fn save_head(
         dir.join("head.json"),
         serde_json::to_string_pretty(spec)? + "\n",
     )?;
-    let command = std::iter::once("classifier-svc".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = command_line();
     metrics["command"] = json!(command);
     std::fs::write(
         dir.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)? + "\n",
     )?;
     Ok(command)
+}
+
+/// This process's command line as a user would type it (what cards and metrics record).
+pub(crate) fn command_line() -> String {
+    std::iter::once("classifier-svc".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The training files, as a card lists them.
