@@ -12,6 +12,7 @@
 //!   watched process sampled while they are (the router's memory per open stream).
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{header, Request};
 use hyper_util::rt::TokioIo;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 
@@ -50,7 +54,10 @@ pub enum Load {
     /// This many requests always in flight.
     Closed { concurrency: usize },
     /// This many streams open at once, held for the run.
-    Streams { count: usize, watch_pid: Option<u32> },
+    Streams {
+        count: usize,
+        watch_pid: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +121,8 @@ pub struct Report {
     pub timeouts: u64,
     /// Due but never sent before the run ended (the generator or the server fell behind).
     pub unsent: u64,
-    /// Successful responses per second over the measured part.
+    /// Successful responses per second, from the start of the measured part until the last
+    /// measured response (past the schedule's end when the server fell behind).
     pub achieved_rps: f64,
     /// Responses with `x-vsr-cache-hit: true` (router decision-cache hits).
     pub cache_hits: u64,
@@ -210,7 +218,8 @@ impl Target {
         for (k, v) in &self.headers {
             b = b.header(k, v);
         }
-        b.body(Full::new(body)).expect("request parts were validated")
+        b.body(Full::new(body))
+            .expect("request parts were validated")
     }
 }
 
@@ -266,7 +275,12 @@ async fn exchange(
             frame.map_err(|_| ())?;
             first_chunk.get_or_insert_with(|| sent.elapsed());
         }
-        Ok::<_, ()>((ok, cache_hit, first_chunk.unwrap_or_else(|| sent.elapsed()), sent))
+        Ok::<_, ()>((
+            ok,
+            cache_hit,
+            first_chunk.unwrap_or_else(|| sent.elapsed()),
+            sent,
+        ))
     };
     let start = Instant::now();
     match tokio::time::timeout_at(deadline, attempt).await {
@@ -300,6 +314,8 @@ struct Tally {
     io_errors: u64,
     timeouts: u64,
     cache_hits: u64,
+    /// When the last measured request ended.
+    last_done: Option<Instant>,
 }
 
 impl Tally {
@@ -316,11 +332,13 @@ impl Tally {
             io_errors: 0,
             timeouts: 0,
             cache_hits: 0,
+            last_done: None,
         }
     }
 
     fn record(&mut self, outcome: Outcome, from: Instant, sent: Instant) {
         let now = Instant::now();
+        self.last_done = Some(self.last_done.map_or(now, |t| t.max(now)));
         let us = |d: Duration| (d.as_micros() as u64).max(1);
         match outcome {
             Outcome::Done {
@@ -354,6 +372,55 @@ impl Tally {
         self.io_errors += o.io_errors;
         self.timeouts += o.timeouts;
         self.cache_hits += o.cache_hits;
+        self.last_done = match (self.last_done, o.last_done) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// A one-shot timer with microsecond precision (Linux timerfd) that the runtime's epoll waits on.
+struct PreciseTimer(AsyncFd<Fd>);
+
+/// The timerfd as tokio's reactor wants it (a raw fd).
+struct Fd(TimerFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl PreciseTimer {
+    fn new() -> std::io::Result<Self> {
+        let fd = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // SAFETY: `Fd` owns the timerfd, which stays open and is the same descriptor for as long
+        // as the AsyncFd holds it (it is dropped with it).
+        let registered = unsafe { AsyncFd::register_with_interest(Fd(fd), Interest::READABLE) };
+        Ok(Self(registered?))
+    }
+
+    async fn wait_until(&self, at: Instant) -> std::io::Result<()> {
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let left = nix::sys::time::TimeSpec::from_duration(left);
+        self.0
+            .get_ref()
+            .0
+            .set(Expiration::OneShot(left), TimerSetTimeFlags::empty())?;
+        loop {
+            let mut ready = self.0.readable().await?;
+            match ready.get_inner().0.wait() {
+                Ok(()) => return Ok(()),
+                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -408,10 +475,18 @@ async fn open_loop(plan: Plan, rate: f64, connections: usize, url: String) -> Re
     // Past `end` + timeout nothing more is waited for.
     let hard_stop = tokio::time::Instant::from_std(end + plan.target.timeout);
 
-    // The schedule, on its own thread: a runtime timer's millisecond granularity would bunch
-    // requests and add up to a millisecond to every latency.
+    // The schedule, as a task on the same runtime, woken by a timerfd: a runtime timer's
+    // millisecond granularity would bunch requests and add up to a millisecond to every
+    // latency, and a thread of its own would cost a cross-thread wake-up per request.
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let scheduler = std::thread::spawn(move || {
+    let scheduler = tokio::spawn(async move {
+        let timer = match PreciseTimer::new() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("timerfd: {e}");
+                return 0;
+            }
+        };
         let mut seq = 0u64;
         let mut scheduled = 0u64;
         loop {
@@ -419,9 +494,8 @@ async fn open_loop(plan: Plan, rate: f64, connections: usize, url: String) -> Re
             if at >= end {
                 break;
             }
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
+            if at > Instant::now() && timer.wait_until(at).await.is_err() {
+                break;
             }
             let measured = at >= measure_from;
             scheduled += u64::from(measured);
@@ -458,9 +532,7 @@ async fn open_loop(plan: Plan, rate: f64, connections: usize, url: String) -> Re
             tally
         }));
     }
-    let scheduled = tokio::task::spawn_blocking(move || scheduler.join().unwrap_or(0))
-        .await
-        .unwrap_or(0);
+    let scheduled = scheduler.await.unwrap_or(0);
     let mut tally = Tally::new();
     for w in workers {
         if let Ok(t) = w.await {
@@ -468,7 +540,14 @@ async fn open_loop(plan: Plan, rate: f64, connections: usize, url: String) -> Re
         }
     }
     let done = tally.ok + tally.http_errors + tally.io_errors + tally.timeouts;
-    let mut report = report("open", url, connections, plan.duration, &tally);
+    let mut report = report(
+        "open",
+        url,
+        connections,
+        measure_from,
+        plan.duration,
+        &tally,
+    );
     report.target_rate = Some(rate);
     report.scheduled = scheduled;
     report.unsent = scheduled.saturating_sub(done);
@@ -509,7 +588,14 @@ async fn closed_loop(plan: Plan, concurrency: usize, url: String) -> Report {
             tally.merge(t);
         }
     }
-    let mut report = report("closed", url, concurrency, plan.duration, &tally);
+    let mut report = report(
+        "closed",
+        url,
+        concurrency,
+        measure_from,
+        plan.duration,
+        &tally,
+    );
     report.scheduled = tally.completed + tally.io_errors + tally.timeouts;
     report
 }
@@ -620,7 +706,7 @@ async fn streams(plan: Plan, count: usize, watch_pid: Option<u32>, url: String) 
     }
     stop.store(true, Ordering::Relaxed);
     let (max_open, rss_at_max, peak) = watcher.await.unwrap_or((0, None, None));
-    let mut report = report("streams", url, count, plan.duration, &tally);
+    let mut report = report("streams", url, count, start, plan.duration, &tally);
     report.scheduled = count as u64;
     report.first_chunk_ms = Some(Percentiles::of(&tally.first_chunk));
     report.max_open_streams = Some(max_open);
@@ -633,9 +719,16 @@ fn report(
     mode: &'static str,
     url: String,
     connections: usize,
+    measure_from: Instant,
     duration: Duration,
     t: &Tally,
 ) -> Report {
+    let span = t
+        .last_done
+        .map_or(duration, |last| {
+            last.saturating_duration_since(measure_from)
+        })
+        .max(duration);
     Report {
         mode,
         url,
@@ -646,7 +739,7 @@ fn report(
         http_errors: t.http_errors,
         io_errors: t.io_errors,
         timeouts: t.timeouts,
-        achieved_rps: t.ok as f64 / duration.as_secs_f64(),
+        achieved_rps: t.ok as f64 / span.as_secs_f64(),
         cache_hits: t.cache_hits,
         latency_ms: Percentiles::of(&t.latency),
         service_ms: Percentiles::of(&t.service),

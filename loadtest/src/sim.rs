@@ -270,7 +270,7 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens, "total_tokens": prompt_tokens + max_tokens});
 
     if !stream {
-        tokio::time::sleep(ttft + interval * (max_tokens as u32 - 1)).await;
+        pause(ttft + interval * (max_tokens as u32 - 1)).await;
         let text: String = (0..max_tokens).map(token).collect();
         let body = match kind {
             Kind::Chat => json!({
@@ -302,7 +302,7 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
             }
         };
         let sse = |v: &Value| Bytes::from(format!("data: {v}\n\n"));
-        tokio::time::sleep(ttft).await;
+        pause(ttft).await;
         if kind == Kind::Chat
             && tx
                 .send(sse(&chunk(
@@ -316,7 +316,7 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
         }
         for i in 0..max_tokens {
             if i > 0 {
-                tokio::time::sleep(interval).await;
+                pause(interval).await;
             }
             let last = i + 1 == max_tokens;
             let finish = if last { json!("length") } else { Value::Null };
@@ -443,6 +443,14 @@ async fn set_control(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
             &format!("control: {e}"),
             "invalid_request_error",
         ),
+    }
+}
+
+/// Waits `d`; not at all when it is zero (`--ttft-ms 0 --tokens-per-sec inf`: an instant
+/// backend), since even a zero-length runtime timer waits for the next millisecond tick.
+async fn pause(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
     }
 }
 

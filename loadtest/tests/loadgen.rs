@@ -154,7 +154,10 @@ async fn streams_are_held_open_together_and_memory_is_watched() {
     assert_eq!(report.ok, 20, "{report:?}");
     assert_eq!(report.max_open_streams, Some(20));
     assert!(report.watched_rss_kib_at_max_open.unwrap() > 1000);
-    assert!(report.service_ms.p50 >= 400.0, "streams ended early: {report:?}");
+    assert!(
+        report.service_ms.p50 >= 400.0,
+        "streams ended early: {report:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,9 +174,11 @@ async fn unreachable_target_is_a_clear_error() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("cannot reach"), "{err}");
-    assert!(Target::parse("https://x:1/", String::new(), Duration::from_secs(1))
-        .await
-        .is_err());
+    assert!(
+        Target::parse("https://x:1/", String::new(), Duration::from_secs(1))
+            .await
+            .is_err()
+    );
 }
 
 #[test]
@@ -202,7 +207,14 @@ fn cli_writes_json_and_gates_on_thresholds() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("thresholds missed"));
     // Bad flags are refused with a message.
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--url", "http://127.0.0.1:1/", "--rate", "10", "--seconds", "-1"])
+        .args([
+            "--url",
+            "http://127.0.0.1:1/",
+            "--rate",
+            "10",
+            "--seconds",
+            "-1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

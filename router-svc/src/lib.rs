@@ -18,6 +18,19 @@ pub mod upstream;
 use std::future::Future;
 use std::sync::Arc;
 
+/// Binds `addr` with a listen backlog of 4096 (capped by `net.core.somaxconn`). The default of
+/// 128 drops the SYNs of a burst of new connections (a thousand clients opening streams at
+/// once), which then wait a second for the retransmission.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Builds everything from `cfg` and serves HTTP on `listener` until `shutdown` resolves,
 /// then lets in-flight requests finish.
 pub async fn serve(

@@ -50,7 +50,7 @@ struct Args {
     /// Per-request limit in seconds (open loop: from the scheduled time).
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// Runtime worker threads.
+    /// Threads (1: a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Write the JSON report here (else to stdout).
@@ -94,10 +94,17 @@ fn main() -> anyhow::Result<()> {
     let duration = secs("seconds", a.seconds)?;
     let warmup = secs("warmup", a.warmup)?;
     let timeout = secs("timeout", a.timeout)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.threads.max(1))
-        .enable_all()
-        .build()?;
+    // One thread (the default): no cross-thread wake-ups, the lightest on a small machine.
+    let rt = if a.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.threads)
+            .enable_all()
+            .build()?
+    };
     let report = rt.block_on(async {
         let mut target = Target::parse(&a.url, body, timeout).await?;
         for h in &a.headers {

@@ -24,7 +24,7 @@ struct Args {
     /// Time to first token, ms.
     #[arg(long, env = "SIM_TTFT_MS", default_value_t = 20)]
     ttft_ms: u64,
-    /// Streamed tokens per second.
+    /// Streamed tokens per second (`inf`: no wait between tokens).
     #[arg(long, env = "SIM_TOKENS_PER_SEC", default_value_t = 200.0)]
     tokens_per_sec: f64,
     #[arg(long, env = "SIM_DEFAULT_MAX_TOKENS", default_value_t = 16)]
@@ -46,8 +46,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
-    if a.tokens_per_sec <= 0.0 {
-        anyhow::bail!("--tokens-per-sec must be positive");
+    if a.tokens_per_sec.is_nan() || a.tokens_per_sec <= 0.0 {
+        anyhow::bail!("--tokens-per-sec must be positive (or inf)");
     }
     let cfg = SimConfig {
         name: a.name,
@@ -62,8 +62,16 @@ async fn main() -> anyhow::Result<()> {
             slow_factor: a.slow_factor,
         },
     };
-    let listener = tokio::net::TcpListener::bind(a.addr)
-        .await
+    // A backlog of 4096 like vLLM's server (std's 128 drops the SYNs of a burst of connects).
+    let socket = if a.addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    let listener = socket
+        .bind(a.addr)
+        .and_then(|()| socket.listen(4096))
         .map_err(|e| anyhow::anyhow!("bind {}: {e}", a.addr))?;
     tracing::info!(addr = %a.addr, "vllm-sim (simulated backend) listening");
     serve(listener, cfg, async {

@@ -36,20 +36,47 @@ pub struct Endpoint {
     healthy: AtomicBool,
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// The forwarded paths' URLs, parsed once: parsing one per request cost a cache hit ~4 % of
+    /// its CPU.
+    targets: Vec<(&'static str, reqwest::Url)>,
+    /// `router_upstream_in_flight` for this endpoint, registered once.
+    in_flight_gauge: metrics::Gauge,
 }
+
+/// The paths requests are forwarded to.
+const FORWARDED_PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
 
 impl Endpoint {
     fn new(model: &str, url: &str) -> Self {
+        let url = url.trim_end_matches('/').to_string();
+        let targets = FORWARDED_PATHS
+            .iter()
+            .filter_map(|p| Some((*p, reqwest::Url::parse(&format!("{url}{p}")).ok()?)))
+            .collect();
         let ep = Self {
             model: model.to_string(),
-            url: url.trim_end_matches('/').to_string(),
+            in_flight_gauge: metrics::gauge!("router_upstream_in_flight",
+                "model" => model.to_string(), "endpoint" => url.clone()),
+            url,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            targets,
         };
         ep.gauge_healthy(true);
         ep
+    }
+
+    /// The URL of `path` on this endpoint.
+    fn target(&self, path: &str) -> Result<reqwest::Url, String> {
+        match self.targets.iter().find(|(p, _)| *p == path) {
+            Some((_, u)) => Ok(u.clone()),
+            None => {
+                let u = format!("{}{path}", self.url);
+                reqwest::Url::parse(&u).map_err(|e| format!("{u}: {e}"))
+            }
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -110,8 +137,7 @@ pub struct InFlight(Arc<Endpoint>);
 impl InFlight {
     fn new(ep: Arc<Endpoint>) -> Self {
         let n = ep.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("router_upstream_in_flight", "model" => ep.model.clone(), "endpoint" => ep.url.clone())
-            .set(n as f64);
+        ep.in_flight_gauge.set(n as f64);
         Self(ep)
     }
 }
@@ -119,8 +145,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let n = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!("router_upstream_in_flight", "model" => self.0.model.clone(), "endpoint" => self.0.url.clone())
-            .set(n as f64);
+        self.0.in_flight_gauge.set(n as f64);
     }
 }
 
@@ -210,6 +235,8 @@ impl Upstream {
             .connect_timeout(ms(cfg.connect_timeout_ms))
             .pool_max_idle_per_host(cfg.max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(90))
+            // A proxy relays a redirect; it does not follow one with the client's body.
+            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .build()?;
         Ok(Self {
@@ -269,9 +296,19 @@ impl Upstream {
                 }
                 let ep = eps[i].clone();
                 let in_flight = InFlight::new(ep.clone());
+                let url = match ep.target(path) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        last_error = Some(Error::BadGateway {
+                            model: model.name.clone(),
+                            detail: format!("invalid endpoint URL {e}"),
+                        });
+                        continue;
+                    }
+                };
                 let mut req = self
                     .client
-                    .post(format!("{}{path}", ep.url))
+                    .post(url)
                     .headers(forward_headers.clone())
                     .header("content-type", "application/json")
                     .body(body.clone());
