@@ -212,8 +212,7 @@ fn cli_writes_json_and_gates_on_thresholds() {
             "http://127.0.0.1:1/",
             "--rate",
             "10",
-            "--seconds",
-            "-1",
+            "--seconds=-1",
         ])
         .output()
         .unwrap();
