@@ -52,25 +52,67 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut graceful = stop_rx.clone();
-    let mut forced = stop_rx;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
-    let result = tokio::select! {
-        r = server => r,
+    let mut forced = stop_rx.clone();
+    let server = accept(listener, app, stop_rx);
+    tokio::select! {
+        () = server => {}
         _ = async {
             let _ = forced.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(grace_ms = grace.as_millis() as u64,
                 "requests still in flight after the shutdown grace period; stopping anyway");
-            Ok(())
         }
-    };
+    }
     health.abort();
     if let Some(w) = watcher {
         w.abort();
     }
-    Ok(result?)
+    Ok(())
+}
+
+/// Serves HTTP/1.1 (and h2c) connections until `stop` turns true, then waits for the open ones to
+/// finish their requests. hyper directly rather than `axum::serve`, to cap each connection's read
+/// buffer at hyper's minimum (8 KiB): by default it grew to 16 KiB once a request was read, and
+/// kept it as long as a stream stayed open.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().max_buf_size(8192);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: say so, back off, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stopped => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
