@@ -14,7 +14,7 @@ use semroute_router::config::{Cli, Config};
 
 // The system allocator: with 1,000 open streams the router's RSS was 81-108 MB on mimalloc
 // (its arenas and per-thread pages) and ~71 MB on glibc's malloc, at the same CPU per request
-// (loadtest/RESULTS.md).
+// (README, "Performance report").
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
