@@ -158,6 +158,8 @@ pub enum LoadgenError {
     Resolve(String, std::io::Error),
     #[error("invalid load: {0}")]
     Load(String),
+    #[error("cannot set up the schedule's timer (timerfd): {0}")]
+    Timer(std::io::Error),
     #[error("cannot reach {addr}: {source}")]
     Unreachable {
         addr: SocketAddr,
@@ -424,6 +426,17 @@ impl PreciseTimer {
     }
 }
 
+/// Every worker's counts together.
+async fn merged(workers: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut tally = Tally::new();
+    for w in workers {
+        if let Ok(t) = w.await {
+            tally.merge(t);
+        }
+    }
+    tally
+}
+
 /// A due request: its sequence number, its scheduled time, whether it is measured.
 struct Due {
     seq: u64,
@@ -448,7 +461,7 @@ pub async fn run(plan: Plan) -> Result<Report, LoadgenError> {
                     "rate and connections must be positive".into(),
                 ));
             }
-            Ok(open_loop(plan, rate, connections, url).await)
+            open_loop(plan, rate, connections, url).await
         }
         Load::Closed { concurrency } => {
             if concurrency == 0 {
@@ -465,7 +478,12 @@ pub async fn run(plan: Plan) -> Result<Report, LoadgenError> {
     }
 }
 
-async fn open_loop(plan: Plan, rate: f64, connections: usize, url: String) -> Report {
+async fn open_loop(
+    plan: Plan,
+    rate: f64,
+    connections: usize,
+    url: String,
+) -> Result<Report, LoadgenError> {
     let (tx, rx) = mpsc::unbounded_channel::<Due>();
     let rx = Arc::new(Mutex::new(rx));
     let target = Arc::new(plan.target.clone());
@@ -479,14 +497,8 @@ async fn open_loop(plan: Plan, rate: f64, connections: usize, url: String) -> Re
     // millisecond granularity would bunch requests and add up to a millisecond to every
     // latency, and a thread of its own would cost a cross-thread wake-up per request.
     let interval = Duration::from_secs_f64(1.0 / rate);
+    let timer = PreciseTimer::new().map_err(LoadgenError::Timer)?;
     let scheduler = tokio::spawn(async move {
-        let timer = match PreciseTimer::new() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!("timerfd: {e}");
-                return 0;
-            }
-        };
         let mut seq = 0u64;
         let mut scheduled = 0u64;
         loop {
@@ -533,12 +545,7 @@ async fn open_loop(plan: Plan, rate: f64, connections: usize, url: String) -> Re
         }));
     }
     let scheduled = scheduler.await.unwrap_or(0);
-    let mut tally = Tally::new();
-    for w in workers {
-        if let Ok(t) = w.await {
-            tally.merge(t);
-        }
-    }
+    let tally = merged(workers).await;
     let done = tally.ok + tally.http_errors + tally.io_errors + tally.timeouts;
     let mut report = report(
         "open",
@@ -551,7 +558,7 @@ async fn open_loop(plan: Plan, rate: f64, connections: usize, url: String) -> Re
     report.target_rate = Some(rate);
     report.scheduled = scheduled;
     report.unsent = scheduled.saturating_sub(done);
-    report
+    Ok(report)
 }
 
 async fn closed_loop(plan: Plan, concurrency: usize, url: String) -> Report {
@@ -582,12 +589,7 @@ async fn closed_loop(plan: Plan, concurrency: usize, url: String) -> Report {
             tally
         }));
     }
-    let mut tally = Tally::new();
-    for w in workers {
-        if let Ok(t) = w.await {
-            tally.merge(t);
-        }
-    }
+    let tally = merged(workers).await;
     let mut report = report(
         "closed",
         url,
@@ -698,12 +700,7 @@ async fn streams(plan: Plan, count: usize, watch_pid: Option<u32>, url: String) 
             tally
         }));
     }
-    let mut tally = Tally::new();
-    for t in tasks {
-        if let Ok(t) = t.await {
-            tally.merge(t);
-        }
-    }
+    let tally = merged(tasks).await;
     stop.store(true, Ordering::Relaxed);
     let (max_open, rss_at_max, peak) = watcher.await.unwrap_or((0, None, None));
     let mut report = report("streams", url, count, start, plan.duration, &tally);
