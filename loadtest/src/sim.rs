@@ -126,15 +126,46 @@ pub fn router(cfg: SimConfig) -> Router {
         .with_state(sim)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, then closes every connection at once, as a backend process
+/// that dies would: requests and streams in flight are cut, kept-alive connections are reset.
+/// The connections are tasks of a `JoinSet` owned by this future, so dropping the future (a task
+/// that is aborted) closes them too. `axum::serve` spawned them apart: a stopped simulator kept
+/// answering on connections opened before, which made "backend gone" tests race.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     cfg: SimConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(cfg))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = router(cfg);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            // Reap finished connections so the set does not grow with every one ever served.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        conns.spawn(async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+        });
+    }
+    drop(listener);
+    conns.shutdown().await;
+    Ok(())
 }
 
 fn openai_error(status: StatusCode, message: &str, kind: &str) -> Response {
