@@ -152,7 +152,20 @@ def check_dashboard():
             for metric in re.findall(r"\b((?:router|classifier)_[a-z_]+?)(?:_bucket|_sum|_count)?\b[\[{ )]", t["expr"] + " "):
                 if f'"{metric}"' not in sources and f"{metric}" not in sources:
                     problem(f"dashboard panel {panel['title']!r} queries {metric}, which nothing exports")
+    # Alert rules: valid YAML, every rule named with an expr, every metric exported.
+    import yaml
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yaml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if not rule.get("alert") or not rule.get("expr"):
+                problem(f"alerts.yaml group {group['name']!r}: a rule without alert name or expr")
+                continue
+            for metric in re.findall(r"\b((?:router|classifier)_[a-z_]+?)(?:_bucket|_sum|_count)?\b[\[{ )]", rule["expr"] + " "):
+                if f"{metric}" not in sources:
+                    problem(f"alert {rule['alert']!r} queries {metric}, which nothing exports")
     prom = (ROOT / "deploy/compose/prometheus.yml").read_text()
+    if "/etc/prometheus/alerts.yaml" not in prom:
+        problem("prometheus.yml does not load the alert rules (deploy/prometheus/alerts.yaml)")
     for target in re.findall(r'"([a-z-]+):\d+"', prom):
         if target not in ("localhost",) and target not in SERVICES:
             problem(f"prometheus.yml scrapes {target}, not a compose service")

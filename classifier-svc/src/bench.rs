@@ -5,7 +5,10 @@
 //!   server on loopback with the dynamic batcher;
 //! - efficiency: the model's achieved GFLOP/s beside candle's own f32 matmul rate on large square
 //!   matrices, measured in the same run;
-//! - layouts: one shared encoder with 3 heads vs 3 sequence-classification checkpoints.
+//! - layouts: one shared encoder with 3 heads vs 3 sequence-classification checkpoints;
+//! - open loop: calls sent on a fixed schedule (the router's pattern: one text a call, each with
+//!   a gRPC deadline) at fixed rates and at fractions of the closed-loop capacity, latency from
+//!   the scheduled send time, so a queue that builds up shows (closed loops hide it).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -45,6 +48,19 @@ pub struct BenchArgs {
     pub max_batch_size: usize,
     #[arg(long, default_value_t = 8192)]
     pub max_batch_tokens: usize,
+    /// Open loop: fixed rates (calls/s) of one short text a call...
+    #[arg(long, value_delimiter = ',', default_value = "150")]
+    pub open_loop_rates: Vec<f64>,
+    /// ...and fractions of the capacity measured closed-loop with the most clients.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.25,0.5,0.75,0.9,1.0,2.0"
+    )]
+    pub open_loop_fractions: Vec<f64>,
+    /// Deadline sent with each open-loop call as grpc-timeout (the router's is 50 ms); 0 = none.
+    #[arg(long, default_value_t = 50)]
+    pub deadline_ms: u64,
     /// Where random-weight bench models are cached.
     #[arg(long, default_value = "target/bench-models")]
     pub cache: PathBuf,
@@ -246,6 +262,77 @@ async fn grpc(
     Ok(stats(lat, elapsed, n))
 }
 
+/// One open-loop measurement.
+struct OpenLoop {
+    offered: f64,
+    answered_per_s: f64,
+    /// Share of calls answered OK (the rest missed their deadline or were refused).
+    answered: f64,
+    deadline_missed: usize,
+    other_errors: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Open loop: `rate` calls a second for `seconds`, each sent at its scheduled time whatever the
+/// earlier ones are doing, over a few HTTP/2 connections; latency counts from the scheduled time.
+async fn open_loop(
+    addr: std::net::SocketAddr,
+    texts: Arc<Vec<String>>,
+    rate: f64,
+    seconds: f64,
+    deadline: Option<Duration>,
+) -> anyhow::Result<OpenLoop> {
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        conns.push(ClassifierClient::new(ch));
+    }
+    let n = ((rate * seconds).round() as usize).max(1);
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let mut calls = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at).await;
+        let mut c = conns[i % conns.len()].clone();
+        let text = texts[i % texts.len()].clone();
+        calls.push(tokio::spawn(async move {
+            let mut req = tonic::Request::new(pb::ClassifyRequest {
+                texts: vec![text],
+                ..Default::default()
+            });
+            if let Some(d) = deadline {
+                req.set_timeout(d);
+            }
+            let r = c.classify(req).await;
+            (r.map(|_| ()).map_err(|s| s.code()), at.elapsed())
+        }));
+    }
+    let (mut lat, mut missed, mut other) = (Vec::new(), 0, 0);
+    for call in calls {
+        match call.await? {
+            (Ok(()), t) => lat.push(t),
+            (Err(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), _) => missed += 1,
+            (Err(_), _) => other += 1,
+        }
+    }
+    let elapsed = start.elapsed();
+    let ok = lat.len();
+    let s = stats(lat, elapsed, ok);
+    Ok(OpenLoop {
+        offered: rate,
+        answered_per_s: s.throughput,
+        answered: ok as f64 / n as f64,
+        deadline_missed: missed,
+        other_errors: other,
+        p50_ms: s.p50_ms,
+        p99_ms: s.p99_ms,
+    })
+}
+
 /// Best of a few f32 matmuls of `n x n` matrices, in GFLOP/s.
 fn matmul_gflops(n: usize) -> anyhow::Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
@@ -402,6 +489,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             )
             .await;
         let mut efficiency = Vec::new();
+        // Closed-loop texts/s with the most clients, per length: the open loop's capacity.
+        let mut capacity = Vec::new();
         for &len in &args.lengths {
             let pool = texts(&model, len, 256, len as u64);
             let real_len = model.tokenize(&pool[0], Truncation::Truncate)?.ids.len();
@@ -430,6 +519,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let pool = Arc::new(pool);
             for &c in &args.clients {
                 let s = grpc(running.grpc_addr, pool.clone(), c, args.seconds).await?;
+                if Some(&c) == args.clients.iter().max() {
+                    capacity.push((real_len, s.throughput, pool.clone()));
+                }
                 writeln!(
                     report,
                     "| gRPC {c} clients | {real_len} | {:.1} | {:.2} | {:.2} | {} |",
@@ -443,6 +535,56 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     p50 = s.p50_ms,
                     p99 = s.p99_ms,
                     "grpc"
+                );
+            }
+        }
+        if let Some((len, cap, pool)) = capacity.first() {
+            let deadline = (args.deadline_ms > 0).then(|| Duration::from_millis(args.deadline_ms));
+            writeln!(report)?;
+            writeln!(
+                report,
+                "Open loop, {len}-token prompts, one text a call, deadline {} (grpc-timeout); capacity = the {}-client closed loop's {cap:.1} texts/s. Latency of answered calls from their scheduled send time; missed = answered DEADLINE_EXCEEDED (dropped before inference or late).\n",
+                if args.deadline_ms > 0 { format!("{} ms", args.deadline_ms) } else { "none".into() },
+                args.clients.iter().max().copied().unwrap_or(1),
+            )?;
+            writeln!(
+                report,
+                "| offered calls/s | of capacity | answered/s | answered | missed | other errors | p50 ms | p99 ms |"
+            )?;
+            writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+            let rates = args
+                .open_loop_rates
+                .iter()
+                .copied()
+                .chain(args.open_loop_fractions.iter().map(|f| f * cap));
+            for rate in rates.filter(|r| *r > 0.0) {
+                let o = open_loop(
+                    running.grpc_addr,
+                    pool.clone(),
+                    rate,
+                    args.seconds,
+                    deadline,
+                )
+                .await?;
+                writeln!(
+                    report,
+                    "| {:.0} | {:.0}% | {:.1} | {:.1}% | {} | {} | {:.2} | {:.2} |",
+                    o.offered,
+                    100.0 * o.offered / cap,
+                    o.answered_per_s,
+                    100.0 * o.answered,
+                    o.deadline_missed,
+                    o.other_errors,
+                    o.p50_ms,
+                    o.p99_ms
+                )?;
+                tracing::info!(
+                    model = name,
+                    rate,
+                    answered = o.answered,
+                    p50 = o.p50_ms,
+                    p99 = o.p99_ms,
+                    "open loop"
                 );
             }
         }

@@ -212,6 +212,10 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "CLASSIFIER_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Fault injection for chaos runs: `POST /chaos {"inference_delay_ms": N}` on the HTTP port
+    /// slows every batch by N ms. Off by default (the route does not exist then).
+    #[arg(long, env = "CLASSIFIER_CHAOS_CONTROL", default_value_t = false)]
+    pub chaos_control: bool,
 }
 
 impl ServeArgs {
@@ -229,6 +233,7 @@ impl ServeArgs {
             max_concurrent: self.max_concurrent.max(1),
             max_text_bytes: self.max_text_bytes.max(1),
             batch: self.batch_config(),
+            chaos_control: self.chaos_control,
         }
     }
 }
@@ -240,6 +245,8 @@ pub struct Limits {
     pub max_concurrent: usize,
     pub max_text_bytes: usize,
     pub batch: BatchConfig,
+    /// Serve `POST /chaos` (fault injection) on the HTTP port.
+    pub chaos_control: bool,
 }
 
 impl Default for Limits {
@@ -249,6 +256,7 @@ impl Default for Limits {
             max_concurrent: 512,
             max_text_bytes: 256 * 1024,
             batch: BatchConfig::default(),
+            chaos_control: false,
         }
     }
 }

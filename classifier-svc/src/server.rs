@@ -49,6 +49,7 @@ pub async fn start(
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let chaos_control = limits.chaos_control;
     let service = ClassifierService::new(limits, health_reporter);
     service.expect_tasks(expected_tasks).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -77,7 +78,7 @@ pub async fn start(
     let grpc = tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped_grpc.wait_for(|s| *s).await;
     }));
-    let app = crate::http::router(metrics, service.clone());
+    let app = crate::http::router(metrics, service.clone(), chaos_control);
     tokio::spawn(async move {
         let r = axum::serve(http, app)
             .with_graceful_shutdown(async move {

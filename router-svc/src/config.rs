@@ -69,6 +69,13 @@ pub struct ServerConfig {
     pub body_timeout_ms: u64,
     /// On SIGTERM/Ctrl-C, requests in flight get this long to finish.
     pub shutdown_grace_ms: u64,
+    /// On SIGTERM/Ctrl-C, /readyz answers 503 for this long while the router still serves, so a
+    /// load balancer stops sending before connections close (0: stop accepting at once).
+    pub drain_ms: u64,
+    /// Trouble that happens per request (fail-open, retries, Redis errors, broken streams) is
+    /// counted and logged as one summary line per interval, never a line per request; the
+    /// classified-share gauge covers the same interval.
+    pub summary_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +87,8 @@ impl Default for ServerConfig {
             max_in_flight: 4096,
             body_timeout_ms: 30_000,
             shutdown_grace_ms: 30_000,
+            drain_ms: 0,
+            summary_interval_ms: 10_000,
         }
     }
 }
@@ -94,7 +103,9 @@ pub struct ClassifierConfig {
     /// Deadline of one Classify call (sent as grpc-timeout too).
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
-    /// Consecutive failures that open the circuit breaker...
+    /// Consecutive failures that open the circuit breaker (connection refused or reset,
+    /// UNAVAILABLE: the classifier is dead; a busy one, past its deadline or RESOURCE_EXHAUSTED,
+    /// is left to `admission`)...
     pub breaker_failures: u32,
     /// ...and how long it stays open before one probe call is let through.
     pub breaker_cooldown_ms: u64,
@@ -102,6 +113,34 @@ pub struct ClassifierConfig {
     pub info_refresh_ms: u64,
     /// What text of a request is classified.
     pub input: InputConfig,
+    /// The adaptive limit on Classify calls in flight: over it a request fails open at once
+    /// (reason `shed`) instead of waiting out the deadline behind a busy classifier.
+    pub admission: AdmissionConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Calls in flight allowed at start, and the bounds the limit moves between.
+    pub initial_limit: usize,
+    pub min_limit: usize,
+    pub max_limit: usize,
+    /// A call answered slower than this (or past its deadline, or RESOURCE_EXHAUSTED) shrinks
+    /// the limit by `backoff_ratio`; a quick one grows it by one. 0 = 3/4 of `timeout_ms`.
+    pub slow_ms: u64,
+    pub backoff_ratio: f64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            initial_limit: 16,
+            min_limit: 1,
+            max_limit: 256,
+            slow_ms: 0,
+            backoff_ratio: 0.9,
+        }
+    }
 }
 
 impl Default for ClassifierConfig {
@@ -114,6 +153,7 @@ impl Default for ClassifierConfig {
             breaker_cooldown_ms: 2000,
             info_refresh_ms: 10_000,
             input: InputConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -143,7 +183,8 @@ impl Default for InputConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Redis URL (env ROUTER_REDIS_URL; empty = in-process cache only).
+    /// Redis URL (env ROUTER_REDIS_URL). Absent, `null` or `""` (in the file or the
+    /// environment): no Redis, the in-process cache only.
     pub redis_url: Option<String>,
     pub key_prefix: String,
     /// TTL of a decision in Redis.
@@ -161,7 +202,7 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            redis_url: Some("redis://127.0.0.1:6379".into()),
+            redis_url: None,
             key_prefix: "vsr:decision:".into(),
             ttl_secs: 3600,
             local_capacity: 10_000,
@@ -480,6 +521,7 @@ impl Config {
             }
         })?;
         cfg.apply_env(|k| std::env::var(k).ok());
+        cfg.normalise();
         cfg.validate()?;
         Ok(cfg)
     }
@@ -521,6 +563,18 @@ impl Config {
             if let Some(v) = get(&endpoints_env_name(&m.name)) {
                 m.endpoints = list(v);
             }
+        }
+    }
+
+    /// Every way of saying "none" becomes None.
+    fn normalise(&mut self) {
+        if self
+            .cache
+            .redis_url
+            .as_ref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            self.cache.redis_url = None;
         }
     }
 
@@ -688,6 +742,10 @@ impl Config {
             ("server.max_body_bytes", self.server.max_body_bytes as u64),
             ("server.max_in_flight", self.server.max_in_flight as u64),
             ("server.body_timeout_ms", self.server.body_timeout_ms),
+            (
+                "server.summary_interval_ms",
+                self.server.summary_interval_ms,
+            ),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -703,6 +761,34 @@ impl Config {
                     format!("{a:?} is not an http(s) gRPC address"),
                 );
             }
+        }
+        if let Some(url) = &self.cache.redis_url {
+            use deadpool_redis::redis::IntoConnectionInfo;
+            if let Err(e) = url.as_str().into_connection_info() {
+                return bad(
+                    "cache.redis_url".into(),
+                    format!("{url:?} is not a Redis URL ({e}); null or \"\" for none"),
+                );
+            }
+        }
+        let a = &self.classifier.admission;
+        if a.min_limit == 0 || a.min_limit > a.max_limit {
+            return bad(
+                "classifier.admission.min_limit".into(),
+                format!("must be at least 1 and at most max_limit ({})", a.max_limit),
+            );
+        }
+        if a.initial_limit < a.min_limit || a.initial_limit > a.max_limit {
+            return bad(
+                "classifier.admission.initial_limit".into(),
+                format!("must be within [{}, {}]", a.min_limit, a.max_limit),
+            );
+        }
+        if !(0.5..1.0).contains(&a.backoff_ratio) {
+            return bad(
+                "classifier.admission.backoff_ratio".into(),
+                format!("{} is not in [0.5, 1)", a.backoff_ratio),
+            );
         }
         if !self.upstream.health_path.starts_with('/') {
             return bad("upstream.health_path".into(), "must start with '/'".into());
@@ -855,5 +941,41 @@ routing:
             c.policy_version(),
             "reasoning switch is policy"
         );
+    }
+
+    proptest::proptest! {
+        /// Random text and the embedded default with a line dropped, duplicated or a value
+        /// swapped: the loader answers a config or a `Config` error naming a field, never panics.
+        #[test]
+        fn loader_never_panics(text in ".{0,200}") {
+            if let Err(e) = Config::from_yaml(&text) {
+                proptest::prop_assert!(matches!(e, Error::Config { .. }), "{e:?}");
+            }
+        }
+
+        #[test]
+        fn mutated_default_never_panics(
+            line in 0usize..200,
+            how in 0u8..3,
+            value in proptest::sample::select(vec![
+                "", "0", "-1", "null", "\"\"", "[]", "{}", "99999999999999999999", "1.5",
+                "yes", "\"http://\"", "[\"not a url\"]", "{model: nope}",
+            ]),
+        ) {
+            let mut lines: Vec<String> = EMBEDDED_DEFAULT.lines().map(String::from).collect();
+            let i = line % lines.len();
+            match how {
+                0 => { lines.remove(i); }
+                1 => { let l = lines[i].clone(); lines.insert(i, l); }
+                _ => {
+                    if let Some((k, _)) = lines[i].clone().split_once(": ") {
+                        lines[i] = format!("{k}: {value}");
+                    }
+                }
+            }
+            if let Err(e) = Config::from_yaml(&lines.join("\n")) {
+                proptest::prop_assert!(matches!(e, Error::Config { .. }), "{e:?}");
+            }
+        }
     }
 }

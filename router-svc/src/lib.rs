@@ -10,6 +10,7 @@ pub mod balance;
 pub mod config;
 pub mod decide;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod relay;
 pub mod state;
@@ -42,14 +43,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let grace = config::ms(cfg.server.shutdown_grace_ms);
+    let drain = config::ms(cfg.server.drain_ms);
+    let summary = tokio::spawn(events::run(config::ms(cfg.server.summary_interval_ms)));
     let shared = state::Shared::new(state::Runtime::build(cfg, None)?);
     let health = tokio::spawn(upstream::health::run(shared.clone()));
     let watcher = config_path.map(|p| tokio::spawn(state::watch(shared.clone(), p, reload_every)));
     let app = api::router(Arc::clone(&shared), metrics);
     // Stop accepting on `shutdown`; requests in flight get `grace` to finish.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let draining = shared.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Readiness fails first; connections keep being served for `drain`, then accepting stops.
+        draining.start_draining();
+        if !drain.is_zero() {
+            tokio::time::sleep(drain).await;
+        }
         let _ = stop_tx.send(true);
     });
     let mut forced = stop_rx.clone();
@@ -65,6 +74,7 @@ pub async fn serve(
         }
     }
     health.abort();
+    summary.abort();
     if let Some(w) = watcher {
         w.abort();
     }

@@ -35,6 +35,9 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_json);
     let cfg = Config::load(cli.config.as_deref())?;
     if cli.check {
+        // Everything start-up builds (Redis client, classifier channels, upstream pools and
+        // client, TLS), so a config that passes here does not fail at start.
+        semroute_router::state::Runtime::build(cfg.clone(), None)?;
         println!("config OK (policy version {})", cfg.policy_version());
         return Ok(());
     }

@@ -5,8 +5,12 @@
 //!   (until the response head is sent; a stream's body continues after it)
 //! - `router_decisions_total{source}` (classified, cache_local, cache_redis, coalesced, explicit,
 //!   fail_open, no_text), `router_fail_open_total{reason}`
-//! - `router_classify_duration_seconds`, `router_classifier_errors_total{reason}`,
-//!   `router_classifier_circuit_open`
+//! - `router_classify_duration_seconds`, `router_classifier_errors_total{reason}` (shed, timeout,
+//!   overloaded, unavailable, ...), `router_classifier_circuit_open`,
+//!   `router_classifier_concurrency_limit` (admission's current limit),
+//!   `router_classifier_replica_up{replica}` (after a replica was first lost)
+//! - `router_classified_ratio`: share of the last summary interval's `auto` decisions that came
+//!   from the classifier (now or cached) rather than failing open (`events`)
 //! - `router_cache_requests_total{layer,result}` (layer local|redis, result hit|miss|error|skipped),
 //!   `router_redis_connected`
 //! - `router_upstream_requests_total{model,outcome}`, `router_upstream_ttfb_seconds{model}`,

@@ -50,6 +50,9 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
     set("x-vsr-confidence", format!("{:.4}", d.confidence));
     set("x-vsr-cache-hit", d.source.is_cache_hit().to_string());
     set("x-vsr-decision-source", d.source.as_str().into());
+    if let Some(reason) = &d.fail_reason {
+        set("x-vsr-fail-reason", reason.clone());
+    }
     if let Some(r) = &d.route {
         set("x-vsr-selected-route", r.clone());
     }
@@ -223,7 +226,8 @@ async fn pump<G: Send>(
             }
             Ok(Some(Err(e))) => {
                 metrics::counter!("router_stream_errors_total", "model" => model.clone(), "reason" => "upstream").increment(1);
-                tracing::warn!(model = %model, error = %e, "backend stream broke off");
+                crate::events::count(crate::events::Event::StreamError);
+                tracing::debug!(model = %model, error = %e, "backend stream broke off");
                 (
                     error_event("The backend stream broke off.", "upstream_error"),
                     true,
@@ -231,7 +235,8 @@ async fn pump<G: Send>(
             }
             Err(_) => {
                 metrics::counter!("router_stream_errors_total", "model" => model.clone(), "reason" => "timeout").increment(1);
-                tracing::warn!(model = %model, "stream passed the total timeout; cut off");
+                crate::events::count(crate::events::Event::StreamError);
+                tracing::debug!(model = %model, "stream passed the total timeout; cut off");
                 (
                     error_event("The stream passed the total timeout.", "upstream_timeout"),
                     true,
@@ -287,5 +292,24 @@ mod tests {
         assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 5));
         assert!(sse_usage(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n").is_none());
         assert!(sse_usage(b"data: {\"usage\":null}\n\n").is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a backend streams (cut anywhere, not UTF-8, not JSON), the chunk
+        /// parser answers without panicking.
+        #[test]
+        fn chunk_parser_never_panics(chunk in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = sse_usage(&chunk);
+        }
+
+        /// A real usage chunk cut at any point: a prefix never yields made-up numbers.
+        #[test]
+        fn cut_usage_chunks_are_all_or_nothing(p in 0u64..100_000, c in 0u64..100_000, cut in 0usize..200) {
+            let full = format!("data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}}}\n\n");
+            let cut = cut.min(full.len());
+            if let Some(u) = sse_usage(&full.as_bytes()[..cut]) {
+                proptest::prop_assert_eq!((u.prompt_tokens, u.completion_tokens), (p, c));
+            }
+        }
     }
 }

@@ -92,13 +92,29 @@ impl Runtime {
 /// The current runtime, swapped atomically.
 pub struct Shared {
     current: ArcSwap<Runtime>,
+    /// Shutting down: readiness says 503 so load balancers stop sending.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     pub fn new(rt: Runtime) -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwap::from_pointee(rt),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        if !self
+            .draining
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!("draining: readiness is 503 from now on");
+        }
     }
 
     pub fn current(&self) -> Arc<Runtime> {
@@ -183,5 +199,195 @@ mod tests {
         );
         assert!(shared.reload("models: []").is_err());
         assert_eq!(shared.current().cfg.routing.confidence_threshold, 0.6);
+    }
+
+    /// Sets `path` (dot-separated; numbers index lists) in a YAML tree.
+    fn set(doc: &mut serde_norway::Value, path: &str, value: serde_norway::Value) {
+        let mut node = doc;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, p) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            node = match p.parse::<usize>() {
+                Ok(n) => &mut node[n],
+                Err(_) => {
+                    let map = node.as_mapping_mut().expect("a mapping on the path");
+                    let key = serde_norway::Value::from(*p);
+                    if last {
+                        map.insert(key.clone(), serde_norway::Value::Null);
+                    } else if !map.contains_key(&key) {
+                        map.insert(key.clone(), serde_norway::Mapping::new().into());
+                    }
+                    map.get_mut(&key).unwrap()
+                }
+            };
+        }
+        *node = value;
+    }
+
+    /// Every field's documented values (router.yaml and README) and a bad one where there is
+    /// one: a value the loader accepts also builds everything start-up builds (what `--check`
+    /// runs), and a refused one is refused by the loader, naming its field.
+    #[tokio::test]
+    async fn documented_values_of_every_field_load_and_build_or_are_refused_by_name() {
+        let ok: &[(&str, &str)] = &[
+            ("server.listen", "127.0.0.1:0"),
+            ("server.listen", "\"[::1]:8080\""),
+            ("server.auto_model", "router"),
+            ("server.max_body_bytes", "1024"),
+            ("server.max_in_flight", "1"),
+            ("server.body_timeout_ms", "100"),
+            ("server.shutdown_grace_ms", "0"),
+            ("server.drain_ms", "5000"),
+            ("server.summary_interval_ms", "1000"),
+            ("classifier.addresses", "[]"),
+            (
+                "classifier.addresses",
+                "[\"http://10.0.0.1:50051\", \"https://classifier:443\"]",
+            ),
+            ("classifier.timeout_ms", "200"),
+            ("classifier.connect_timeout_ms", "1000"),
+            ("classifier.breaker_failures", "1"),
+            ("classifier.breaker_cooldown_ms", "0"),
+            ("classifier.info_refresh_ms", "1000"),
+            ("classifier.input.include_system", "true"),
+            ("classifier.input.history_messages", "3"),
+            ("classifier.input.max_chars", "100"),
+            ("classifier.admission.initial_limit", "1"),
+            ("classifier.admission.max_limit", "16"),
+            ("classifier.admission.slow_ms", "20"),
+            ("classifier.admission.backoff_ratio", "0.5"),
+            ("cache.redis_url", "null"),
+            ("cache.redis_url", "\"\""),
+            ("cache.redis_url", "redis://127.0.0.1:6379"),
+            ("cache.redis_url", "redis://:secret@redis.internal:6380/2"),
+            ("cache.redis_url", "unix:///var/run/redis.sock"),
+            ("cache.key_prefix", "\"other:\""),
+            ("cache.ttl_secs", "60"),
+            ("cache.local_capacity", "0"),
+            ("cache.local_ttl_secs", "1"),
+            ("cache.redis_timeout_ms", "50"),
+            ("cache.redis_retry_ms", "0"),
+            ("cache.redis_pool_size", "1"),
+            ("upstream.connect_timeout_ms", "50"),
+            ("upstream.first_byte_timeout_ms", "1000"),
+            ("upstream.total_timeout_ms", "1000"),
+            ("upstream.max_attempts", "1"),
+            ("upstream.health_path", "/v1/models"),
+            ("upstream.health_interval_ms", "100"),
+            ("upstream.health_timeout_ms", "100"),
+            ("upstream.eject_after_failures", "1"),
+            ("upstream.eject_ms", "0"),
+            ("upstream.max_idle_per_host", "0"),
+            (
+                "models.0.endpoints",
+                "[\"https://vllm.example.com/\", \"http://[::1]:8001\"]",
+            ),
+            ("models.0.reasoning_family", "deepseek"),
+            ("models.0.reasoning_family", "gpt-oss"),
+            ("models.0.reasoning_family", "null"),
+            ("models.0.reasoning_effort", "medium"),
+            (
+                "models.0.pricing",
+                "{input_per_million: 0, output_per_million: 2.5}",
+            ),
+            ("models.0.max_context", "null"),
+            ("models.0.api_key_env", "SEMROUTE_TEST_UNSET_KEY"),
+            (
+                "models.0.pii",
+                "{deny: [EMAIL_ADDRESS, CREDIT_CARD], action: mask}",
+            ),
+            ("models.0.pii", "{deny: [ALL]}"),
+            ("routing.fallback_model", "null"),
+            ("routing.confidence_threshold", "0"),
+            ("routing.confidence_threshold", "1"),
+            ("routing.tasks", "{domain: d, complexity: c, jailbreak: j}"),
+            ("routing.categories", "{}"),
+            ("routing.complexity", "{}"),
+            ("routing.routes", "[]"),
+            ("routing.routes_win", "false"),
+            (
+                "routing.strong_model",
+                "{threshold: 0.56, model: qwen3-8b, weak_model: qwen3-0.6b, use_reasoning: true}",
+            ),
+            ("routing.jailbreak.enabled", "false"),
+            ("routing.jailbreak.action", "flag"),
+            ("routing.jailbreak.labels", "[jailbreak]"),
+            ("routing.jailbreak.threshold", "0.9"),
+            ("routing.jailbreak.message", "\"No.\""),
+        ];
+        let bad: &[(&str, &str)] = &[
+            ("server.listen", "localhost"),
+            ("server.auto_model", "qwen3-8b"),
+            ("server.max_in_flight", "0"),
+            ("server.summary_interval_ms", "0"),
+            ("server.typo", "1"),
+            ("classifier.addresses", "[\"127.0.0.1:50051\"]"),
+            ("classifier.timeout_ms", "0"),
+            ("classifier.admission.min_limit", "0"),
+            ("classifier.admission.initial_limit", "1000"),
+            ("classifier.admission.backoff_ratio", "1.0"),
+            ("cache.redis_url", "\"not a url\""),
+            ("cache.redis_url", "http://127.0.0.1:6379"),
+            // This build has no TLS to Redis: refused at load (and by --check), not at start.
+            ("cache.redis_url", "rediss://redis.example.com:6380"),
+            ("cache.redis_timeout_ms", "0"),
+            ("upstream.health_path", "health"),
+            ("upstream.max_attempts", "0"),
+            ("models.0.endpoints", "[]"),
+            ("models.0.endpoints", "[\"localhost:8001\"]"),
+            ("models.0.reasoning_family", "llama"),
+            ("models.0.pricing", "{input_per_million: -1}"),
+            ("models.0.pii", "{deny: [SHOE_SIZE]}"),
+            ("models", "[]"),
+            ("routing.default_model", "gpt-9"),
+            ("routing.fallback_model", "gpt-9"),
+            ("routing.confidence_threshold", "1.5"),
+            ("routing.categories.math.candidates", "[]"),
+            ("routing.complexity.simple.model", "gpt-9"),
+            ("routing.routes.0.examples", "[\"\"]"),
+            ("routing.strong_model", "{threshold: 2, model: qwen3-8b}"),
+            ("routing.jailbreak.action", "ignore"),
+        ];
+        let base: serde_norway::Value =
+            serde_norway::from_str(crate::config::EMBEDDED_DEFAULT).unwrap();
+        let with = |path: &str, value: &str| {
+            let mut doc = base.clone();
+            set(&mut doc, path, serde_norway::from_str(value).unwrap());
+            serde_norway::to_string(&doc).unwrap()
+        };
+        for (path, value) in ok {
+            let cfg = Config::from_yaml(&with(path, value))
+                .unwrap_or_else(|e| panic!("{path}: {value}: {e}"));
+            Runtime::build(cfg, None).unwrap_or_else(|e| panic!("{path}: {value}: built: {e}"));
+        }
+        for (path, value) in bad {
+            let e = Config::from_yaml(&with(path, value))
+                .err()
+                .unwrap_or_else(|| panic!("{path}: {value} was accepted"))
+                .to_string();
+            let leaf = path
+                .rsplit('.')
+                .find(|p| p.parse::<usize>().is_err())
+                .unwrap();
+            assert!(
+                e.contains(leaf) || e.contains(&path.replace(".0", "[0]")),
+                "{path}: {value}: the error does not name the field: {e}"
+            );
+        }
+        // "None" said every documented way, in the file and in the environment.
+        let none_redis = [
+            with("cache.redis_url", "null"),
+            with("cache.redis_url", "\"\""),
+            with("cache.redis_url", "\"  \""),
+            crate::config::EMBEDDED_DEFAULT.replace("  redis_url: redis://127.0.0.1:6379", ""),
+        ];
+        for text in none_redis {
+            let cfg = Config::from_yaml(&text).unwrap();
+            assert_eq!(cfg.cache.redis_url, None);
+            Runtime::build(cfg, None).unwrap();
+        }
+        let mut cfg = Config::from_yaml(crate::config::EMBEDDED_DEFAULT).unwrap();
+        cfg.apply_env(|k| (k == "ROUTER_REDIS_URL").then(String::new));
+        assert_eq!(cfg.cache.redis_url, None);
     }
 }

@@ -1,10 +1,18 @@
 //! The queue owner: takes requests in, drops dead ones, forms length-grouped batches under the
 //! token budget, and pads the next batch while the inference thread runs the current one.
+//!
+//! Deadline-aware: from a running estimate of batch time (`estimate`), a batch is capped so that
+//! it finishes within the earliest deadline of its members, counting the time until the
+//! inference thread is free. Several small batches that make their deadlines beat one big batch
+//! that misses them all. A request that cannot make its deadline even alone is answered
+//! DEADLINE_EXCEEDED before any inference is spent on it.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::estimate::Estimator;
 use super::{BatchConfig, Msg, Request};
 use crate::error::Error;
 use crate::metrics as m;
@@ -20,6 +28,11 @@ pub(crate) fn run(model: Arc<Model>, cfg: BatchConfig, rx: Receiver<Msg>, out: S
     let mut pending: Vec<Request> = Vec::new();
     // Batches handed to the inference thread and not finished: at most one running + one ready.
     let mut in_flight = 0usize;
+    // Estimated durations of the batches handed over (running first), and when the running one
+    // started: together, when the inference thread will be free.
+    let mut handed: VecDeque<Duration> = VecDeque::new();
+    let mut running_since = Instant::now();
+    let mut est = Estimator::default();
     let mut open = true;
     while open || !pending.is_empty() || in_flight > 0 {
         // Decide how long we may block for the next message.
@@ -66,7 +79,14 @@ pub(crate) fn run(model: Arc<Model>, cfg: BatchConfig, rx: Receiver<Msg>, out: S
                 metrics::gauge!(m::QUEUE_SIZE, &labels).increment(1.0);
                 pending.push(r);
             }
-            Msg::Idle => in_flight = in_flight.saturating_sub(1),
+            Msg::Idle { tokens, took } => {
+                in_flight = in_flight.saturating_sub(1);
+                if tokens > 0 {
+                    est.observe(tokens, took);
+                }
+                handed.pop_front();
+                running_since = Instant::now();
+            }
         };
         if let Some(msg) = first {
             handle(msg, &mut pending);
@@ -98,7 +118,20 @@ pub(crate) fn run(model: Arc<Model>, cfg: BatchConfig, rx: Receiver<Msg>, out: S
         if !form_now {
             continue;
         }
-        let mut requests = take_batch(&mut pending, &cfg);
+        let now = Instant::now();
+        let free_at = (running_since + handed.iter().sum::<Duration>()).max(now);
+        let start = if in_flight == 0 { now } else { free_at };
+        drop_doomed(&mut pending, &est, start, &labels);
+        if pending.is_empty() {
+            continue;
+        }
+        let mut requests = take_batch(&mut pending, &cfg, &est, start);
+        let estimate = est
+            .estimate(
+                requests.len(),
+                requests.iter().map(|r| r.ids.len()).max().unwrap_or(1),
+            )
+            .unwrap_or_default();
         let shapes: Vec<Vec<f32>> = if requests.iter().any(|r| !r.shape.is_empty()) {
             requests
                 .iter_mut()
@@ -110,7 +143,11 @@ pub(crate) fn run(model: Arc<Model>, cfg: BatchConfig, rx: Receiver<Msg>, out: S
         let seqs: Vec<&[u32]> = requests.iter().map(|r| r.ids.as_slice()).collect();
         match model.prepare_with(&seqs, shapes) {
             Ok(prepared) => {
+                if in_flight == 0 {
+                    running_since = Instant::now();
+                }
                 in_flight += 1;
+                handed.push_back(estimate);
                 if let Err(e) = out.send(Formed { requests, prepared }) {
                     for r in e.0.requests {
                         let _ = r
@@ -162,25 +199,75 @@ fn drop_dead(pending: &mut Vec<Request>, labels: &[(&'static str, String); 1]) {
     }
 }
 
-/// Picks the next batch: the oldest request plus the requests closest to it in length, growing
-/// while the batch stays within `max_batch_size` and the padded-token budget.
-fn take_batch(pending: &mut Vec<Request>, cfg: &BatchConfig) -> Vec<Request> {
+/// Answers DEADLINE_EXCEEDED, before any inference, the requests that cannot finish by their
+/// deadline even in a batch of their own starting at `start`.
+fn drop_doomed(
+    pending: &mut Vec<Request>,
+    est: &Estimator,
+    start: Instant,
+    labels: &[(&'static str, String); 1],
+) {
+    let doomed = pending.extract_if(.., |r| {
+        r.deadline
+            .is_some_and(|d| est.estimate(1, r.ids.len()).is_some_and(|t| start + t > d))
+    });
+    let mut dropped = 0usize;
+    for r in doomed {
+        dropped += 1;
+        metrics::counter!(m::DROPPED, "reason" => "would_miss", "model" => labels[0].1.clone())
+            .increment(1);
+        let waited = start.saturating_duration_since(r.enqueued);
+        let _ = r.reply.send(Err(Error::DeadlineExceeded(waited)));
+    }
+    if dropped > 0 {
+        metrics::gauge!(m::QUEUE_SIZE, labels).decrement(dropped as f64);
+    }
+}
+
+/// A request without a deadline is served as if it had this one from its arrival (so requests
+/// with deadlines cannot starve it).
+const NO_DEADLINE_BUDGET: Duration = Duration::from_secs(1);
+
+fn due(r: &Request) -> Instant {
+    r.deadline.unwrap_or(r.enqueued + NO_DEADLINE_BUDGET)
+}
+
+/// Picks the next batch: the request due first plus the requests closest to it in length,
+/// growing while the batch stays within `max_batch_size`, the padded-token budget, and (once a
+/// batch time is known) finishes by the earliest deadline among its members when started at
+/// `start`.
+fn take_batch(
+    pending: &mut Vec<Request>,
+    cfg: &BatchConfig,
+    est: &Estimator,
+    start: Instant,
+) -> Vec<Request> {
     pending.sort_by_key(|r| (r.ids.len(), r.enqueued));
     let anchor = pending
         .iter()
         .enumerate()
-        .min_by_key(|(_, r)| r.enqueued)
+        .min_by_key(|(_, r)| (due(r), r.enqueued))
         .map(|(i, _)| i)
         .unwrap_or(0);
     let len = |i: usize| pending[i].ids.len().max(1);
+    let in_time = |count: usize, longest: usize, deadline: Option<Instant>| match deadline {
+        None => true,
+        Some(d) => match est.estimate(count, longest) {
+            Some(t) => start + t <= d,
+            // Nothing measured yet: one text at a time until a batch has run.
+            None => count == 1,
+        },
+    };
     let (mut lo, mut hi) = (anchor, anchor); // inclusive window in length order
+    let mut earliest = pending[anchor].deadline;
+    let (mut down_open, mut up_open) = (true, true);
     loop {
         let count = hi - lo + 1;
         if count >= cfg.max_batch_size {
             break;
         }
-        let down = (lo > 0).then(|| lo - 1);
-        let up = (hi + 1 < pending.len()).then_some(hi + 1);
+        let down = (down_open && lo > 0).then(|| lo - 1);
+        let up = (up_open && hi + 1 < pending.len()).then_some(hi + 1);
         let pick = match (down, up) {
             (Some(d), Some(u)) => {
                 if len(anchor) - len(d) <= len(u) - len(anchor) {
@@ -197,6 +284,20 @@ fn take_batch(pending: &mut Vec<Request>, cfg: &BatchConfig) -> Vec<Request> {
         if (count + 1) * longest > cfg.max_batch_tokens {
             break;
         }
+        let deadline = match (earliest, pending[pick].deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if !in_time(count + 1, longest, deadline) {
+            // Too late with this one: the other side may still fit (shorter texts, later due).
+            if pick < lo {
+                down_open = false;
+            } else {
+                up_open = false;
+            }
+            continue;
+        }
+        earliest = deadline;
         if pick < lo {
             lo = pick
         } else {
@@ -237,7 +338,7 @@ mod tests {
             req(11, 3),
             req(200, 4),
         ];
-        let b = take_batch(&mut p, &cfg);
+        let b = take_batch(&mut p, &cfg, &Estimator::default(), Instant::now());
         let mut lens: Vec<_> = b.iter().map(|r| r.ids.len()).collect();
         lens.sort();
         assert_eq!(lens, vec![10, 11, 12]);
@@ -252,10 +353,10 @@ mod tests {
             max_wait: Duration::ZERO,
         };
         let mut p = vec![req(300, 10), req(20, 1), req(20, 1)];
-        let b = take_batch(&mut p, &cfg);
+        let b = take_batch(&mut p, &cfg, &Estimator::default(), Instant::now());
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].ids.len(), 300);
-        let b = take_batch(&mut p, &cfg);
+        let b = take_batch(&mut p, &cfg, &Estimator::default(), Instant::now());
         assert_eq!(b.len(), 2, "2 x 20 tokens fit in 100");
     }
 

@@ -12,10 +12,12 @@
 //! Tokenization happens on the caller's task before `submit`, never on these threads.
 
 mod admission;
+mod estimate;
 mod former;
 
 pub use admission::{Admission, Permit};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,8 +72,12 @@ pub(crate) struct Request {
 
 pub(crate) enum Msg {
     Request(Request),
-    /// The inference thread finished a batch.
-    Idle,
+    /// The inference thread finished a batch of `tokens` padded tokens in `took` (0 tokens: it
+    /// ran nothing, every caller had left).
+    Idle {
+        tokens: usize,
+        took: Duration,
+    },
 }
 
 /// Handle to one model's queue. Cheap to clone; the threads stop when every handle is dropped.
@@ -130,6 +136,14 @@ impl Batcher {
     }
 }
 
+/// Fault injection (`--chaos-control`): a delay added to every batch, in µs.
+static INFERENCE_DELAY_US: AtomicU64 = AtomicU64::new(0);
+
+/// Slows every batch of every model by `d` from now on (zero: back to normal).
+pub fn set_inference_delay(d: Duration) {
+    INFERENCE_DELAY_US.store(d.as_micros() as u64, Ordering::Relaxed);
+}
+
 fn inference_loop(model: Arc<Model>, rx: mpsc::Receiver<former::Formed>, idle: mpsc::Sender<Msg>) {
     let labels = [("model", model.meta.id.clone())];
     for batch in rx {
@@ -142,6 +156,10 @@ fn inference_loop(model: Arc<Model>, rx: mpsc::Receiver<former::Formed>, idle: m
         .entered();
         let start = Instant::now();
         let live = batch.requests.iter().any(|r| !r.reply.is_closed());
+        let delay = INFERENCE_DELAY_US.load(Ordering::Relaxed);
+        if live && delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay));
+        }
         let result = if live {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 model.forward(&batch.prepared)
@@ -184,7 +202,14 @@ fn inference_loop(model: Arc<Model>, rx: mpsc::Receiver<former::Formed>, idle: m
                 }
             }
         }
-        if idle.send(Msg::Idle).is_err() {
+        let tokens = if live { padded } else { 0 };
+        if idle
+            .send(Msg::Idle {
+                tokens,
+                took: inference,
+            })
+            .is_err()
+        {
             break;
         }
     }

@@ -170,7 +170,9 @@ async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Resp
         Ok(v) => v,
         Err(e) => {
             if e.status().is_server_error() {
-                tracing::warn!(endpoint, error = %e, "request failed");
+                // Counted for the periodic summary: a dead backend must not mean a line a request.
+                crate::events::count(crate::events::Event::UpstreamError);
+                tracing::debug!(endpoint, error = %e, "request failed");
             }
             (e.into_response(), String::new(), String::new())
         }
@@ -182,7 +184,8 @@ async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Resp
     metrics::histogram!("router_request_duration_seconds", "endpoint" => endpoint)
         .record(started.elapsed().as_secs_f64());
     // Per-request lines at debug (RUST_LOG=semroute_router=debug): at thousands of requests a
-    // second the metrics tell the story; failures are logged at warn where they happen.
+    // second the metrics tell the story; failures are counted in `events` (one summary line an
+    // interval) and state changes are logged where they happen.
     tracing::debug!(
         endpoint,
         model,
@@ -382,7 +385,13 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
 /// A dead classifier or Redis does not make the router unready: it degrades.
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     let rt = s.shared.current();
-    if rt.pools.any_available() {
+    if s.shared.draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining: shutting down"})),
+        )
+            .into_response()
+    } else if rt.pools.any_available() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     } else {
         (

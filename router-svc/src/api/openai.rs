@@ -466,4 +466,75 @@ mod tests {
         let s = String::from_utf8(body.to_vec()).unwrap();
         assert!(sse && s.ends_with("data: [DONE]\n\n") && s.contains("\"usage\""));
     }
+
+    /// Any JSON value, a few levels deep.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("role".to_string()),
+                        Just("content".to_string()),
+                        Just("type".to_string()),
+                        Just("text".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Accepted requests go on the road; rejections are 4xx OpenAI errors, never a panic.
+    fn check(kind: Kind, bytes: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        match parse(kind, bytes) {
+            Ok(p) => {
+                let cfg = cfg();
+                let _ = p.classify_text(&cfg.classifier.input);
+                let _ = p.all_text();
+                let _ = p.model_texts();
+                let d = Decision::default_model(&cfg, Source::Classified);
+                let _ = body_for(&p, &cfg, &cfg.models[0], &d, None);
+            }
+            Err(e) => proptest::prop_assert!(e.status().is_client_error(), "{e:?}"),
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            check(Kind::Chat, &bytes)?;
+            check(Kind::Completion, &bytes)?;
+        }
+
+        /// A valid body with one field replaced by any JSON value.
+        #[test]
+        fn mutated_bodies_never_panic(
+            field in proptest::sample::select(vec![
+                "model", "messages", "stream", "stream_options", "prompt", "max_tokens",
+                "temperature", "n", "tools", "chat_template_kwargs", "reasoning_effort", "extra",
+            ]),
+            value in any_json(),
+            content in any_json(),
+        ) {
+            let mut chat = json!({"model": "auto", "messages": [{"role": "user", "content": content}]});
+            chat[field] = value.clone();
+            check(Kind::Chat, chat.to_string().as_bytes())?;
+            let mut completion = json!({"model": "auto", "prompt": "x"});
+            completion[field] = value;
+            check(Kind::Completion, completion.to_string().as_bytes())?;
+        }
+    }
 }

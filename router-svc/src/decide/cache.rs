@@ -60,6 +60,8 @@ struct RedisLayer {
     /// the pool would add a PING). Cleared on error; re-made in the background.
     conn: Mutex<Option<MultiplexedConnection>>,
     connecting: AtomicBool,
+    /// Failed since it last answered (so "lost" and "back" are logged once each).
+    lost: AtomicBool,
     timeout: Duration,
     ttl_secs: u64,
     retry: Duration,
@@ -82,15 +84,16 @@ impl RedisLayer {
             metrics::gauge!("router_redis_connected").set(0.0);
         }
         let until = self.now_ms() + self.retry.as_millis() as u64;
-        let prev = self.skip_until_ms.swap(until, Ordering::Relaxed);
-        if prev <= self.now_ms() {
+        self.skip_until_ms.store(until, Ordering::Relaxed);
+        if !self.lost.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 op = what,
                 error = err,
                 retry_ms = self.retry.as_millis() as u64,
-                "redis failed; decision cache runs in-process only until it answers again"
+                "redis lost; decision cache runs in-process only until it answers again"
             );
         }
+        crate::events::count(crate::events::Event::RedisError);
         metrics::counter!("router_cache_requests_total", "layer" => "redis", "result" => "error")
             .increment(1);
     }
@@ -113,7 +116,11 @@ impl RedisLayer {
                     Ok(c) => {
                         *this.conn.lock().unwrap() = Some((*c).clone());
                         metrics::gauge!("router_redis_connected").set(1.0);
-                        tracing::info!("redis connected");
+                        if this.lost.swap(false, Ordering::Relaxed) {
+                            tracing::info!("redis back; decision cache shared again");
+                        } else {
+                            tracing::info!("redis connected");
+                        }
                     }
                     Err(e) => this.failed("connect", &e.to_string()),
                 }
@@ -216,6 +223,7 @@ impl DecisionCache {
                     pool,
                     conn: Mutex::new(None),
                     connecting: AtomicBool::new(false),
+                    lost: AtomicBool::new(false),
                     timeout: t,
                     ttl_secs: cfg.ttl_secs.max(1),
                     retry: ms(cfg.redis_retry_ms),

@@ -1,9 +1,16 @@
 //! The one place router-svc calls classifier-svc: calls balanced over every configured address
-//! (fewest in flight of two; an unreachable replica is skipped for a while), a deadline per call, a circuit breaker that stops waiting on a dead classifier, and
-//! the classifier's model versions (from Info, refreshed in the background) for the cache keys.
+//! (fewest in flight of two; an unreachable replica is skipped for a while), a deadline per call,
+//! admission (an adaptive limit on calls in flight: over it a request fails open at once), a
+//! circuit breaker that stops waiting on a dead classifier, and the classifier's model versions
+//! (from Info, refreshed in the background) for the cache keys.
+//!
+//! Overload is not failure: a classifier that is *busy* (deadline missed, RESOURCE_EXHAUSTED)
+//! teaches admission to send less; only a *dead* one (connection refused or reset, UNAVAILABLE)
+//! feeds the breaker and takes a replica out of the rotation. State changes are logged once
+//! each (breaker opened/closed, replica lost/back); per-request outcomes are only counted.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -11,6 +18,7 @@ use semroute_proto::classifier::v1 as pb;
 use semroute_proto::classifier::v1::classifier_client::ClassifierClient;
 use tonic::transport::{Channel, Endpoint};
 
+use super::admission::{Admission, Outcome};
 use crate::config::{ms, ClassifierConfig};
 
 /// Why a classification did not happen (the request then fails open to the default model).
@@ -20,6 +28,8 @@ pub enum ClassifyError {
     NotConfigured,
     #[error("circuit breaker open")]
     CircuitOpen,
+    #[error("over the classifier's admission limit")]
+    Shed,
     #[error("deadline exceeded")]
     Timeout,
     #[error("classifier overloaded")]
@@ -38,12 +48,18 @@ impl ClassifyError {
         match self {
             ClassifyError::NotConfigured => "not_configured",
             ClassifyError::CircuitOpen => "circuit_open",
+            ClassifyError::Shed => "shed",
             ClassifyError::Timeout => "timeout",
             ClassifyError::Overloaded => "overloaded",
             ClassifyError::Unavailable(_) => "unavailable",
             ClassifyError::Rejected(_) => "rejected",
             ClassifyError::Incomplete(_) => "incomplete",
         }
+    }
+
+    /// The classifier is alive but has more than it can do in time.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, ClassifyError::Timeout | ClassifyError::Overloaded)
     }
 }
 
@@ -122,11 +138,30 @@ struct Replica {
     client: ClassifierClient<Channel>,
     in_flight: AtomicUsize,
     down_until_ms: AtomicU64,
+    /// Unreachable since its last answer (so "lost" and "back" are logged once each).
+    lost: AtomicBool,
 }
 
 impl Replica {
     fn up(&self, now_ms: u64) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    fn answered(&self) {
+        if self.lost.swap(false, Ordering::Relaxed) {
+            tracing::info!(replica = %self.address, "classifier replica answers again");
+            metrics::gauge!("router_classifier_replica_up", "replica" => self.address.clone())
+                .set(1.0);
+        }
+    }
+
+    fn unreachable(&self, error: &ClassifyError) {
+        if !self.lost.swap(true, Ordering::Relaxed) {
+            tracing::warn!(replica = %self.address, %error,
+                "classifier replica unreachable; skipping it until it answers again");
+            metrics::gauge!("router_classifier_replica_up", "replica" => self.address.clone())
+                .set(0.0);
+        }
     }
 }
 
@@ -136,6 +171,7 @@ pub struct Classifier {
     /// How long a replica that refused a connection is skipped.
     replica_cooldown: Duration,
     breaker: Breaker,
+    admission: Admission,
     known: RwLock<Known>,
     epoch: Instant,
 }
@@ -158,6 +194,7 @@ impl Classifier {
                     client: ClassifierClient::new(channel),
                     in_flight: AtomicUsize::new(0),
                     down_until_ms: AtomicU64::new(0),
+                    lost: AtomicBool::new(false),
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -170,6 +207,13 @@ impl Classifier {
                 cooldown: ms(cfg.breaker_cooldown_ms),
                 state: Mutex::default(),
             },
+            admission: Admission::new(
+                &cfg.admission,
+                ms(match cfg.admission.slow_ms {
+                    0 => (cfg.timeout_ms * 3 / 4).max(1),
+                    v => v,
+                }),
+            ),
             known: RwLock::default(),
             epoch: Instant::now(),
         });
@@ -249,6 +293,11 @@ impl Classifier {
         if !self.configured() {
             return Err(ClassifyError::NotConfigured);
         }
+        // Admission first: a shed call never takes the breaker's one probe.
+        let Some(ticket) = self.admission.try_acquire() else {
+            metrics::counter!("router_classifier_errors_total", "reason" => "shed").increment(1);
+            return Err(ClassifyError::Shed);
+        };
         if !self.breaker.allow() {
             return Err(ClassifyError::CircuitOpen);
         }
@@ -265,22 +314,30 @@ impl Classifier {
                 .call(replica, texts.clone(), tasks, with_embedding, left)
                 .await;
             match out {
-                // Unreachable, or hung (a black-holed address times out rather than refusing).
-                Err(ClassifyError::Unavailable(_) | ClassifyError::Timeout) => {
-                    let e = out.unwrap_err();
+                // Dead: skip this replica for a while and try another one.
+                Err(e @ ClassifyError::Unavailable(_)) => {
                     replica.down_until_ms.store(
                         self.now_ms() + self.replica_cooldown.as_millis() as u64,
                         Ordering::Relaxed,
                     );
-                    tracing::warn!(replica = %replica.address, error = %e,
-                        "classifier replica unreachable; skipping it for a while");
+                    replica.unreachable(&e);
                     if tried.is_none() && self.replicas.len() > 1 && Instant::now() < deadline {
                         tried = Some(i);
                         continue;
                     }
                     break Err(e);
                 }
-                other => break other,
+                // Busy (late, overloaded) or the text's fault: it is alive.
+                Err(e) => {
+                    if !matches!(e, ClassifyError::Timeout) {
+                        replica.answered();
+                    }
+                    break Err(e);
+                }
+                Ok(r) => {
+                    replica.answered();
+                    break Ok(r);
+                }
             }
         };
         metrics::histogram!("router_classify_duration_seconds")
@@ -300,19 +357,35 @@ impl Classifier {
         });
         match &result {
             Ok(results) => {
+                ticket.finish(Outcome::Answered);
                 self.breaker.success();
                 if let Some(first) = results.first() {
                     self.note_versions(&first.results);
                 }
             }
             Err(ClassifyError::Incomplete(_)) => {
+                ticket.finish(Outcome::Answered);
                 metrics::counter!("router_classifier_errors_total", "reason" => "incomplete")
                     .increment(1);
                 self.breaker.success();
             }
             // The text's fault, not the classifier's.
-            Err(ClassifyError::Rejected(_)) => self.breaker.success(),
+            Err(ClassifyError::Rejected(_)) => {
+                ticket.finish(Outcome::Ignored);
+                self.breaker.success();
+            }
+            Err(e) if e.is_busy() => {
+                ticket.finish(Outcome::Busy);
+                metrics::counter!("router_classifier_errors_total", "reason" => e.reason())
+                    .increment(1);
+                // RESOURCE_EXHAUSTED is an answer: the classifier is up. A missed deadline
+                // says nothing either way (a black-holed address also times out).
+                if matches!(e, ClassifyError::Overloaded) {
+                    self.breaker.success();
+                }
+            }
             Err(e) => {
+                ticket.finish(Outcome::Ignored);
                 metrics::counter!("router_classifier_errors_total", "reason" => e.reason())
                     .increment(1);
                 self.breaker.failure();

@@ -2,8 +2,11 @@
 //!
 //! text (what is classified) -> cache (local LRU, then Redis; concurrent misses coalesced)
 //! -> classifier (one Classify call for every task) -> policy (config) -> `Decision`.
-//! Any failure on the way fails open to the default model and is counted.
+//! Any failure on the way fails open to the default model and is counted (metrics and the
+//! periodic summary in `events`, never a log line per request). A decision already in the
+//! cache is used whatever state the classifier is in: the cache is asked first.
 
+pub mod admission;
 pub mod cache;
 pub mod classifier;
 pub use semroute_pii as pii;
@@ -114,7 +117,8 @@ pub struct Decision {
     pub signals: Vec<Signal>,
     #[serde(default)]
     pub source: Source,
-    /// Why the router failed open, when it did.
+    /// Why the router failed open, when it did: the `router_fail_open_total` reason (shed,
+    /// timeout, overloaded, circuit_open, unavailable, ...), also sent as `x-vsr-fail-reason`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_reason: Option<String>,
 }
@@ -242,6 +246,7 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
     let cache_time = total.saturating_sub(classify.unwrap_or_default());
     let decision = match result {
         Ok((d, hit)) => {
+            crate::events::count(crate::events::Event::Classified);
             let mut d = (*d).clone();
             d.source = match hit {
                 cache::Hit::Local => Source::CacheLocal,
@@ -253,9 +258,10 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
         }
         Err(e) => {
             metrics::counter!("router_fail_open_total", "reason" => e.reason()).increment(1);
-            tracing::warn!(reason = %e, "classification failed; routing to the default model");
+            crate::events::count(crate::events::Event::fail_open(e.reason()));
+            tracing::debug!(reason = %e, "classification failed; routing to the default model");
             let mut d = Decision::default_model(cfg, Source::FailOpen);
-            d.fail_reason = Some(e.to_string());
+            d.fail_reason = Some(e.reason().to_string());
             d
         }
     };

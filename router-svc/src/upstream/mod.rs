@@ -41,6 +41,9 @@ pub struct Endpoint {
     targets: Vec<(&'static str, reqwest::Url)>,
     /// `router_upstream_in_flight` for this endpoint, registered once.
     in_flight_gauge: metrics::Gauge,
+    /// The health check's verdict, for requests waiting on this endpoint: one that fails its
+    /// check while they wait for a response head moves them to another endpoint.
+    health: tokio::sync::watch::Sender<bool>,
 }
 
 /// The paths requests are forwarded to.
@@ -63,6 +66,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             targets,
+            health: tokio::sync::watch::Sender::new(true),
         };
         ep.gauge_healthy(true);
         ep
@@ -85,6 +89,16 @@ impl Endpoint {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the health check fails (at once if it has failed already).
+    fn health_lost(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let mut rx = self.health.subscribe();
+        async move {
+            if rx.wait_for(|ok| !*ok).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Healthy by the last check and not ejected.
@@ -110,6 +124,7 @@ impl Endpoint {
                 tracing::warn!(model = %self.model, endpoint = %self.url, "endpoint failed its health check");
             }
             self.gauge_healthy(ok);
+            self.health.send_replace(ok);
         }
     }
 
@@ -282,7 +297,7 @@ impl Upstream {
             if mi > 0 {
                 metrics::counter!("router_upstream_fallbacks_total", "model" => model.name.clone())
                     .increment(1);
-                tracing::warn!(model = %model.name, "trying the next model after failures");
+                tracing::debug!(model = %model.name, "trying the next model after failures");
             }
             let body = body_for(model);
             let mut tried = Vec::new();
@@ -293,6 +308,7 @@ impl Upstream {
                 if attempts > 1 {
                     metrics::counter!("router_upstream_retries_total", "model" => model.name.clone())
                         .increment(1);
+                    crate::events::count(crate::events::Event::UpstreamRetry);
                 }
                 let ep = eps[i].clone();
                 let in_flight = InFlight::new(ep.clone());
@@ -316,9 +332,25 @@ impl Upstream {
                     req = req.header("authorization", k.clone());
                 }
                 let t0 = Instant::now();
-                let out =
-                    tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), req.send())
-                        .await;
+                let health_lost = ep.health_lost();
+                let out = tokio::select! {
+                    r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), req.send()) => Some(r),
+                    () = health_lost => None,
+                };
+                // The endpoint failed its health check while this request waited for a response
+                // head (a hung or dying backend): nothing came back, so another endpoint may
+                // take it.
+                let Some(out) = out else {
+                    metrics::counter!("router_upstream_requests_total",
+                        "model" => model.name.clone(), "outcome" => "health_lost")
+                    .increment(1);
+                    last_error = Some(Error::BadGateway {
+                        model: model.name.clone(),
+                        detail: "the endpoint failed its health check while the request waited"
+                            .into(),
+                    });
+                    continue;
+                };
                 let outcome = match &out {
                     Err(_) => "timeout",
                     Ok(Err(_)) => "connect_error",
@@ -344,7 +376,7 @@ impl Upstream {
                     }
                     Ok(Err(e)) => {
                         ep.failed(&self.cfg);
-                        tracing::warn!(model = %model.name, endpoint = %ep.url, error = %e,
+                        tracing::debug!(model = %model.name, endpoint = %ep.url, error = %e,
                             "backend request failed; trying another endpoint");
                         last_error = Some(Error::BadGateway {
                             model: model.name.clone(),
@@ -368,7 +400,7 @@ impl Upstream {
                         };
                         if answered.response.status().is_server_error() {
                             ep.failed(&self.cfg);
-                            tracing::warn!(model = %model.name, endpoint = %ep.url,
+                            tracing::debug!(model = %model.name, endpoint = %ep.url,
                                 status = answered.response.status().as_u16(),
                                 "backend answered 5xx; trying another endpoint");
                             last_5xx = Some(answered);
