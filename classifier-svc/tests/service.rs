@@ -641,3 +641,75 @@ async fn token_tasks_return_entities_with_patterns_and_run_only_when_asked() {
         .all(|t| t.entities.is_empty() && t.results.len() == 1));
     running.shutdown().await;
 }
+
+/// Random and mutated Classify requests (texts empty, blank, huge, any Unicode; tasks known,
+/// unknown, repeated; any truncation value; too many texts): never a panic, and every
+/// rejection is INVALID_ARGUMENT with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_requests_are_answered_or_invalid_argument() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    let limits = Limits {
+        max_client_batch: 4,
+        max_text_bytes: 200,
+        ..Limits::default()
+    };
+    let (running, _dir) = full_server(limits).await;
+    let text = prop_oneof![
+        Just(String::new()),
+        Just("   \n\t".to_string()),
+        ".{0,40}",
+        "[a-z ]{150,260}",
+        any::<String>(),
+    ];
+    let task = prop_oneof![
+        Just("domain".to_string()),
+        Just("complexity".to_string()),
+        Just("jailbreak".to_string()),
+        "[a-z]{0,8}",
+    ];
+    let strategy = (
+        proptest::collection::vec(text, 0..6),
+        proptest::collection::vec(task, 0..4),
+        prop_oneof![Just(0i32), Just(1), Just(2), any::<i32>()],
+        any::<bool>(),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        ..Config::default()
+    });
+    let mut cases = Vec::new();
+    for _ in 0..96 {
+        cases.push(strategy.new_tree(&mut runner).unwrap().current());
+    }
+    let (mut answered, mut refused) = (0, 0);
+    for (texts, tasks, truncation, include_embedding) in cases {
+        let req = pb::ClassifyRequest {
+            texts: texts.clone(),
+            tasks: tasks.clone(),
+            truncation,
+            include_embedding,
+        };
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        match running.service.classify_request(req, deadline).await {
+            Ok(r) => {
+                answered += 1;
+                assert_eq!(r.results.len(), texts.len())
+            }
+            Err(e) => {
+                refused += 1;
+                assert_eq!(
+                    classifier_svc::service::code_of(&e),
+                    Code::InvalidArgument,
+                    "{texts:?} {tasks:?} {truncation}: {e}"
+                );
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    assert!(
+        answered > 0 && refused > 0,
+        "{answered} answered, {refused} refused"
+    );
+}
