@@ -226,9 +226,11 @@ class Stack:
         grpc = free_port()
         if classifier:
             http = free_port()
-            p = procs.start("classifier", [os.path.join(BIN, "classifier-svc"), "serve"],
-                            {"CLASSIFIER_GRPC_ADDR": f"127.0.0.1:{grpc}",
-                             "CLASSIFIER_HTTP_ADDR": f"127.0.0.1:{http}", "RUST_LOG": "warn"})
+            self.classifier_argv = [os.path.join(BIN, "classifier-svc"), "serve"]
+            self.classifier_env = {"CLASSIFIER_GRPC_ADDR": f"127.0.0.1:{grpc}",
+                                   "CLASSIFIER_HTTP_ADDR": f"127.0.0.1:{http}", "RUST_LOG": "warn"}
+            p = procs.start("classifier", self.classifier_argv, self.classifier_env)
+            self.classifier_proc = p
             self.classifier_http = f"http://127.0.0.1:{http}"
             wait_http(f"{self.classifier_http}/healthz", p)
         sp = free_port()
