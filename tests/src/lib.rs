@@ -5,22 +5,16 @@
 //! The binaries come from the workspace's target dir (`scripts/test.sh` builds them first with
 //! `cargo build --workspace --bins`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use loadtest::sim::{self, SimConfig};
 use serde_json::Value;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The generic process helpers (free ports, `Proc`, `Redis`, blocking HTTP/RESP, metrics) live
+/// in `loadtest::procs`, shared with the chaos run.
+pub use loadtest::procs::*;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -56,78 +50,6 @@ pub fn examples() -> Value {
 
 pub fn example(task: &str, label: &str, i: usize) -> String {
     examples()[task][label][i].as_str().unwrap().to_string()
-}
-
-/// A child process killed (SIGKILL) when dropped; its stderr goes to a log file.
-pub struct Proc {
-    pub name: String,
-    child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> Self {
-        let log = log_dir.join(format!("{name}.log"));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Self {
-            name: name.into(),
-            child: Some(child),
-            log,
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Minimal blocking HTTP GET status (for readiness polling without a runtime).
-pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.split_whitespace().nth(1)?.parse().ok()
-}
-
-pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// classifier-svc with the real MiniLM encoder and the demo centroid heads.
@@ -203,116 +125,6 @@ impl Classifier {
             &["method=\"Classify\""],
         )
     }
-}
-
-pub fn http_get_text(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// Sum of a Prometheus metric's samples whose labels contain every `filters` item.
-pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| {
-            let rest = &l[name.len()..];
-            rest.starts_with('{') || rest.starts_with(' ')
-        })
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-/// A private redis-server on a free port (no persistence), killed when dropped.
-pub struct Redis {
-    pub proc: Proc,
-    pub port: u16,
-}
-
-impl Redis {
-    pub fn start(dir: &Path) -> Self {
-        Self::start_on(dir, free_port())
-    }
-
-    /// On a given port (e.g. to restart one that was killed).
-    pub fn start_on(dir: &Path, port: u16) -> Self {
-        let proc = Proc::spawn(
-            "redis",
-            Command::new("redis-server")
-                .args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                // DEBUG SLEEP simulates a stalled Redis.
-                .args(["--enable-debug-command", "local"])
-                .arg("--dir")
-                .arg(dir),
-            dir,
-        );
-        let mut r = Self { proc, port };
-        wait_until("redis", Duration::from_secs(10), || {
-            assert!(r.proc.is_running(), "redis died:\n{}", r.proc.log_text());
-            r.command(&["PING"]).is_some()
-        });
-        r
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// One RESP command; the reply as text lines (bulk strings and array items), None on error.
-    pub fn command(&self, args: &[&str]) -> Option<Vec<String>> {
-        redis_command(self.port, args)
-    }
-
-    pub fn keys(&self, pattern: &str) -> Vec<String> {
-        self.command(&["KEYS", pattern]).unwrap_or_default()
-    }
-}
-
-/// One RESP command to the Redis on `port` (see `Redis::command`).
-pub fn redis_command(port: u16, args: &[&str]) -> Option<Vec<String>> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes()).ok()?;
-    let mut r = std::io::BufReader::new(s);
-    let mut out = Vec::new();
-    read_reply(&mut r, &mut out)?;
-    Some(out)
-}
-
-fn read_reply(r: &mut impl std::io::BufRead, out: &mut Vec<String>) -> Option<()> {
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let line = line.trim_end();
-    let (kind, rest) = line.split_at(1);
-    match kind {
-        "+" | ":" => out.push(rest.to_string()),
-        "-" => return None,
-        "$" => {
-            let n: i64 = rest.parse().ok()?;
-            if n >= 0 {
-                let mut buf = vec![0u8; n as usize + 2];
-                r.read_exact(&mut buf).ok()?;
-                out.push(String::from_utf8_lossy(&buf[..n as usize]).into_owned());
-            }
-        }
-        "*" => {
-            let n: i64 = rest.parse().ok()?;
-            for _ in 0..n.max(0) {
-                read_reply(r, out)?;
-            }
-        }
-        _ => return None,
-    }
-    Some(())
 }
 
 /// An in-process simulated vLLM backend; `stop` takes it down (connections refused after).
