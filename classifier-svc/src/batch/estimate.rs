@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-/// Weight kept by older batches at each new one (about the last 50 batches count).
-const DECAY: f64 = 0.98;
+/// Weight kept by older batches at each new one (about the last 10-20 batches count, so a
+/// slowdown or its end shows within a few batches).
+const DECAY: f64 = 0.9;
 
 #[derive(Debug, Clone, Default)]
 pub struct Estimator {
@@ -88,9 +89,16 @@ mod tests {
             (before.as_micros() as i64 - 10_000).abs() < 100,
             "{before:?}"
         );
-        for _ in 0..100 {
+        for _ in 0..30 {
             e.observe(100, Duration::from_millis(50));
         }
         assert!(e.estimate(1, 100).unwrap() > Duration::from_millis(40));
+        for _ in 0..30 {
+            e.observe(100, Duration::from_millis(5));
+        }
+        assert!(
+            e.estimate(1, 100).unwrap() < Duration::from_millis(7),
+            "the end of a slowdown shows within a few dozen batches"
+        );
     }
 }

@@ -121,9 +121,14 @@ pub(crate) fn run(model: Arc<Model>, cfg: BatchConfig, rx: Receiver<Msg>, out: S
         let now = Instant::now();
         let free_at = (running_since + handed.iter().sum::<Duration>()).max(now);
         let start = if in_flight == 0 { now } else { free_at };
-        drop_doomed(&mut pending, &est, start, &labels);
-        if pending.is_empty() {
-            continue;
+        // Predicted misses are dropped only while a batch runs: an idle model always runs at
+        // least the request due first, so the estimate keeps learning (a slowdown that has
+        // passed would otherwise be remembered for good, every request dropped on its word).
+        if in_flight > 0 {
+            drop_doomed(&mut pending, &est, start, &labels);
+            if pending.is_empty() {
+                continue;
+            }
         }
         let mut requests = take_batch(&mut pending, &cfg, &est, start);
         let estimate = est
@@ -358,6 +363,39 @@ mod tests {
         assert_eq!(b[0].ids.len(), 300);
         let b = take_batch(&mut p, &cfg, &Estimator::default(), Instant::now());
         assert_eq!(b.len(), 2, "2 x 20 tokens fit in 100");
+    }
+
+    #[test]
+    fn caps_a_batch_to_finish_by_the_earliest_deadline_and_drops_the_doomed() {
+        let cfg = BatchConfig {
+            max_batch_size: 32,
+            max_batch_tokens: 100_000,
+            max_wait: Duration::ZERO,
+        };
+        let mut est = Estimator::default();
+        for _ in 0..5 {
+            est.observe(10, Duration::from_millis(10)); // 1 ms a padded token
+        }
+        let now = Instant::now();
+        let with_deadline = |ms: u64| {
+            let mut r = req(10, 1);
+            r.deadline = Some(now + Duration::from_millis(ms));
+            r
+        };
+        // Six 10-token texts due in 35 ms: three fit (30 ms), not six (60 ms).
+        let mut p: Vec<_> = (0..6).map(|_| with_deadline(35)).collect();
+        let b = take_batch(&mut p, &cfg, &est, now);
+        assert_eq!(b.len(), 3);
+        assert_eq!(p.len(), 3, "the rest wait for the next batch");
+        // Without deadlines the batch is as big as the limits allow.
+        let mut p: Vec<_> = (0..6).map(|_| req(10, 1)).collect();
+        assert_eq!(take_batch(&mut p, &cfg, &est, now).len(), 6);
+        // Starting 30 ms from now (a batch running), one due in 35 ms cannot make it.
+        let labels = [("model", "t".to_string())];
+        let mut p = vec![with_deadline(35), with_deadline(500)];
+        drop_doomed(&mut p, &est, now + Duration::from_millis(30), &labels);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].deadline, Some(now + Duration::from_millis(500)));
     }
 
     #[test]

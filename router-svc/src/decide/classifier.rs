@@ -30,8 +30,12 @@ pub enum ClassifyError {
     CircuitOpen,
     #[error("over the classifier's admission limit")]
     Shed,
+    /// No answer within the deadline (a slow classifier, or one unreachable without a refusal).
     #[error("deadline exceeded")]
     Timeout,
+    /// The classifier answered DEADLINE_EXCEEDED: it dropped the call as too late to serve.
+    #[error("deadline exceeded: dropped by the classifier")]
+    Dropped,
     #[error("classifier overloaded")]
     Overloaded,
     #[error("classifier unavailable: {0}")]
@@ -49,7 +53,7 @@ impl ClassifyError {
             ClassifyError::NotConfigured => "not_configured",
             ClassifyError::CircuitOpen => "circuit_open",
             ClassifyError::Shed => "shed",
-            ClassifyError::Timeout => "timeout",
+            ClassifyError::Timeout | ClassifyError::Dropped => "timeout",
             ClassifyError::Overloaded => "overloaded",
             ClassifyError::Unavailable(_) => "unavailable",
             ClassifyError::Rejected(_) => "rejected",
@@ -59,7 +63,10 @@ impl ClassifyError {
 
     /// The classifier is alive but has more than it can do in time.
     pub fn is_busy(&self) -> bool {
-        matches!(self, ClassifyError::Timeout | ClassifyError::Overloaded)
+        matches!(
+            self,
+            ClassifyError::Timeout | ClassifyError::Dropped | ClassifyError::Overloaded
+        )
     }
 }
 
@@ -378,9 +385,10 @@ impl Classifier {
                 ticket.finish(Outcome::Busy);
                 metrics::counter!("router_classifier_errors_total", "reason" => e.reason())
                     .increment(1);
-                // RESOURCE_EXHAUSTED is an answer: the classifier is up. A missed deadline
-                // says nothing either way (a black-holed address also times out).
-                if matches!(e, ClassifyError::Overloaded) {
+                // RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED from the server are answers: the
+                // classifier is up. A deadline that passed with no answer says nothing either
+                // way (a black-holed address also times out).
+                if !matches!(e, ClassifyError::Timeout) {
                     self.breaker.success();
                 }
             }
@@ -421,7 +429,8 @@ impl Classifier {
         match out {
             Err(_) => Err(ClassifyError::Timeout),
             Ok(Err(status)) => Err(match status.code() {
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ClassifyError::Timeout,
+                tonic::Code::DeadlineExceeded => ClassifyError::Dropped,
+                tonic::Code::Cancelled => ClassifyError::Timeout,
                 tonic::Code::ResourceExhausted => ClassifyError::Overloaded,
                 tonic::Code::InvalidArgument => {
                     ClassifyError::Rejected(status.message().to_string())
