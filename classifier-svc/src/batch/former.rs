@@ -374,7 +374,9 @@ mod tests {
         };
         let mut est = Estimator::default();
         for _ in 0..5 {
-            est.observe(10, Duration::from_millis(10)); // 1 ms a padded token
+            // 1 ms a padded token, nothing fixed.
+            est.observe(10, Duration::from_millis(10));
+            est.observe(40, Duration::from_millis(40));
         }
         let now = Instant::now();
         let with_deadline = |ms: u64| {
