@@ -34,8 +34,8 @@ struct Args {
     /// The routers' classifier timeout (classifier.timeout_ms), ms.
     #[arg(long, default_value_t = 50)]
     classifier_timeout_ms: u64,
-    /// Directory with classifier-svc, router-svc and vllm-sim (default: target/release when
-    /// newer, else target/debug).
+    /// Directory with classifier-svc, router-svc and vllm-sim (default: target/release when it
+    /// has all three and is newer, else target/debug).
     #[arg(long, env = "CHAOS_BIN_DIR")]
     bin_dir: Option<PathBuf>,
     /// Markdown report (default loadtest/CHAOS.md for a full run, none for --short).

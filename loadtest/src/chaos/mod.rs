@@ -470,6 +470,10 @@ fn backends_idle(stack: &Stack) -> Option<String> {
     }
 }
 
+fn show(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "none: not running".into(), |p| p.to_string())
+}
+
 /// Phase `i`'s script; load runs all along.
 fn phase(
     i: usize,
@@ -485,7 +489,7 @@ fn phase(
         1 => {
             clock.until(0.15);
             let pid = stack.classifier.kill();
-            ev.note(&format!("SIGKILL classifier (pid {pid:?})"));
+            ev.note(&format!("SIGKILL classifier (pid {})", show(pid)));
             clock.until(0.45);
             let t = stack.start_classifier().context("restart the classifier")?;
             ev.note(&format!(
@@ -510,7 +514,7 @@ fn phase(
         3 => {
             clock.until(0.15);
             let pid = stack.kill_redis();
-            ev.note(&format!("SIGKILL redis (pid {pid:?})"));
+            ev.note(&format!("SIGKILL redis (pid {})", show(pid)));
             clock.until(0.5);
             stack.start_redis().context("restart redis")?;
             ev.note("redis restarted on the same port (empty: no persistence)");
@@ -543,7 +547,8 @@ fn phase(
             let open = ctl.open_streams.load(Ordering::Relaxed);
             let pid = stack.sims[1].kill();
             ev.note(&format!(
-                "SIGKILL sim-b (pid {pid:?}) with {open} streams open through the routers"
+                "SIGKILL sim-b (pid {}) with {open} streams open through the routers",
+                show(pid)
             ));
             clock.until(0.85);
             stack.start_sim(1).context("restart sim-b")?;

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -23,38 +23,50 @@ pub struct Bins {
 }
 
 impl Bins {
-    /// From `bin_dir` when given; else each from `<target>/release` when it is there and newer
-    /// than `<target>/debug`'s, else from `<target>/debug`.
+    const NAMES: [&'static str; 3] = ["classifier-svc", "router-svc", "vllm-sim"];
+
+    /// From `bin_dir` when given; else all three from `<target>/release` when it has them and
+    /// its newest is newer than `<target>/debug`'s newest (one profile, never a mix), else from
+    /// `<target>/debug`.
     pub fn locate(bin_dir: Option<&Path>, target: &Path) -> Result<Self> {
-        let pick = |name: &str| -> Result<PathBuf> {
-            if let Some(dir) = bin_dir {
-                let p = dir.join(name);
-                if !p.is_file() {
-                    bail!("{} not found (--bin-dir {})", p.display(), dir.display());
+        let dir = match bin_dir {
+            Some(d) => d.to_path_buf(),
+            None => {
+                let newest = |dir: &Path| -> Option<SystemTime> {
+                    Self::NAMES
+                        .iter()
+                        .map(|n| {
+                            std::fs::metadata(dir.join(n))
+                                .and_then(|m| m.modified())
+                                .ok()
+                        })
+                        .collect::<Option<Vec<_>>>()?
+                        .into_iter()
+                        .max()
+                };
+                let (rel, dbg) = (target.join("release"), target.join("debug"));
+                match (newest(&rel), newest(&dbg)) {
+                    (Some(r), Some(d)) if r >= d => rel,
+                    (Some(_), None) => rel,
+                    _ => dbg,
                 }
-                return Ok(p);
-            }
-            let (rel, dbg) = (
-                target.join("release").join(name),
-                target.join("debug").join(name),
-            );
-            let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            match (mtime(&rel), mtime(&dbg)) {
-                (Some(r), Some(d)) if r >= d => Ok(rel),
-                (_, Some(_)) => Ok(dbg),
-                (Some(_), None) => Ok(rel),
-                (None, None) => bail!(
-                    "{name} is not built in {} or {}: run `cargo build --workspace --bins` \
-                     (or with --release), or pass --bin-dir",
-                    rel.display(),
-                    dbg.display()
-                ),
             }
         };
+        let pick = |name: &str| -> Result<PathBuf> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                bail!(
+                    "{} is not built: run `cargo build --workspace --bins` (or with --release), \
+                     or pass --bin-dir",
+                    p.display()
+                );
+            }
+            Ok(p)
+        };
         Ok(Self {
-            classifier: pick("classifier-svc")?,
-            router: pick("router-svc")?,
-            sim: pick("vllm-sim")?,
+            classifier: pick(Self::NAMES[0])?,
+            router: pick(Self::NAMES[1])?,
+            sim: pick(Self::NAMES[2])?,
         })
     }
 }
