@@ -1,11 +1,13 @@
 //! The queue owner: takes requests in, drops dead ones, forms length-grouped batches under the
 //! token budget, and pads the next batch while the inference thread runs the current one.
 //!
-//! Deadline-aware: from a running estimate of batch time (`estimate`), a batch is capped so that
-//! it finishes within the earliest deadline of its members, counting the time until the
-//! inference thread is free. Several small batches that make their deadlines beat one big batch
-//! that misses them all. A request that cannot make its deadline even alone is answered
-//! DEADLINE_EXCEEDED before any inference is spent on it.
+//! Deadline-aware: from a running estimate of batch time (`estimate`), counting the time until
+//! the inference thread is free, the batch is the one that gets the most requests done by their
+//! deadlines (`on_time_batch`): smaller when a bigger one would make the earliest members late,
+//! bigger when capping would only push the rest past their deadlines in the next batch. A
+//! request that cannot make its deadline even alone is answered DEADLINE_EXCEEDED before any
+//! inference is spent on it (while a batch runs; an idle model always runs something, which
+//! keeps the estimate honest).
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
@@ -237,16 +239,56 @@ fn due(r: &Request) -> Instant {
     r.deadline.unwrap_or(r.enqueued + NO_DEADLINE_BUDGET)
 }
 
-/// Picks the next batch: the request due first plus the requests closest to it in length,
-/// growing while the batch stays within `max_batch_size`, the padded-token budget, and (once a
-/// batch time is known) finishes by the earliest deadline among its members when started at
-/// `start`.
+/// Picks the next batch. Without deadlines: the oldest request plus the requests closest to it
+/// in length, growing while the batch stays within `max_batch_size` and the padded-token budget.
+/// With deadlines (and a batch time known): see `on_time_batch`.
 fn take_batch(
     pending: &mut Vec<Request>,
     cfg: &BatchConfig,
     est: &Estimator,
     start: Instant,
 ) -> Vec<Request> {
+    if pending.iter().any(|r| r.deadline.is_some()) && est.estimate(1, 1).is_some() {
+        return on_time_batch(pending, cfg, est, start);
+    }
+    length_window(pending, cfg)
+}
+
+/// The batch that gets the most requests done by their deadlines. Requests in order of due
+/// time; for each prefix that fits the size and token limits, the batch started at `start` would
+/// finish at `start + estimate(rows, longest)`, and the members due after that are on time. The
+/// prefix with the most on-time members is taken (the longest of equals): a small batch when a
+/// bigger one would make the earliest ones late, a big one when capping it would only make the
+/// rest late in the next batch (capping then costs throughput and every deadline after it).
+/// Members that will be late anyway stay in it: they are dropped as `would_miss` the next time a
+/// batch is formed while this one runs, or answered late.
+fn on_time_batch(
+    pending: &mut Vec<Request>,
+    cfg: &BatchConfig,
+    est: &Estimator,
+    start: Instant,
+) -> Vec<Request> {
+    pending.sort_by_key(|r| (due(r), r.enqueued));
+    let (mut best, mut best_on_time) = (1usize, 0usize);
+    let mut longest = 0usize;
+    for k in 1..=pending.len().min(cfg.max_batch_size) {
+        longest = longest.max(pending[k - 1].ids.len().max(1));
+        if k > 1 && k * longest > cfg.max_batch_tokens {
+            break;
+        }
+        let Some(t) = est.estimate(k, longest) else {
+            break;
+        };
+        let finish = start + t;
+        let on_time = pending[..k].iter().filter(|r| due(r) >= finish).count();
+        if on_time >= best_on_time {
+            (best, best_on_time) = (k, on_time);
+        }
+    }
+    pending.drain(..best).collect()
+}
+
+fn length_window(pending: &mut Vec<Request>, cfg: &BatchConfig) -> Vec<Request> {
     pending.sort_by_key(|r| (r.ids.len(), r.enqueued));
     let anchor = pending
         .iter()
@@ -255,24 +297,14 @@ fn take_batch(
         .map(|(i, _)| i)
         .unwrap_or(0);
     let len = |i: usize| pending[i].ids.len().max(1);
-    let in_time = |count: usize, longest: usize, deadline: Option<Instant>| match deadline {
-        None => true,
-        Some(d) => match est.estimate(count, longest) {
-            Some(t) => start + t <= d,
-            // Nothing measured yet: one text at a time until a batch has run.
-            None => count == 1,
-        },
-    };
     let (mut lo, mut hi) = (anchor, anchor); // inclusive window in length order
-    let mut earliest = pending[anchor].deadline;
-    let (mut down_open, mut up_open) = (true, true);
     loop {
         let count = hi - lo + 1;
         if count >= cfg.max_batch_size {
             break;
         }
-        let down = (down_open && lo > 0).then(|| lo - 1);
-        let up = (up_open && hi + 1 < pending.len()).then_some(hi + 1);
+        let down = (lo > 0).then(|| lo - 1);
+        let up = (hi + 1 < pending.len()).then_some(hi + 1);
         let pick = match (down, up) {
             (Some(d), Some(u)) => {
                 if len(anchor) - len(d) <= len(u) - len(anchor) {
@@ -289,20 +321,6 @@ fn take_batch(
         if (count + 1) * longest > cfg.max_batch_tokens {
             break;
         }
-        let deadline = match (earliest, pending[pick].deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if !in_time(count + 1, longest, deadline) {
-            // Too late with this one: the other side may still fit (shorter texts, later due).
-            if pick < lo {
-                down_open = false;
-            } else {
-                up_open = false;
-            }
-            continue;
-        }
-        earliest = deadline;
         if pick < lo {
             lo = pick
         } else {
@@ -389,6 +407,11 @@ mod tests {
         let b = take_batch(&mut p, &cfg, &est, now);
         assert_eq!(b.len(), 3);
         assert_eq!(p.len(), 3, "the rest wait for the next batch");
+        // Due one after the other, 10 ms apart: capping would only make the later ones late
+        // in the next batch; the batch that gets the most done on time is taken.
+        let mut p: Vec<_> = (0..6).map(|i| with_deadline(60 + 10 * i)).collect();
+        let b = take_batch(&mut p, &cfg, &est, now);
+        assert_eq!(b.len(), 6, "all six finish at 60 ms, each by its deadline");
         // Without deadlines the batch is as big as the limits allow.
         let mut p: Vec<_> = (0..6).map(|_| req(10, 1)).collect();
         assert_eq!(take_batch(&mut p, &cfg, &est, now).len(), 6);
