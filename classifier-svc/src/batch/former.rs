@@ -269,6 +269,19 @@ fn on_time_batch(
     start: Instant,
 ) -> Vec<Request> {
     pending.sort_by_key(|r| (due(r), r.enqueued));
+    // Requests that cannot make it even alone go last (they are dropped or run when nothing
+    // else can be): serving the most urgent first when they are already lost is how an EDF
+    // queue makes every request late under overload.
+    let viable = |r: &Request| {
+        est.estimate(1, r.ids.len())
+            .is_none_or(|t| due(r) >= start + t)
+    };
+    let lost = pending.extract_if(.., |r| !viable(r)).collect::<Vec<_>>();
+    if pending.is_empty() {
+        // Nothing can make it: run the one due first anyway (the estimate may be stale).
+        *pending = lost;
+        return pending.drain(..1).collect();
+    }
     let (mut best, mut best_on_time) = (1usize, 0usize);
     let mut longest = 0usize;
     for k in 1..=pending.len().min(cfg.max_batch_size) {
@@ -285,7 +298,9 @@ fn on_time_batch(
             (best, best_on_time) = (k, on_time);
         }
     }
-    pending.drain(..best).collect()
+    let batch = pending.drain(..best).collect();
+    pending.extend(lost);
+    batch
 }
 
 fn length_window(pending: &mut Vec<Request>, cfg: &BatchConfig) -> Vec<Request> {

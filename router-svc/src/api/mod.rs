@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::ms;
 use crate::decide::{self, Decision};
@@ -54,7 +54,12 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .layer(DefaultBodyLimit::disable())
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         // Method and path only: no bodies, no prompt text.
-        .layer(TraceLayer::new_for_http())
+        // 5xx answers (a draining /readyz, a dead backend) are counted in metrics and `events`;
+        // the trace layer logging each at ERROR would be a line per request.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
 }
@@ -218,7 +223,8 @@ async fn road(
     if d.jailbreak {
         let action = if d.blocked { "blocked" } else { "flagged" };
         metrics::counter!("router_jailbreak_total", "action" => action).increment(1);
-        tracing::warn!(action, "jailbreak detected");
+        // Counted (router_jailbreak_total{action}); a line per request would flood the log.
+        tracing::debug!(action, "jailbreak detected");
     }
     if d.blocked {
         return Ok((refuse(&req, cfg, &outcome), String::new(), category));

@@ -537,7 +537,16 @@ async fn refresh_info(this: Weak<Classifier>, every: Duration) {
     loop {
         let Some(c) = this.upgrade() else { return };
         match c.info().await {
-            Ok(()) => answered = true,
+            // A classifier still loading its models serves no task yet: ask again soon.
+            Ok(()) => {
+                answered = c
+                    .known
+                    .read()
+                    .unwrap()
+                    .tasks
+                    .as_ref()
+                    .is_some_and(|t| !t.is_empty())
+            }
             Err(e) => tracing::debug!(error = %e, "classifier Info failed"),
         }
         drop(c);
