@@ -332,7 +332,17 @@ impl Upstream {
                     req = req.header("authorization", k.clone());
                 }
                 let t0 = Instant::now();
-                let health_lost = ep.health_lost();
+                // Only worth giving up on this endpoint if another one may take the request
+                // (else it waits for its answer or the timeout, as before).
+                let another = tried.len() < self.cfg.max_attempts.min(eps.len())
+                    && pick(eps, &tried).is_some();
+                let health_lost = async {
+                    if another {
+                        ep.health_lost().await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
                 let out = tokio::select! {
                     r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), req.send()) => Some(r),
                     () = health_lost => None,
