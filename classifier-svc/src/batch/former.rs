@@ -188,22 +188,38 @@ fn drop_dead(pending: &mut Vec<Request>, labels: &[(&'static str, String); 1]) {
     let dead = pending.extract_if(.., |r| {
         r.reply.is_closed() || r.deadline.is_some_and(|d| d <= now)
     });
-    let mut dropped = 0usize;
-    for r in dead {
-        dropped += 1;
-        if r.reply.is_closed() {
-            metrics::counter!(m::DROPPED, "reason" => "cancelled", "model" => labels[0].1.clone())
-                .increment(1);
+    answer_dropped(dead, now, labels, "deadline");
+}
+
+/// Counts dropped requests (`cancelled` when the caller left, else `reason`), answers the
+/// callers still there DEADLINE_EXCEEDED, and takes them off the queue gauge.
+fn answer_dropped(
+    dropped: impl Iterator<Item = Request>,
+    now: Instant,
+    labels: &[(&'static str, String); 1],
+    reason: &'static str,
+) {
+    let mut n = 0usize;
+    for r in dropped {
+        n += 1;
+        let reason = if r.reply.is_closed() {
+            "cancelled"
         } else {
-            metrics::counter!(m::DROPPED, "reason" => "deadline", "model" => labels[0].1.clone())
-                .increment(1);
-            let waited = now.saturating_duration_since(r.enqueued);
-            let _ = r.reply.send(Err(Error::DeadlineExceeded(waited)));
-        }
+            reason
+        };
+        metrics::counter!(m::DROPPED, "reason" => reason, "model" => labels[0].1.clone())
+            .increment(1);
+        let waited = now.saturating_duration_since(r.enqueued);
+        let _ = r.reply.send(Err(Error::DeadlineExceeded(waited)));
     }
-    if dropped > 0 {
-        metrics::gauge!(m::QUEUE_SIZE, labels).decrement(dropped as f64);
+    if n > 0 {
+        metrics::gauge!(m::QUEUE_SIZE, labels).decrement(n as f64);
     }
+}
+
+/// Whether `r`, run alone from `start`, would finish by `by` (true while nothing is measured).
+fn alone_by(r: &Request, est: &Estimator, start: Instant, by: Instant) -> bool {
+    est.estimate(1, r.ids.len()).is_none_or(|t| start + t <= by)
 }
 
 /// Answers DEADLINE_EXCEEDED, before any inference, the requests that cannot finish by their
@@ -215,20 +231,9 @@ fn drop_doomed(
     labels: &[(&'static str, String); 1],
 ) {
     let doomed = pending.extract_if(.., |r| {
-        r.deadline
-            .is_some_and(|d| est.estimate(1, r.ids.len()).is_some_and(|t| start + t > d))
+        r.deadline.is_some_and(|d| !alone_by(r, est, start, d))
     });
-    let mut dropped = 0usize;
-    for r in doomed {
-        dropped += 1;
-        metrics::counter!(m::DROPPED, "reason" => "would_miss", "model" => labels[0].1.clone())
-            .increment(1);
-        let waited = start.saturating_duration_since(r.enqueued);
-        let _ = r.reply.send(Err(Error::DeadlineExceeded(waited)));
-    }
-    if dropped > 0 {
-        metrics::gauge!(m::QUEUE_SIZE, labels).decrement(dropped as f64);
-    }
+    answer_dropped(doomed, start, labels, "would_miss");
 }
 
 /// A request without a deadline is served as if it had this one from its arrival (so requests
@@ -272,11 +277,9 @@ fn on_time_batch(
     // Requests that cannot make it even alone go last (they are dropped or run when nothing
     // else can be): serving the most urgent first when they are already lost is how an EDF
     // queue makes every request late under overload.
-    let viable = |r: &Request| {
-        est.estimate(1, r.ids.len())
-            .is_none_or(|t| due(r) >= start + t)
-    };
-    let lost = pending.extract_if(.., |r| !viable(r)).collect::<Vec<_>>();
+    let lost = pending
+        .extract_if(.., |r| !alone_by(r, est, start, due(r)))
+        .collect::<Vec<_>>();
     if pending.is_empty() {
         // Nothing can make it: run the one due first anyway (the estimate may be stale).
         *pending = lost;
