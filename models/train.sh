@@ -2,15 +2,15 @@
 # Trains the shipped heads (models/heads/<task>/) on the shared encoder from ../shared/data,
 # exactly as their model cards say. Embeddings are cached in models/cache/embeddings, so a re-run
 # with another head is quick. Usage: models/train.sh [DATA_DIR]  (default: ../shared/data)
-# CLASSIFIER_BIN overrides the binary (default: cargo run --release -p classifier-svc --).
+# TRAIN_BIN overrides the binary (default: cargo run --release -p semroute-trainer --bin semroute-train --).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/data}"
 models/fetch.sh
-if [ -n "${CLASSIFIER_BIN:-}" ]; then
-  bin=("$CLASSIFIER_BIN")
+if [ -n "${TRAIN_BIN:-}" ]; then
+  bin=("$TRAIN_BIN")
 else
-  bin=(cargo run --release --locked -q -p classifier-svc --)
+  bin=(cargo run --release --locked -q -p semroute-trainer --bin semroute-train --)
 fi
 
 # Every head: a linear layer over [MiniLM embedding ; bag of token ids] (lexical features from the

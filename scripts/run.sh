@@ -242,7 +242,9 @@ else
   if [ ! -f "$heads/.examples-stamp" ] || [ "$demo_examples" -nt "$heads/.examples-stamp" ]; then
     say "building demo heads from $demo_examples"
     rm -rf "$heads.tmp"
-    "$bin_dir/classifier-svc" centroid-heads --examples "$demo_examples" --out "$heads.tmp"
+    # The trainer binary writes them; built here only when this fallback needs it.
+    [ -x "$bin_dir/semroute-train" ] || cargo build "${build_flags[@]}" --locked -p semroute-trainer
+    "$bin_dir/semroute-train" centroid-heads --examples "$demo_examples" --out "$heads.tmp"
     touch "$heads.tmp/.examples-stamp"
     rm -rf "$heads"
     mv "$heads.tmp" "$heads"

@@ -11,63 +11,17 @@
 //!   the scheduled send time, so a queue that builds up shows (closed loops hide it).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use clap::Args;
 use semroute_proto::classifier::v1 as pb;
 use semroute_proto::classifier::v1::classifier_client::ClassifierClient;
 
 use crate::batch::BatchConfig;
-use crate::config::Limits;
-use crate::fixtures;
-use crate::model::{Arch, LoadOptions, Model, Source, Truncation};
-
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    /// MiniLM directory (models/fetch.sh installs it).
-    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
-    pub minilm: PathBuf,
-    /// Which models: minilm, modernbert (ModernBERT-base sizes, random weights).
-    #[arg(long, value_delimiter = ',', default_value = "minilm,modernbert")]
-    pub models: Vec<String>,
-    /// Prompt lengths in tokens (special tokens included).
-    #[arg(long, value_delimiter = ',', default_value = "21,256")]
-    pub lengths: Vec<usize>,
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
-    pub batch_sizes: Vec<usize>,
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-    pub clients: Vec<usize>,
-    /// Seconds of load per measurement (slow configurations finish their last round).
-    #[arg(long, default_value_t = 6.0)]
-    pub seconds: f64,
-    /// Server batching settings for the gRPC runs.
-    #[arg(long, default_value_t = 32)]
-    pub max_batch_size: usize,
-    #[arg(long, default_value_t = 8192)]
-    pub max_batch_tokens: usize,
-    /// Open loop: fixed rates (calls/s) of one short text a call...
-    #[arg(long, value_delimiter = ',', default_value = "150")]
-    pub open_loop_rates: Vec<f64>,
-    /// ...and fractions of the capacity measured closed-loop with the most clients.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "0.25,0.5,0.75,0.9,1.0,2.0"
-    )]
-    pub open_loop_fractions: Vec<f64>,
-    /// Deadline sent with each open-loop call as grpc-timeout (the router's is 50 ms); 0 = none.
-    #[arg(long, default_value_t = 50)]
-    pub deadline_ms: u64,
-    /// Where random-weight bench models are cached.
-    #[arg(long, default_value = "target/bench-models")]
-    pub cache: PathBuf,
-    /// Markdown report to write.
-    #[arg(long, default_value = "classifier-svc/BENCH.md")]
-    pub output: PathBuf,
-}
+use crate::config::{BenchArgs, Limits};
+use semroute_encoder::fixtures;
+use semroute_encoder::{Arch, LoadOptions, Model, Source, Truncation};
 
 const WORDS: &[&str] = &[
     "what",

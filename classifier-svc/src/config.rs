@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::batch::BatchConfig;
-use crate::model::{LoadOptions, Pooling, Source};
+use semroute_encoder::{LoadOptions, Pooling, Source};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,15 +25,7 @@ pub enum Command {
     /// Serve gRPC (Classify, ClassifyStream, Embed, Info, health, reflection) and HTTP (/metrics, /healthz).
     Serve(ServeArgs),
     /// Measure throughput and latency (offline batches, concurrent gRPC clients, matmul peak) and write a report.
-    Bench(crate::bench::BenchArgs),
-    /// Write heads without training: each label's row is the mean embedding of a few examples.
-    CentroidHeads(crate::centroid::CentroidArgs),
-    /// Train a head on the shared encoder from a JSONL file and write it with a model card.
-    Train(crate::train::TrainArgs),
-    /// Fine-tune the shared encoder jointly for several tasks (one encoder pass still serves all).
-    Finetune(crate::finetune::FinetuneArgs),
-    /// Judge a task's classifier on a JSONL file (in process or against a server).
-    Eval(crate::eval::EvalArgs),
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -259,4 +251,49 @@ impl Default for Limits {
             chaos_control: false,
         }
     }
+}
+
+/// `classifier-svc bench`: what to measure and where the report goes.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// MiniLM directory (models/fetch.sh installs it).
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub minilm: PathBuf,
+    /// Which models: minilm, modernbert (ModernBERT-base sizes, random weights).
+    #[arg(long, value_delimiter = ',', default_value = "minilm,modernbert")]
+    pub models: Vec<String>,
+    /// Prompt lengths in tokens (special tokens included).
+    #[arg(long, value_delimiter = ',', default_value = "21,256")]
+    pub lengths: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub batch_sizes: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub clients: Vec<usize>,
+    /// Seconds of load per measurement (slow configurations finish their last round).
+    #[arg(long, default_value_t = 6.0)]
+    pub seconds: f64,
+    /// Server batching settings for the gRPC runs.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch_size: usize,
+    #[arg(long, default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+    /// Open loop: fixed rates (calls/s) of one short text a call...
+    #[arg(long, value_delimiter = ',', default_value = "150")]
+    pub open_loop_rates: Vec<f64>,
+    /// ...and fractions of the capacity measured closed-loop with the most clients.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.25,0.5,0.75,0.9,1.0,2.0"
+    )]
+    pub open_loop_fractions: Vec<f64>,
+    /// Deadline sent with each open-loop call as grpc-timeout (the router's is 50 ms); 0 = none.
+    #[arg(long, default_value_t = 50)]
+    pub deadline_ms: u64,
+    /// Where random-weight bench models are cached.
+    #[arg(long, default_value = "target/bench-models")]
+    pub cache: PathBuf,
+    /// Markdown report to write.
+    #[arg(long, default_value = "classifier-svc/BENCH.md")]
+    pub output: PathBuf,
 }

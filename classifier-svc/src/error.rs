@@ -27,6 +27,19 @@ pub enum Error {
     Internal(String),
 }
 
+/// The encoder's errors keep their meaning (a bad argument stays INVALID_ARGUMENT at the edge).
+impl From<semroute_encoder::error::Error> for Error {
+    fn from(e: semroute_encoder::error::Error) -> Self {
+        use semroute_encoder::error::Error as E;
+        match e {
+            E::InvalidArgument(m) => Error::InvalidArgument(m),
+            E::ModelLoad { model, reason } => Error::ModelLoad { model, reason },
+            E::Tokenizer(m) => Error::Tokenizer(m),
+            E::Inference(e) => Error::Inference(e),
+        }
+    }
+}
+
 impl Error {
     pub fn load(model: impl Into<String>, reason: impl std::fmt::Display) -> Self {
         Error::ModelLoad {

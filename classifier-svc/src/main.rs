@@ -1,4 +1,5 @@
-//! classifier-svc binary: `serve` (gRPC + HTTP) or `bench` (throughput/latency report).
+//! classifier-svc binary: `serve` (gRPC + HTTP) or `bench` (throughput/latency report). Training
+//! and evaluation are `semroute-train` (the trainer crate).
 
 use clap::Parser;
 
@@ -41,22 +42,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(args.log_json);
             let metrics = classifier_svc::metrics::install()?;
             classifier_svc::server::serve(args, Some(metrics)).await
-        }
-        Command::Eval(args) => {
-            init_tracing(false);
-            classifier_svc::eval::run(&args).await
-        }
-        Command::Train(args) => {
-            init_tracing(false);
-            classifier_svc::train::run(&args)
-        }
-        Command::Finetune(args) => {
-            init_tracing(false);
-            classifier_svc::finetune::run(&args)
-        }
-        Command::CentroidHeads(args) => {
-            init_tracing(false);
-            classifier_svc::centroid::run(&args)
         }
         Command::Bench(args) => {
             init_tracing(false);

@@ -11,8 +11,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::config::{Limits, ModelArgs, ModelPlan, ServeArgs};
-use crate::model::{LoadOptions, Model};
 use crate::service::ClassifierService;
+use semroute_encoder::{LoadOptions, Model};
 
 /// A started server. Dropping it does not stop it; call `shutdown`.
 pub struct Running {
@@ -101,12 +101,12 @@ pub async fn start(
 
 /// Loads one planned model (blocking: file I/O and weight conversion).
 pub fn load(plan: &ModelPlan, opts: &LoadOptions) -> crate::error::Result<Model> {
-    match plan {
+    Ok(match plan {
         ModelPlan::Encoder { source, heads, .. } => {
-            Model::load_encoder(source, heads.as_deref(), opts)
+            Model::load_encoder(source, heads.as_deref(), opts)?
         }
-        ModelPlan::Checkpoint { task, source } => Model::load_checkpoint(task, source, opts),
-    }
+        ModelPlan::Checkpoint { task, source } => Model::load_checkpoint(task, source, opts)?,
+    })
 }
 
 /// Loads every planned model in order, making each one's tasks SERVING as it arrives.

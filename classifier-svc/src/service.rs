@@ -19,7 +19,7 @@ use crate::batch::{Admission, Batcher, Output};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::metrics as m;
-use crate::model::{spans, Encoded, Model, Truncation};
+use semroute_encoder::{spans, Encoded, Model, Truncation};
 
 /// gRPC service name used in health checks for the whole server.
 pub const SERVICE_NAME: &str = "semroute.classifier.v1.Classifier";

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use classifier_svc::fixtures::{self, Spec};
-use classifier_svc::model::Arch;
+use semroute_encoder::fixtures::{self, Spec};
+use semroute_encoder::Arch;
 use semroute_proto::classifier::v1 as pb;
 use semroute_proto::classifier::v1::classifier_client::ClassifierClient;
 

@@ -75,7 +75,7 @@ impl Classifier {
             }
         }
         if !heads.join("domain/head.json").is_file() {
-            let st = Command::new(bin("classifier-svc"))
+            let st = Command::new(bin("semroute-train"))
                 .args(["centroid-heads", "--examples"])
                 .arg(repo().join("models/demo/examples.json"))
                 .arg("--out")

@@ -18,7 +18,7 @@ use super::estimate::Estimator;
 use super::{BatchConfig, Msg, Request};
 use crate::error::Error;
 use crate::metrics as m;
-use crate::model::{Model, Prepared};
+use semroute_encoder::{Model, Prepared};
 
 pub(crate) struct Formed {
     pub requests: Vec<Request>,

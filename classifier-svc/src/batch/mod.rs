@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::metrics as m;
-use crate::model::Model;
+use semroute_encoder::Model;
 
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
@@ -162,7 +162,7 @@ fn inference_loop(model: Arc<Model>, rx: mpsc::Receiver<former::Formed>, idle: m
         }
         let result = if live {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                model.forward(&batch.prepared)
+                model.forward(&batch.prepared).map_err(Error::from)
             }))
             .unwrap_or_else(|_| Err(Error::Internal("inference panicked".into())))
         } else {

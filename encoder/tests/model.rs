@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use classifier_svc::fixtures::{self, Spec};
-use classifier_svc::model::{Arch, LoadOptions, Model, Source, Truncation};
+use semroute_encoder::fixtures::{self, Spec};
+use semroute_encoder::{Arch, LoadOptions, Model, Source, Truncation};
 
 const TEXTS: &[&str] = &[
     "What is the capital of North Carolina?",
@@ -51,7 +51,7 @@ fn assert_batch_equivalence(model: &Model) {
     let texts = equivalence_texts();
     let texts: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
     let ids = tokenize(model, &texts);
-    let limit = classifier_svc::model::ops::FUSED_ATTENTION_MAX_LEN;
+    let limit = semroute_encoder::ops::FUSED_ATTENTION_MAX_LEN;
     assert!(ids.iter().any(|s| s.len() > limit) && ids.iter().any(|s| s.len() <= limit));
     let alone: Vec<_> = ids
         .iter()

@@ -13,7 +13,7 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::Tokenizer;
 
-use crate::model::Arch;
+use crate::Arch;
 
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -333,7 +333,7 @@ pub fn write_head(
         w.randn(&format!("layers.{k}.bias"), &[pair[1]], 0.1);
     }
     candle_core::safetensors::save(&w.map, dir.join("head.safetensors"))?;
-    let spec = crate::model::heads::HeadSpec {
+    let spec = crate::heads::HeadSpec {
         task: task.to_string(),
         labels: labels.iter().map(|s| s.to_string()).collect(),
         activation: "relu".into(),
@@ -357,11 +357,11 @@ pub fn write_token_head(
     seed: u64,
 ) -> anyhow::Result<()> {
     let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-    let labels = crate::model::spans::bio_labels(&types);
+    let labels = crate::spans::bio_labels(&types);
     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-    let width = crate::model::spans::token_input_width(hidden, context);
+    let width = crate::spans::token_input_width(hidden, context);
     write_head(heads_dir, task, &refs, width, &[16], seed)?;
-    let spec = crate::model::heads::HeadSpec {
+    let spec = crate::heads::HeadSpec {
         task: task.to_string(),
         labels,
         activation: "relu".into(),

@@ -1,4 +1,4 @@
-//! `classifier-svc eval`: judges a task's classifier on any JSONL file (its text and label field
+//! `semroute-train eval`: judges a task's classifier on any JSONL file (its text and label field
 //! named on the command line, labels optionally mapped), in process (encoder + heads) or against
 //! a running classifier-svc by address. Prints accuracy, macro-F1, per-class precision/recall,
 //! the confusion matrix and texts/s; `--json` for machines; `--predictions` writes every row's
@@ -13,7 +13,7 @@ use semroute_proto::classifier::v1 as pb;
 use serde_json::json;
 
 use crate::dataset;
-use crate::model::{LoadOptions, Model, Source, Truncation};
+use semroute_encoder::{LoadOptions, Model, Source, Truncation};
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {

@@ -362,8 +362,8 @@ pub fn layer_norm(
 }
 
 /// Applies a Hugging Face activation.
-pub fn activate(x: &Tensor, act: crate::model::config::Activation) -> Result<Tensor> {
-    use crate::model::config::Activation::*;
+pub fn activate(x: &Tensor, act: crate::config::Activation) -> Result<Tensor> {
+    use crate::config::Activation::*;
     match act {
         GeluErf => gelu_erf(x),
         GeluTanh => x.gelu(),

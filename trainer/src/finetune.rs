@@ -1,4 +1,4 @@
-//! `classifier-svc finetune`: fine-tunes the shared BERT-family encoder jointly for several
+//! `semroute-train finetune`: fine-tunes the shared BERT-family encoder jointly for several
 //! sentence tasks, so all of them are still answered from ONE encoder pass. Each task is given as
 //! a line of `train` arguments (same data options, same stratified split and seed, so its test
 //! figures sit on the same rows as the frozen-encoder head's). Steps interleave batches of all
@@ -21,10 +21,10 @@ use rand::{rngs::StdRng, SeedableRng};
 use serde_json::json;
 
 use crate::dataset::{self, Row};
-use crate::model::config::Activation;
-use crate::model::heads::token_bag_with;
-use crate::model::{Arch, EncoderConfig, LoadOptions, Model, Pooling, Source, Truncation};
 use crate::train::{self, argmax, probs, weighted_ce, Head, TrainArgs};
+use semroute_encoder::config::Activation;
+use semroute_encoder::heads::token_bag_with;
+use semroute_encoder::{Arch, EncoderConfig, LoadOptions, Model, Pooling, Source, Truncation};
 
 #[derive(Debug, Clone, Args)]
 pub struct FinetuneArgs {
@@ -533,7 +533,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
     }
     let names: Vec<&str> = tasks.iter().map(|t| t.args.task.as_str()).collect();
     let note = format!(
-        "fine-tuned jointly for {} from `{}` by `classifier-svc finetune` ({}): encoder lr {}, heads lr {}, batch {}, best of {step} steps at step {best_step}",
+        "fine-tuned jointly for {} from `{}` by `semroute-train finetune` ({}): encoder lr {}, heads lr {}, batch {}, best of {step} steps at step {best_step}",
         names.join(", "),
         args.encoder,
         args.train_layers.map_or("all layers".to_string(), |n| format!("top {n} layers")),
@@ -614,7 +614,7 @@ fn predict_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{write_checkpoint, Spec};
+    use semroute_encoder::fixtures::{write_checkpoint, Spec};
 
     fn write_tasks(dir: &Path, line: &str) -> PathBuf {
         let p = dir.join("tasks");

@@ -1,9 +1,13 @@
-//! Models: where they come from, which encoder they are, their heads and labels, tokenization.
-//! Pure inference: no queues, no networking.
+//! semroute-encoder: the encoders (BERT family, ModernBERT) on candle, where they come from, their
+//! heads and labels, tokenization. Pure inference: no queues, no networking, no training. The
+//! server (classifier-svc) and the trainer (semroute-trainer) both build on it.
 
 pub mod attention;
 pub mod bert;
 pub mod config;
+pub mod error;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod heads;
 pub mod modernbert;
 pub mod ops;

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use classifier_svc::fixtures::{self, Spec};
-use classifier_svc::model::{Arch, LoadOptions, Model, Source};
+use semroute_encoder::fixtures::{self, Spec};
+use semroute_encoder::{Arch, LoadOptions, Model, Source};
 
 #[test]
 fn hub_sources_resolve_through_the_hf_hub_cache() {

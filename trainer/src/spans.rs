@@ -1,4 +1,4 @@
-//! `classifier-svc train --spans-field F`: a token-classification head (PII entities) on the
+//! `semroute-train train --spans-field F`: a token-classification head (PII entities) on the
 //! shared frozen encoder. Gold character spans become per-token BIO labels; the head reads each
 //! token's last hidden state, its neighbours' and its spelling (`model::spans`); early stopping
 //! and the reported figures are entity-level F1 (exact type and span) on a held-out split.
@@ -14,9 +14,9 @@ use rand::{rngs::StdRng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::dataset;
-use crate::model::spans::{self, EntityScores};
-use crate::model::{LoadOptions, Model, Source, Truncation};
 use crate::train::{data_files, probs, save_head, weighted_ce, Head, TrainArgs};
+use semroute_encoder::spans::{self, EntityScores};
+use semroute_encoder::{LoadOptions, Model, Source, Truncation};
 
 /// One text with its gold entities as byte ranges, types already mapped.
 struct Example {

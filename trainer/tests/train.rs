@@ -2,10 +2,10 @@
 //! (with lexical features) that the server's loader reads back, and the served model gives the
 //! trained labels; `eval` scores it.
 
-use classifier_svc::dataset::DataArgs;
-use classifier_svc::fixtures::{self, Spec};
-use classifier_svc::model::{Arch, LoadOptions, Model, Source, Truncation};
-use classifier_svc::train::{self, TrainArgs};
+use semroute_encoder::fixtures::{self, Spec};
+use semroute_encoder::{Arch, LoadOptions, Model, Source, Truncation};
+use semroute_trainer::dataset::DataArgs;
+use semroute_trainer::train::{self, TrainArgs};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
@@ -115,7 +115,7 @@ async fn eval_scores(enc: &std::path::Path, heads: &std::path::Path, dir: &std::
     )
     .unwrap();
     let preds = dir.join("preds.jsonl");
-    let args = classifier_svc::eval::EvalArgs {
+    let args = semroute_trainer::eval::EvalArgs {
         input: DataArgs {
             data: vec![data],
             text_field: "body".into(),
@@ -130,7 +130,7 @@ async fn eval_scores(enc: &std::path::Path, heads: &std::path::Path, dir: &std::
         json: true,
         predictions: Some(preds.clone()),
     };
-    let r = classifier_svc::eval::evaluate(&args).await.unwrap();
+    let r = semroute_trainer::eval::evaluate(&args).await.unwrap();
     assert_eq!(r.json["scores"]["n"], 4);
     assert_eq!(r.json["labels_unknown_to_the_head"][0], "weather");
     assert_eq!(r.json["scores"]["accuracy"], 0.75, "{}", r.json);

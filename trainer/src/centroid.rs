@@ -1,4 +1,4 @@
-//! `classifier-svc centroid-heads`: heads without training. Each label is described by a few
+//! `semroute-train centroid-heads`: heads without training. Each label is described by a few
 //! example prompts; its row of a linear head is the normalised mean embedding of its examples,
 //! scaled, so the head's softmax ranks labels by cosine similarity to their centroids. Written
 //! in the shared-encoder head format (`models/README.md`) and served like any trained head.
@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use serde_json::json;
 
-use crate::model::{LoadOptions, Model, Source, Truncation};
+use semroute_encoder::{LoadOptions, Model, Source, Truncation};
 
 #[derive(Debug, Clone, Args)]
 pub struct CentroidArgs {

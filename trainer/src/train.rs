@@ -1,4 +1,4 @@
-//! `classifier-svc train`: one head per task on the shared (frozen) encoder. Embeds the data once
+//! `semroute-train train`: one head per task on the shared (frozen) encoder. Embeds the data once
 //! (cached on disk, so another head on the same data is fast), splits it stratified with a fixed
 //! seed into train / validation (early stopping, thresholds) / test (the reported figures),
 //! trains a linear or small-MLP head with class weights and AdamW, and writes the head in the
@@ -18,7 +18,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::dataset::{self, Row, Scores};
-use crate::model::{LoadOptions, Model, Source, Truncation};
+use semroute_encoder::{LoadOptions, Model, Source, Truncation};
 
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
@@ -308,10 +308,8 @@ impl Features {
     }
 }
 
+/// Trains a sentence head (one label per text); token heads (`--spans-field`) are `spans::run`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
-    if let Some(field) = &args.spans_field {
-        return crate::train_spans::run(args, field);
-    }
     let rows: Vec<Row> = dataset::load(
         &args.input,
         args.group_field.as_deref(),
@@ -331,7 +329,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             .iter()
             .map(|t| {
                 let ids = model.tokenize(t, Truncation::Truncate)?.ids;
-                Ok(crate::model::heads::token_bag_with(&ids, v, nb))
+                Ok(semroute_encoder::heads::token_bag_with(&ids, v, nb))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Some((v + nb, bags))
@@ -660,7 +658,7 @@ pub(crate) fn save_head(
 
 /// This process's command line as a user would type it (what cards and metrics record).
 pub(crate) fn command_line() -> String {
-    std::iter::once("classifier-svc".to_string())
+    std::iter::once("semroute-train".to_string())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ")

@@ -1,0 +1,60 @@
+//! semroute-train: train, fine-tune and judge the classifier's heads (`train`, `finetune`,
+//! `eval`, `centroid-heads`, `route-bench`). The server binary (classifier-svc) serves what this writes.
+
+use clap::{Parser, Subcommand};
+
+// Training allocates and frees large activation buffers per op; mimalloc reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "semroute-train",
+    version,
+    about = "Train, fine-tune and evaluate the classifier heads of semroute"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a head on the shared encoder from a JSONL file and write it with a model card.
+    Train(semroute_trainer::train::TrainArgs),
+    /// Fine-tune the shared encoder jointly for several tasks (one encoder pass still serves all).
+    Finetune(semroute_trainer::finetune::FinetuneArgs),
+    /// Judge a task's classifier on a JSONL file (in process or against a server).
+    Eval(semroute_trainer::eval::EvalArgs),
+    /// Write heads without training: each label's row is the mean embedding of a few examples.
+    CentroidHeads(semroute_trainer::centroid::CentroidArgs),
+    /// Replay prompts with per-model correctness through the routing policy: accuracy and cost
+    /// of every model, the router along its cost knob, random routing and the oracle.
+    RouteBench(semroute_trainer::route_bench::RouteBenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    // candle sizes its matmul thread pool from physical cores as it guesses them, which can be
+    // 1 on a VM; use every core this process may run on unless the operator said otherwise.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Train(args) => semroute_trainer::train(&args),
+        Command::Finetune(args) => semroute_trainer::finetune::run(&args),
+        Command::CentroidHeads(args) => semroute_trainer::centroid::run(&args),
+        Command::RouteBench(args) => semroute_trainer::route_bench::run(&args),
+        Command::Eval(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(semroute_trainer::eval::run(&args)),
+    }
+}

@@ -1,0 +1,535 @@
+//! `semroute-train route-bench`: what routing is worth, in accuracy and money. Replays prompts
+//! with per-model correctness (any JSONL whose rows carry a `correct` map, model -> true/false)
+//! through the router's own policy (`semroute_router::decide::policy::decide`, the function every
+//! `auto` request goes through) on signals from the encoder and heads, in process. Prices come
+//! from the router config it is given (`models[].pricing`, per million tokens); a prompt costs
+//! its tokens (4 characters a token, the router's own estimate) and an answer a fixed estimate
+//! per model. Reports every single model, the router at each setting of the cost knob (a curve
+//! over the strong-model threshold), random routing at the same cost, the oracle, APGR/CPT for
+//! weak/strong pairs, and the headline "x % of the best model's accuracy at y % of its cost".
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Args;
+use semroute_encoder::{LoadOptions, Model, Source, Truncation};
+use semroute_router::config::Config;
+use semroute_router::decide::{policy, Signal};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::dataset::{self, DataArgs, Row};
+
+#[derive(Debug, Clone, Args)]
+pub struct RouteBenchArgs {
+    /// JSONL file(s) with a text and a per-model correctness map (repeatable).
+    #[arg(long = "data", required = true)]
+    pub data: Vec<PathBuf>,
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// JSON pointer to the object of model name -> answered right (true/false/null).
+    #[arg(long, default_value = "/correct")]
+    pub correct_field: String,
+    /// A router config (router-svc's format): its models (names as in the correctness map) with
+    /// their prices, and the routing policy under test. Its endpoints are never contacted.
+    #[arg(long, default_value = "models/route-bench.yaml")]
+    pub config: PathBuf,
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub encoder: String,
+    #[arg(long, default_value = "models/heads")]
+    pub heads: PathBuf,
+    /// `all` rows, or the `test` split of a head trained on the same file: give the label that
+    /// head was trained on (`--split-label-field`, `--split-label-map`) and the same split
+    /// fractions and seed, and the rows are exactly that head's test split.
+    #[arg(long, default_value = "all")]
+    pub split: String,
+    #[arg(long)]
+    pub split_label_field: Option<String>,
+    #[arg(long)]
+    pub split_label_map: Option<String>,
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 0.15)]
+    pub test_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Tokens an answer costs, for every model...
+    #[arg(long, default_value_t = 300)]
+    pub answer_tokens: u32,
+    /// ...or for one model (MODEL=N, repeatable).
+    #[arg(long = "model-answer-tokens")]
+    pub model_answer_tokens: Vec<String>,
+    /// Weak/strong pairs (WEAK,STRONG) to report APGR and CPT for, ranked by the router's strong
+    /// score; the knob's own pair is always reported.
+    #[arg(long = "pair")]
+    pub pairs: Vec<String>,
+    /// Points on the cost-knob curve (shares of strong-model calls 0, 1/N, ..., 1).
+    #[arg(long, default_value_t = 20)]
+    pub knob_points: usize,
+    /// Write the report here (markdown), with the command that reproduces it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the figures here (JSON).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Accuracy and mean cost per request of one way of choosing models.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Outcome {
+    pub accuracy: f64,
+    /// Currency units per request.
+    pub cost: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KnobPoint {
+    pub threshold: f32,
+    /// Share of requests sent to the knob's strong model.
+    pub strong_share: f64,
+    pub router: Outcome,
+    /// Random weak/strong routing spending the same.
+    pub random_accuracy: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub rows: usize,
+    pub skipped: usize,
+    pub models: BTreeMap<String, Outcome>,
+    pub router: Outcome,
+    /// Share of requests per model, as configured.
+    pub router_mix: BTreeMap<String, f64>,
+    pub oracle: Outcome,
+    pub knob: Vec<KnobPoint>,
+    pub pairs: BTreeMap<String, dataset::QualityCurve>,
+    pub best_model: String,
+    pub headline: String,
+}
+
+/// One prompt: what each model costs on it and whether it answered it right.
+struct Case {
+    correct: BTreeMap<String, bool>,
+    cost: BTreeMap<String, f64>,
+    signals: Vec<Signal>,
+}
+
+pub fn run(args: &RouteBenchArgs) -> anyhow::Result<()> {
+    let report = bench(args)?;
+    let md = markdown(args, &report);
+    print!("{md}");
+    if let Some(p) = &args.out {
+        std::fs::write(p, &md).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn load_rows(args: &RouteBenchArgs) -> anyhow::Result<Vec<Row>> {
+    let input = DataArgs {
+        data: args.data.clone(),
+        text_field: args.text_field.clone(),
+        label_field: args.split_label_field.clone().unwrap_or_default(),
+        label_map: args.split_label_map.clone(),
+    };
+    match (args.split.as_str(), &args.split_label_field) {
+        ("test", Some(_)) => {
+            let rows = dataset::load(&input, None, true)?;
+            let (_, y) = crate::train::label_ids(&rows)?;
+            let (_, _, test) =
+                crate::train::split3(&y, args.val_fraction, args.test_fraction, args.seed);
+            let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+            Ok(test.iter().filter_map(|&i| rows[i].take()).collect())
+        }
+        ("test", None) => anyhow::bail!(
+            "--split test needs --split-label-field (the label the head was trained on), so the rows are that head's test split"
+        ),
+        ("all", _) => {
+            let mut rows = Vec::new();
+            for f in &args.data {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    let v: Value = serde_json::from_str(line)
+                        .map_err(|e| anyhow::anyhow!("{}:{}: {e}", f.display(), i + 1))?;
+                    if let Some(t) = dataset::field_str(&v, &args.text_field) {
+                        rows.push(Row {
+                            text: t,
+                            label: String::new(),
+                            group: None,
+                            record: Some(v),
+                        });
+                    }
+                }
+            }
+            Ok(rows)
+        }
+        (other, _) => anyhow::bail!("--split {other:?}: expected all or test"),
+    }
+}
+
+/// Top label and its probability per sentence task: what classifier-svc answers the router.
+fn signals(model: &Model, texts: &[&str]) -> anyhow::Result<Vec<Vec<Signal>>> {
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| Ok(model.tokenize(t, Truncation::Truncate)?.ids))
+        .collect::<anyhow::Result<_>>()?;
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut out = vec![Vec::new(); ids.len()];
+    for chunk in order.chunks(32) {
+        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+        let batch = model.run(&seqs)?;
+        for (&i, probs) in chunk.iter().zip(batch.probs) {
+            out[i] = model
+                .tasks
+                .iter()
+                .zip(probs)
+                .filter(|(t, _)| !t.is_token())
+                .filter_map(|(t, p)| {
+                    let (best, &prob) = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+                    Some(Signal {
+                        task: t.name.clone(),
+                        label: t.labels[best].clone(),
+                        probability: prob,
+                    })
+                })
+                .collect();
+        }
+    }
+    Ok(out)
+}
+
+fn answer_tokens(args: &RouteBenchArgs) -> anyhow::Result<BTreeMap<String, u32>> {
+    args.model_answer_tokens
+        .iter()
+        .map(|s| {
+            let (m, n) = s
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--model-answer-tokens {s:?}: expected MODEL=N"))?;
+            Ok((m.to_string(), n.parse()?))
+        })
+        .collect()
+}
+
+fn pair(spec: &str) -> anyhow::Result<(String, String)> {
+    let (w, s) = spec
+        .split_once(',')
+        .ok_or_else(|| anyhow::anyhow!("--pair {spec:?}: expected WEAK,STRONG"))?;
+    Ok((w.to_string(), s.to_string()))
+}
+
+/// Mean accuracy and cost of choosing `pick(case)` for every case.
+fn outcome<'a>(cases: &'a [Case], mut pick: impl FnMut(usize, &'a Case) -> String) -> Outcome {
+    let n = cases.len().max(1) as f64;
+    let (mut right, mut cost) = (0.0, 0.0);
+    for (i, c) in cases.iter().enumerate() {
+        let m = pick(i, c);
+        right += f64::from(u8::from(c.correct[&m]));
+        cost += c.cost[&m];
+    }
+    Outcome {
+        accuracy: right / n,
+        cost: cost / n,
+    }
+}
+
+pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    let cfg =
+        Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    let names: Vec<String> = cfg.models.iter().map(|m| m.name.clone()).collect();
+    let tokens = answer_tokens(args)?;
+    let rows = load_rows(args)?;
+    // Only rows where every configured model has a verdict: each choice can then be scored.
+    let mut kept = Vec::new();
+    let mut skipped = 0;
+    for r in rows {
+        let map = r
+            .record
+            .as_ref()
+            .and_then(|v| v.pointer(&args.correct_field));
+        let correct: Option<BTreeMap<String, bool>> = names
+            .iter()
+            .map(|m| Some((m.clone(), map?.get(m)?.as_bool()?)))
+            .collect();
+        match correct {
+            Some(c) => kept.push((r.text, c)),
+            None => skipped += 1,
+        }
+    }
+    anyhow::ensure!(
+        !kept.is_empty(),
+        "no row of {:?} has a verdict at {} for every model of {} ({})",
+        args.data,
+        args.correct_field,
+        args.config.display(),
+        names.join(", ")
+    );
+    let source: Source = args.encoder.parse()?;
+    let model = Model::load_encoder(&source, Some(&args.heads), &LoadOptions::default())?;
+    let texts: Vec<&str> = kept.iter().map(|(t, _)| t.as_str()).collect();
+    let sigs = signals(&model, &texts)?;
+    let cases: Vec<Case> = kept
+        .iter()
+        .zip(sigs)
+        .map(|((text, correct), signals)| {
+            let prompt = text.chars().count().div_ceil(4) as f64;
+            let cost = cfg
+                .models
+                .iter()
+                .map(|m| {
+                    let out = f64::from(*tokens.get(&m.name).unwrap_or(&args.answer_tokens));
+                    let c = (prompt * m.pricing.input_per_million
+                        + out * m.pricing.output_per_million)
+                        / 1e6;
+                    (m.name.clone(), c)
+                })
+                .collect();
+            Case {
+                correct: correct.clone(),
+                cost,
+                signals,
+            }
+        })
+        .collect();
+
+    let decide = |cfg: &Config, c: &Case| policy::decide(cfg, c.signals.clone(), None);
+    let decisions: Vec<_> = cases.iter().map(|c| decide(&cfg, c)).collect();
+    for d in &decisions {
+        anyhow::ensure!(
+            names.contains(&d.model),
+            "the policy chose {:?}, which is not a model of the config",
+            d.model
+        );
+    }
+    let models: BTreeMap<String, Outcome> = names
+        .iter()
+        .map(|m| (m.clone(), outcome(&cases, |_, _| m.clone())))
+        .collect();
+    let router = outcome(&cases, |i, _| decisions[i].model.clone());
+    let mut router_mix = BTreeMap::new();
+    for d in &decisions {
+        *router_mix.entry(d.model.clone()).or_insert(0.0) += 1.0 / cases.len() as f64;
+    }
+    let cheapest = |c: &Case, only_right: bool| {
+        names
+            .iter()
+            .filter(|m| !only_right || c.correct[*m])
+            .min_by(|a, b| c.cost[*a].total_cmp(&c.cost[*b]))
+            .cloned()
+    };
+    let oracle = outcome(&cases, |_, c| {
+        cheapest(c, true).or_else(|| cheapest(c, false)).unwrap()
+    });
+
+    // The cost knob: the strong-model threshold at each share of strong calls.
+    let scores: Vec<f32> = decisions
+        .iter()
+        .map(|d| d.strong_score.unwrap_or(0.0))
+        .collect();
+    let mut knob = Vec::new();
+    let mut pair_specs: Vec<(String, String)> = Vec::new();
+    if let Some(sm) = &cfg.routing.strong_model {
+        let weak = sm
+            .weak_model
+            .clone()
+            .unwrap_or(cfg.routing.default_model.clone());
+        pair_specs.push((weak.clone(), sm.model.clone()));
+        let mut sorted = scores.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let points = args.knob_points.max(1);
+        for k in 0..=points {
+            let take = cases.len() * k / points;
+            let threshold = if take == 0 {
+                f32::INFINITY
+            } else {
+                sorted[take - 1]
+            };
+            let mut c2 = cfg.clone();
+            c2.routing.strong_model.as_mut().unwrap().threshold = threshold;
+            let ds: Vec<_> = cases.iter().map(|c| decide(&c2, c)).collect();
+            let r = outcome(&cases, |i, _| ds[i].model.clone());
+            let strong_share =
+                ds.iter().filter(|d| d.model == sm.model).count() as f64 / cases.len() as f64;
+            let (w, s) = (models[&weak], models[&sm.model]);
+            let q = if (s.cost - w.cost).abs() < 1e-12 {
+                0.0
+            } else {
+                ((r.cost - w.cost) / (s.cost - w.cost)).clamp(0.0, 1.0)
+            };
+            knob.push(KnobPoint {
+                threshold,
+                strong_share,
+                router: r,
+                random_accuracy: (1.0 - q) * w.accuracy + q * s.accuracy,
+            });
+        }
+    }
+    for p in &args.pairs {
+        let p = pair(p)?;
+        anyhow::ensure!(
+            names.contains(&p.0) && names.contains(&p.1),
+            "--pair {},{}: both must be models of the config",
+            p.0,
+            p.1
+        );
+        if !pair_specs.contains(&p) {
+            pair_specs.push(p);
+        }
+    }
+    let pairs = pair_specs
+        .iter()
+        .map(|(w, s)| {
+            let wk: Vec<bool> = cases.iter().map(|c| c.correct[w]).collect();
+            let st: Vec<bool> = cases.iter().map(|c| c.correct[s]).collect();
+            (
+                format!("{w} -> {s}"),
+                dataset::quality_curve(&scores, &wk, &st),
+            )
+        })
+        .collect();
+    let best_model = models
+        .iter()
+        .max_by(|a, b| a.1.accuracy.total_cmp(&b.1.accuracy))
+        .map(|(m, _)| m.clone())
+        .unwrap();
+    let best = models[&best_model];
+    let headline = format!(
+        "the router as configured: {:.1} % of {best_model}'s accuracy at {:.1} % of its cost",
+        100.0 * router.accuracy / best.accuracy.max(1e-12),
+        100.0 * router.cost / best.cost.max(1e-12)
+    );
+    Ok(Report {
+        rows: cases.len(),
+        skipped,
+        models,
+        router,
+        router_mix,
+        oracle,
+        knob,
+        pairs,
+        best_model,
+        headline,
+    })
+}
+
+fn markdown(args: &RouteBenchArgs, r: &Report) -> String {
+    let best = r.models[&r.best_model];
+    let rel = |o: &Outcome| {
+        format!(
+            "{:.1} % / {:.1} %",
+            100.0 * o.accuracy / best.accuracy.max(1e-12),
+            100.0 * o.cost / best.cost.max(1e-12)
+        )
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "# Routing benchmark\n");
+    let _ = writeln!(
+        s,
+        "Reproduce: `{}`\n",
+        std::iter::once("semroute-train".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let _ = writeln!(
+        s,
+        "{} prompts ({} skipped: not every model has a verdict), {} split, policy and prices from `{}`, \
+         answers {} tokens unless set per model, prompts 4 characters a token.\n",
+        r.rows,
+        r.skipped,
+        args.split,
+        args.config.display(),
+        args.answer_tokens
+    );
+    let _ = writeln!(s, "**Headline: {}.**\n", r.headline);
+    let _ = writeln!(
+        s,
+        "| choice | accuracy | cost / 1k requests | accuracy / cost vs {} |",
+        r.best_model
+    );
+    let _ = writeln!(s, "|---|---|---|---|");
+    let mut by_cost: Vec<_> = r.models.iter().collect();
+    by_cost.sort_by(|a, b| a.1.cost.total_cmp(&b.1.cost));
+    for (m, o) in by_cost {
+        let _ = writeln!(
+            s,
+            "| {m} | {:.4} | {:.4} | {} |",
+            o.accuracy,
+            o.cost * 1000.0,
+            rel(o)
+        );
+    }
+    let mix: Vec<String> = r
+        .router_mix
+        .iter()
+        .map(|(m, x)| format!("{m} {:.0} %", 100.0 * x))
+        .collect();
+    let _ = writeln!(
+        s,
+        "| **router as configured** ({}) | {:.4} | {:.4} | {} |",
+        mix.join(", "),
+        r.router.accuracy,
+        r.router.cost * 1000.0,
+        rel(&r.router)
+    );
+    let _ = writeln!(
+        s,
+        "| oracle (cheapest right model) | {:.4} | {:.4} | {} |\n",
+        r.oracle.accuracy,
+        r.oracle.cost * 1000.0,
+        rel(&r.oracle)
+    );
+    if !r.knob.is_empty() {
+        let _ = writeln!(s, "## The cost knob (strong-model threshold)\n");
+        let _ = writeln!(
+            s,
+            "| threshold | strong share | accuracy | cost / 1k | vs {} (acc / cost) | random at same cost |",
+            r.best_model
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for p in &r.knob {
+            let t = if p.threshold.is_finite() {
+                format!("{:.3}", p.threshold)
+            } else {
+                "never".into()
+            };
+            let _ = writeln!(
+                s,
+                "| {t} | {:.0} % | {:.4} | {:.4} | {} | {:.4} |",
+                100.0 * p.strong_share,
+                p.router.accuracy,
+                p.router.cost * 1000.0,
+                rel(&p.router),
+                p.random_accuracy
+            );
+        }
+        s.push('\n');
+    }
+    if !r.pairs.is_empty() {
+        let _ = writeln!(s, "## Weak/strong pairs, ranked by the strong score\n");
+        let _ = writeln!(
+            s,
+            "| pair | weak acc | strong acc | APGR (random 0.5) | CPT(50 %) | CPT(80 %) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for (p, c) in &r.pairs {
+            let _ = writeln!(
+                s,
+                "| {p} | {:.4} | {:.4} | {:.4} | {:.1} % | {:.1} % |",
+                c.weak_accuracy,
+                c.strong_accuracy,
+                c.apgr,
+                100.0 * c.cpt50,
+                100.0 * c.cpt80
+            );
+        }
+    }
+    s
+}
