@@ -64,6 +64,12 @@ pub struct RouteBenchArgs {
     /// score; the knob's own pair is always reported.
     #[arg(long = "pair")]
     pub pairs: Vec<String>,
+    /// The knob on another classifier task and label than the config's (e.g. `complexity`,
+    /// `reasoning`): compare signals under the same policy and prices.
+    #[arg(long)]
+    pub knob_task: Option<String>,
+    #[arg(long)]
+    pub knob_label: Option<String>,
     /// Points on the cost-knob curve (shares of strong-model calls 0, 1/N, ..., 1).
     #[arg(long, default_value_t = 20)]
     pub knob_points: usize,
@@ -241,8 +247,22 @@ fn outcome<'a>(cases: &'a [Case], mut pick: impl FnMut(usize, &'a Case) -> Strin
 pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
-    let cfg =
+    let mut cfg =
         Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    if args.knob_task.is_some() || args.knob_label.is_some() {
+        let sm = cfg.routing.strong_model.as_mut().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--knob-task/--knob-label: {} has no routing.strong_model",
+                args.config.display()
+            )
+        })?;
+        if let Some(t) = &args.knob_task {
+            sm.task = t.clone();
+        }
+        if let Some(l) = &args.knob_label {
+            sm.label = l.clone();
+        }
+    }
     let names: Vec<String> = cfg.models.iter().map(|m| m.name.clone()).collect();
     let tokens = answer_tokens(args)?;
     let rows = load_rows(args)?;
@@ -400,11 +420,25 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
         .map(|(m, _)| m.clone())
         .unwrap();
     let best = models[&best_model];
-    let headline = format!(
+    let mut headline = format!(
         "the router as configured: {:.1} % of {best_model}'s accuracy at {:.1} % of its cost",
         100.0 * router.accuracy / best.accuracy.max(1e-12),
         100.0 * router.cost / best.cost.max(1e-12)
     );
+    // The knob setting a user would pick for "nearly the best model, for less".
+    if let Some(p) = knob
+        .iter()
+        .filter(|p| p.router.accuracy >= 0.95 * best.accuracy)
+        .min_by(|a, b| a.router.cost.total_cmp(&b.router.cost))
+    {
+        let _ = write!(
+            headline,
+            "; the cheapest knob setting with >= 95 % of its accuracy (threshold {:.3}, {:.0} % strong calls): {:.1} % of its cost",
+            p.threshold,
+            100.0 * p.strong_share,
+            100.0 * p.router.cost / best.cost.max(1e-12)
+        );
+    }
     Ok(Report {
         rows: cases.len(),
         skipped,

@@ -32,6 +32,8 @@ fn args(dir: &std::path::Path) -> RouteBenchArgs {
         answer_tokens: 100,
         model_answer_tokens: vec![],
         pairs: vec![],
+        knob_task: None,
+        knob_label: None,
         knob_points: 4,
         out: None,
         json: None,
