@@ -449,6 +449,21 @@ pub(crate) fn report(
     let pred: Vec<usize> = p_test.iter().map(|r| argmax(r)).collect();
     let test_scores = dataset::score(labels, &y_test, &pred);
     println!("== {} test split\n{}", args.task, test_scores.render());
+    // Accuracy per group (`--group-field`): e.g. exam questions vs conversational prompts.
+    let mut by_group = std::collections::BTreeMap::<&str, (usize, usize)>::new();
+    for (&i, (&t, &p)) in test.iter().zip(y_test.iter().zip(&pred)) {
+        if let Some(g) = &rows[i].group {
+            let e = by_group.entry(g.as_str()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(t == p);
+        }
+    }
+    for (g, (n, right)) in &by_group {
+        println!(
+            "   group {g:<38} n={n:>5} accuracy {:.4}",
+            *right as f64 / *n as f64
+        );
+    }
 
     let mut detector = None;
     if let Some(pos) = &args.positive {
