@@ -70,6 +70,11 @@ pub struct RouteBenchArgs {
     pub knob_task: Option<String>,
     #[arg(long)]
     pub knob_label: Option<String>,
+    /// The knob between other models than the config's (weak: also the default model).
+    #[arg(long)]
+    pub knob_weak: Option<String>,
+    #[arg(long)]
+    pub knob_strong: Option<String>,
     /// Points on the cost-knob curve (shares of strong-model calls 0, 1/N, ..., 1).
     #[arg(long, default_value_t = 20)]
     pub knob_points: usize,
@@ -249,18 +254,42 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
     let mut cfg =
         Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
-    if args.knob_task.is_some() || args.knob_label.is_some() {
+    let knob_set = [
+        &args.knob_task,
+        &args.knob_label,
+        &args.knob_weak,
+        &args.knob_strong,
+    ];
+    if knob_set.iter().any(|o| o.is_some()) {
         let sm = cfg.routing.strong_model.as_mut().ok_or_else(|| {
             anyhow::anyhow!(
-                "--knob-task/--knob-label: {} has no routing.strong_model",
+                "--knob-*: {} has no routing.strong_model",
                 args.config.display()
             )
         })?;
+        if let Some(w) = &args.knob_weak {
+            sm.weak_model = Some(w.clone());
+            cfg.routing.default_model = w.clone();
+        }
+        if let Some(s) = &args.knob_strong {
+            sm.model = s.clone();
+        }
         if let Some(t) = &args.knob_task {
             sm.task = t.clone();
         }
         if let Some(l) = &args.knob_label {
             sm.label = l.clone();
+        }
+        let sm = cfg.routing.strong_model.clone();
+        for m in sm
+            .iter()
+            .flat_map(|s| std::iter::once(&s.model).chain(&s.weak_model))
+        {
+            anyhow::ensure!(
+                cfg.model(m).is_some(),
+                "--knob-*: {m:?} is not a model of {}",
+                args.config.display()
+            );
         }
     }
     let names: Vec<String> = cfg.models.iter().map(|m| m.name.clone()).collect();

@@ -34,6 +34,8 @@ fn args(dir: &std::path::Path) -> RouteBenchArgs {
         pairs: vec![],
         knob_task: None,
         knob_label: None,
+        knob_weak: None,
+        knob_strong: None,
         knob_points: 4,
         out: None,
         json: None,
