@@ -322,16 +322,19 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let model = Model::load_encoder(&source, None, &LoadOptions::default())?;
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     let emb = embed_cached(&model, &texts, args.max_length, &args.cache_dir)?;
+    // As served: the encoder's own limit (512 for MiniLM), whatever --max-length trains on.
+    let ids = texts
+        .iter()
+        .map(|t| Ok(model.tokenize(t, Truncation::Truncate)?.ids))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tokens: Vec<usize> = ids.iter().map(Vec::len).collect();
     let bags = if args.token_features {
         let v = model.meta.vocab_size;
         let nb = args.bigram_buckets;
-        let bags = texts
+        let bags = ids
             .iter()
-            .map(|t| {
-                let ids = model.tokenize(t, Truncation::Truncate)?.ids;
-                Ok(semroute_encoder::heads::token_bag_with(&ids, v, nb))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(|ids| semroute_encoder::heads::token_bag_with(ids, v, nb))
+            .collect();
         Some((v + nb, bags))
     } else {
         None
@@ -414,8 +417,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
 
     let p_val = probs(&weights, &x_val)?;
     let p_test = probs(&weights, &feats.rows(&test)?)?;
-    let (test_scores, detector) =
-        report(args, &rows, &labels, &y, (&val, &p_val), (&test, &p_test))?;
+    let (test_scores, detector) = report(
+        args,
+        &rows,
+        &labels,
+        (&y, &tokens),
+        (&val, &p_val),
+        (&test, &p_test),
+    )?;
 
     write_head(
         args,
@@ -439,7 +448,7 @@ pub(crate) fn report(
     args: &TrainArgs,
     rows: &[Row],
     labels: &[String],
-    y: &[usize],
+    (y, tokens): (&[usize], &[usize]),
     (val, p_val): (&[usize], &[Vec<f32>]),
     (test, p_test): (&[usize], &[Vec<f32>]),
 ) -> anyhow::Result<(Scores, Option<serde_json::Value>)> {
@@ -465,6 +474,22 @@ pub(crate) fn report(
         );
     }
 
+    // Long inputs apart: a head (or encoder) trained on short ones may not hold on them.
+    for (name, long) in [("<= 128 tokens", false), ("> 128 tokens", true)] {
+        let (n, right) = test
+            .iter()
+            .zip(y_test.iter().zip(&pred))
+            .filter(|(&i, _)| (tokens[i] > 128) == long)
+            .fold((0usize, 0usize), |(n, r), (_, (t, p))| {
+                (n + 1, r + usize::from(t == p))
+            });
+        if n > 0 {
+            println!(
+                "   inputs {name:<37} n={n:>5} accuracy {:.4}",
+                right as f64 / n as f64
+            );
+        }
+    }
     let mut detector = None;
     if let Some(pos) = &args.positive {
         let pi = labels
