@@ -40,13 +40,4 @@ impl From<semroute_encoder::error::Error> for Error {
     }
 }
 
-impl Error {
-    pub fn load(model: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        Error::ModelLoad {
-            model: model.into(),
-            reason: reason.to_string(),
-        }
-    }
-}
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;

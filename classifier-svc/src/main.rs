@@ -23,12 +23,7 @@ fn init_tracing(json: bool) {
 }
 
 fn main() -> anyhow::Result<()> {
-    // candle sizes its matmul thread pool from physical cores as it guesses them, which can be
-    // 1 on a VM; use every core this process may run on unless the operator said otherwise.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    semroute_encoder::use_all_cores();
     let cli = Cli::parse();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -27,6 +27,16 @@ pub use tokenize::{Encoded, Truncation};
 
 use crate::error::{Error, Result};
 
+/// Sizes candle's matmul thread pool (rayon) to every core this process may run on, unless the
+/// operator set RAYON_NUM_THREADS: candle guesses physical cores, which can be 1 on a VM. Call
+/// first thing in `main`, before any thread exists.
+pub fn use_all_cores() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 /// Where and how to run models.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {

@@ -68,6 +68,16 @@ fn in_process(args: &EvalArgs, texts: &[&str]) -> anyhow::Result<Predicted> {
         "task {:?} is a token-classification head: its entity F1 is measured by `train --spans-field` on a held-out split",
         args.task
     );
+    let probs = classify_all(&model, texts)?
+        .into_iter()
+        .map(|mut p| std::mem::take(&mut p[ti]))
+        .collect();
+    Ok((model.tasks[ti].labels.clone(), probs))
+}
+
+/// Every sentence task's probabilities for every text (`[row][task][label]`, tasks in
+/// `model.tasks` order), 32 texts a batch in length order so padding stays small.
+pub fn classify_all(model: &Model, texts: &[&str]) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     let ids: Vec<Vec<u32>> = texts
         .iter()
         .map(|t| Ok(model.tokenize(t, Truncation::Truncate)?.ids))
@@ -77,12 +87,11 @@ fn in_process(args: &EvalArgs, texts: &[&str]) -> anyhow::Result<Predicted> {
     let mut probs = vec![Vec::new(); ids.len()];
     for chunk in order.chunks(32) {
         let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-        let out = model.run(&seqs)?;
-        for (&i, p) in chunk.iter().zip(out.probs) {
-            probs[i] = p[ti].clone();
+        for (&i, p) in chunk.iter().zip(model.run(&seqs)?.probs) {
+            probs[i] = p;
         }
     }
-    Ok((model.tasks[ti].labels.clone(), probs))
+    Ok(probs)
 }
 
 async fn remote(args: &EvalArgs, addr: &str, texts: &[&str]) -> anyhow::Result<Predicted> {

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
-use semroute_encoder::{LoadOptions, Model, Source, Truncation};
+use semroute_encoder::{LoadOptions, Model, Source};
 use semroute_router::config::Config;
 use semroute_router::decide::{policy, Signal};
 use serde::Serialize;
@@ -185,18 +185,10 @@ fn load_rows(args: &RouteBenchArgs) -> anyhow::Result<Vec<Row>> {
 
 /// Top label and its probability per sentence task: what classifier-svc answers the router.
 fn signals(model: &Model, texts: &[&str]) -> anyhow::Result<Vec<Vec<Signal>>> {
-    let ids: Vec<Vec<u32>> = texts
-        .iter()
-        .map(|t| Ok(model.tokenize(t, Truncation::Truncate)?.ids))
-        .collect::<anyhow::Result<_>>()?;
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by_key(|&i| ids[i].len());
-    let mut out = vec![Vec::new(); ids.len()];
-    for chunk in order.chunks(32) {
-        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-        let batch = model.run(&seqs)?;
-        for (&i, probs) in chunk.iter().zip(batch.probs) {
-            out[i] = model
+    Ok(crate::eval::classify_all(model, texts)?
+        .into_iter()
+        .map(|probs| {
+            model
                 .tasks
                 .iter()
                 .zip(probs)
@@ -209,10 +201,9 @@ fn signals(model: &Model, texts: &[&str]) -> anyhow::Result<Vec<Vec<Signal>>> {
                         probability: prob,
                     })
                 })
-                .collect();
-        }
-    }
-    Ok(out)
+                .collect()
+        })
+        .collect())
 }
 
 fn answer_tokens(args: &RouteBenchArgs) -> anyhow::Result<BTreeMap<String, u32>> {
