@@ -611,10 +611,19 @@ async fn degrades_when_redis_classifier_or_a_backend_fails() {
 async fn bad_input_and_upstream_trouble_get_openai_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut be = Backends::start().await;
+    // Health checks read /v1/models, which answers in every fault mode: the faults below are of
+    // completions (hung, failing) on a backend that is up. With /health (which hangs too) the
+    // checker ejected the hung backend ~1.5 s after "hang", and on a loaded machine the two slow
+    // requests could arrive after that and never be in flight together (a flake).
     let yaml = format!(
         "server:\n  max_body_bytes: 4096\n  max_in_flight: 2\n{}",
         config_yaml(None, None, &be.small(), &be.c.url, "")
+    )
+    .replace(
+        "  health_interval_ms: 200\n",
+        "  health_path: /v1/models\n  health_interval_ms: 200\n",
     );
+    assert!(yaml.contains("health_path: /v1/models"));
     let router = Router::start(dir.path(), &yaml, &[]);
     let c = client();
     let url = format!("{}/v1/chat/completions", router.base);
