@@ -37,6 +37,15 @@ pub struct Cli {
     /// How often the config file is checked for changes, ms.
     #[arg(long, env = "ROUTER_RELOAD_INTERVAL_MS", default_value_t = 1000)]
     pub reload_interval_ms: u64,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// API keys (auth.mode: keys): add, list, revoke. Uses the config's Redis.
+    #[command(subcommand)]
+    Keys(crate::tenant::cli::KeysCmd),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +59,8 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     pub models: Vec<ModelConfig>,
     pub routing: RoutingConfig,
 }
@@ -183,8 +194,10 @@ impl Default for InputConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Redis URL (env ROUTER_REDIS_URL). Absent, `null` or `""` (in the file or the
-    /// environment): no Redis, the in-process cache only.
+    /// Redis URL (env ROUTER_REDIS_URL): `redis://`, `redis+cluster://h1:p1,h2:p2` or
+    /// `redis+sentinel://s1:p1,s2:p2/<master>` (see `store.rs`); also where API keys, limits and
+    /// spend live. Absent, `null` or `""` (in the file or the environment): no Redis, the
+    /// in-process cache only.
     pub redis_url: Option<String>,
     pub key_prefix: String,
     /// TTL of a decision in Redis.
@@ -212,6 +225,76 @@ impl Default for CacheConfig {
             redis_pool_size: 32,
         }
     }
+}
+
+/// Who may call the router and how much: API keys, per-key rate limits and daily budgets
+/// (see `tenant/`). Keys and limits live in the Redis of `cache.redis_url` (shared by every
+/// replica) and/or in `keys_file`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `none`: anyone may call (the quickstart); `keys`: every /v1 route needs a key.
+    pub mode: AuthMode,
+    /// Static keys (a YAML file written by `router-svc keys add --file`), read at start and on
+    /// config reload. Keys in Redis are added and revoked at run time.
+    pub keys_file: Option<PathBuf>,
+    /// Prefix of every Redis key the tenant layer writes (records, limits, spend).
+    pub key_prefix: String,
+    /// A replica keeps a looked-up key this long before asking Redis again: a revocation takes
+    /// effect on every replica within it.
+    pub lookup_cache_ms: u64,
+    /// Budget of one Redis call of the tenant layer (lookup, limits).
+    pub redis_timeout_ms: u64,
+    /// When Redis cannot be asked: `fail_open` enforces each key's limits per replica (in
+    /// process) and serves keys looked up before; `fail_closed` answers 503.
+    pub redis_unavailable: RedisUnavailable,
+    /// Share of a key's daily budget past which its `auto` requests go to the cheapest model.
+    pub downgrade_at: f64,
+    /// Past the whole budget: `reject` (429 budget_exceeded) or `downgrade_only` (keep serving
+    /// `auto` requests on the cheapest model; named models are refused either way).
+    pub over_budget: OverBudget,
+    /// Distinct key names shown as the `key` label of metrics; later ones count as "other".
+    pub max_key_labels: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            keys_file: None,
+            key_prefix: "semroute:".into(),
+            lookup_cache_ms: 500,
+            redis_timeout_ms: 20,
+            redis_unavailable: RedisUnavailable::FailOpen,
+            downgrade_at: 0.8,
+            over_budget: OverBudget::Reject,
+            max_key_labels: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Keys,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisUnavailable {
+    #[default]
+    FailOpen,
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OverBudget {
+    #[default]
+    Reject,
+    DowngradeOnly,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -746,6 +829,8 @@ impl Config {
                 "server.summary_interval_ms",
                 self.server.summary_interval_ms,
             ),
+            ("auth.redis_timeout_ms", self.auth.redis_timeout_ms),
+            ("auth.lookup_cache_ms", self.auth.lookup_cache_ms),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -763,8 +848,7 @@ impl Config {
             }
         }
         if let Some(url) = &self.cache.redis_url {
-            use deadpool_redis::redis::IntoConnectionInfo;
-            if let Err(e) = url.as_str().into_connection_info() {
+            if let Err(e) = crate::store::target(url) {
                 return bad(
                     "cache.redis_url".into(),
                     format!("{url:?} is not a Redis URL ({e}); null or \"\" for none"),
@@ -788,6 +872,26 @@ impl Config {
             return bad(
                 "classifier.admission.backoff_ratio".into(),
                 format!("{} is not in [0.5, 1)", a.backoff_ratio),
+            );
+        }
+        let auth = &self.auth;
+        if !(0.0..=1.0).contains(&auth.downgrade_at) {
+            return bad(
+                "auth.downgrade_at".into(),
+                format!("{} is not a share in [0, 1]", auth.downgrade_at),
+            );
+        }
+        if auth.key_prefix.contains(['{', '}']) {
+            return bad(
+                "auth.key_prefix".into(),
+                "must not hold '{' or '}' (the hash tags of Redis Cluster)".into(),
+            );
+        }
+        if auth.mode == AuthMode::Keys && auth.keys_file.is_none() && self.cache.redis_url.is_none()
+        {
+            return bad(
+                "auth.mode".into(),
+                "`keys` needs auth.keys_file or cache.redis_url (where keys are kept)".into(),
             );
         }
         if !self.upstream.health_path.starts_with('/') {

@@ -40,6 +40,22 @@ pub enum Error {
 
     #[error("The backend for model `{model}` did not answer in time ({detail}).")]
     GatewayTimeout { model: String, detail: String },
+
+    /// true: a key was given but is unknown or revoked; false: none was given.
+    #[error("{}", if *.0 { "Incorrect API key provided (unknown or revoked)." } else { "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`." })]
+    InvalidApiKey(bool),
+
+    #[error("This API key may not use the model `{0}`.")]
+    ModelNotAllowed(String),
+
+    #[error("Rate limit of {} per minute reached for this API key; retry in {retry_ms} ms.", if *.tokens { "tokens" } else { "requests" })]
+    RateLimited { tokens: bool, retry_ms: u64 },
+
+    #[error("This API key's daily budget of {budget} USD is spent; it renews at 00:00 UTC.")]
+    BudgetExceeded { budget: f64 },
+
+    #[error("API keys cannot be checked right now (the key store is unreachable); retry shortly.")]
+    AuthUnavailable,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -63,6 +79,12 @@ impl Error {
             Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::InvalidApiKey(_) => StatusCode::UNAUTHORIZED,
+            Error::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Error::RateLimited { .. } | Error::BudgetExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Error::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -79,13 +101,19 @@ impl Error {
             Error::BadGateway { .. } => ("server_error", "upstream_error"),
             Error::Unavailable(_) => ("server_error", "upstream_unavailable"),
             Error::GatewayTimeout { .. } => ("server_error", "upstream_timeout"),
+            Error::InvalidApiKey(_) => ("invalid_request_error", "invalid_api_key"),
+            Error::ModelNotAllowed(_) => ("invalid_request_error", "model_not_allowed"),
+            Error::RateLimited { tokens: false, .. } => ("requests", "rate_limit_exceeded"),
+            Error::RateLimited { tokens: true, .. } => ("tokens", "rate_limit_exceeded"),
+            Error::BudgetExceeded { .. } => ("insufficient_quota", "budget_exceeded"),
+            Error::AuthUnavailable => ("server_error", "auth_unavailable"),
         }
     }
 
     fn param(&self) -> Option<&'static str> {
         match self {
             Error::BadRequest { param, .. } => *param,
-            Error::ModelNotFound(_) => Some("model"),
+            Error::ModelNotFound(_) | Error::ModelNotAllowed(_) => Some("model"),
             _ => None,
         }
     }
@@ -109,9 +137,20 @@ impl IntoResponse for Error {
             Json(body(&self.to_string(), kind, self.param(), code)),
         )
             .into_response();
-        if matches!(self, Error::Overloaded(_) | Error::Unavailable(_)) {
+        let retry_after = match &self {
+            Error::Overloaded(_) | Error::Unavailable(_) | Error::AuthUnavailable => Some(1),
+            Error::RateLimited { retry_ms, .. } => Some(retry_ms.div_ceil(1000).max(1)),
+            Error::BudgetExceeded { .. } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                Some(86_400 - now % 86_400)
+            }
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             resp.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                .insert("retry-after", axum::http::HeaderValue::from(secs));
         }
         resp
     }
@@ -145,6 +184,18 @@ mod tests {
                 },
                 504,
             ),
+            (Error::InvalidApiKey(false), 401),
+            (Error::InvalidApiKey(true), 401),
+            (Error::ModelNotAllowed("big".into()), 403),
+            (
+                Error::RateLimited {
+                    tokens: true,
+                    retry_ms: 1500,
+                },
+                429,
+            ),
+            (Error::BudgetExceeded { budget: 5.0 }, 429),
+            (Error::AuthUnavailable, 503),
         ];
         for (err, status) in cases {
             let resp = err.into_response();

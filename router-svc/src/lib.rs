@@ -14,6 +14,8 @@ pub mod events;
 pub mod metrics;
 pub mod relay;
 pub mod state;
+pub mod store;
+pub mod tenant;
 pub mod upstream;
 
 use std::future::Future;

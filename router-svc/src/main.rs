@@ -34,6 +34,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
     let cfg = Config::load(cli.config.as_deref())?;
+    if let Some(semroute_router::config::Command::Keys(cmd)) = cli.command {
+        return semroute_router::tenant::cli::run(cmd, &cfg).await;
+    }
     if cli.check {
         // Everything start-up builds (Redis client, classifier channels, upstream pools and
         // client, TLS), so a config that passes here does not fail at start.

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use crate::config::Pricing;
 use crate::decide::Decision;
 use crate::error::Error;
+use crate::tenant::Meter;
 use crate::upstream::Answered;
 
 /// What the response headers report.
@@ -102,6 +103,7 @@ pub async fn relay(
     deadline: Instant,
     pricing: &Pricing,
     hold: impl Send + 'static,
+    mut meter: Option<Meter>,
 ) -> Result<Response, Error> {
     let Answered {
         response,
@@ -118,6 +120,11 @@ pub async fn relay(
         }
     }
     report_headers(&mut headers, report);
+    if status.is_success() {
+        if let Some(m) = &mut meter {
+            m.answered(pricing);
+        }
+    }
     let is_sse = response
         .headers()
         .get("content-type")
@@ -132,6 +139,7 @@ pub async fn relay(
             tokio::time::Instant::from_std(deadline),
             model.clone(),
             pricing.clone(),
+            meter,
             (in_flight, hold),
         ));
         // Headers go out with the first event, not before: the client's time to first byte is
@@ -164,8 +172,13 @@ pub async fn relay(
         drop(in_flight);
         drop(hold);
         if status.is_success() {
-            count_usage(&model, &bytes, pricing);
+            if let Some(u) = count_usage(&model, &bytes, pricing) {
+                if let Some(m) = &mut meter {
+                    m.usage(u.prompt_tokens, u.completion_tokens);
+                }
+            }
         }
+        drop(meter);
         Body::from(bytes)
     };
     let mut resp = Response::new(body);
@@ -207,6 +220,7 @@ async fn pump<G: Send>(
     deadline: tokio::time::Instant,
     model: String,
     pricing: Pricing,
+    mut meter: Option<Meter>,
     guards: G,
 ) {
     let _guards = guards;
@@ -221,6 +235,9 @@ async fn pump<G: Send>(
             Ok(Some(Ok(chunk))) => {
                 if let Some(u) = sse_usage(&chunk) {
                     count_tokens(&model, u, &pricing);
+                    if let Some(m) = &mut meter {
+                        m.usage(u.prompt_tokens, u.completion_tokens);
+                    }
                 }
                 (chunk, false)
             }
@@ -252,10 +269,11 @@ async fn pump<G: Send>(
 }
 
 /// Tokens and cost from a JSON body's `usage`.
-fn count_usage(model: &str, body: &[u8], pricing: &Pricing) {
-    if let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice::<WithUsage>(body) {
-        count_tokens(model, u, pricing);
-    }
+fn count_usage(model: &str, body: &[u8], pricing: &Pricing) -> Option<Usage> {
+    let WithUsage { usage } = serde_json::from_slice::<WithUsage>(body).ok()?;
+    let u = usage?;
+    count_tokens(model, u, pricing);
+    Some(u)
 }
 
 /// The usage of an SSE chunk that carries one (the last chunk when `include_usage` is set).

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::decide::cache::DecisionCache;
 use crate::decide::classifier::Classifier;
 use crate::decide::routes::RouteSet;
+use crate::tenant::Tenants;
 use crate::upstream::{Pools, Upstream};
 
 pub struct Runtime {
@@ -28,6 +29,8 @@ pub struct Runtime {
     pub pools: Pools,
     /// model -> "Bearer <key>" from the model's `api_key_env`.
     pub api_keys: HashMap<String, HeaderValue>,
+    /// API keys, limits and budgets (None when `auth.mode` is `none`).
+    pub tenants: Option<Arc<Tenants>>,
 }
 
 impl Runtime {
@@ -56,6 +59,14 @@ impl Runtime {
             _ => Arc::new(Upstream::new(&cfg.upstream)?),
         };
         let pools = Pools::build(&cfg, prev.map(|p| &p.pools));
+        // Rebuilt on any change of its section (the keys file is re-read then); the in-process
+        // limit state is kept otherwise.
+        let tenants = match prev {
+            Some(p) if p.cfg.auth == cfg.auth && p.cfg.cache.redis_url == cfg.cache.redis_url => {
+                p.tenants.clone()
+            }
+            _ => Tenants::new(&cfg)?.map(Arc::new),
+        };
         let mut api_keys = HashMap::new();
         for m in &cfg.models {
             if let Some(var) = &m.api_key_env {
@@ -85,6 +96,7 @@ impl Runtime {
             upstream,
             pools,
             api_keys,
+            tenants,
         })
     }
 }

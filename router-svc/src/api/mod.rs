@@ -24,6 +24,7 @@ use crate::decide::{self, Decision};
 use crate::error::Error;
 use crate::relay::{self, Report};
 use crate::state::{Runtime, Shared};
+use crate::tenant::{Caller, TenantReport};
 use crate::upstream::Outgoing;
 use openai::Kind;
 
@@ -170,8 +171,9 @@ async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Resp
     let started = Instant::now();
     let rt = s.shared.current();
     let endpoint = kind.path();
-    let result = road(s, &rt, kind, &headers, body, started).await;
-    let (resp, model, category) = match result {
+    let mut tenant = TenantReport::default();
+    let result = road(s, &rt, kind, &headers, body, started, &mut tenant).await;
+    let (mut resp, model, category) = match result {
         Ok(v) => v,
         Err(e) => {
             if e.status().is_server_error() {
@@ -182,6 +184,7 @@ async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Resp
             (e.into_response(), String::new(), String::new())
         }
     };
+    tenant.apply(resp.headers_mut());
     let status = resp.status().as_u16().to_string();
     metrics::counter!("router_requests_total", "endpoint" => endpoint, "model" => model.clone(),
         "category" => category.clone(), "status" => status)
@@ -209,15 +212,30 @@ async fn road(
     headers: &HeaderMap,
     body: Body,
     started: Instant,
+    tenant: &mut TenantReport,
 ) -> Result<(Response, String, String), Error> {
     let cfg = &rt.cfg;
-    // 1. admit and parse
+    // 1. admit, authenticate (keyed set-ups), parse, check the key's limits and budget
     let admitted = admit(s, cfg.server.max_in_flight)?;
+    let caller = authenticate(rt, headers, tenant).await?;
     let bytes = read_body(headers, body, &cfg.server).await?;
     let req = openai::parse(kind, &bytes)?;
+    let admission = match (&rt.tenants, &caller) {
+        (Some(t), Some(c)) => {
+            let auto = req.model == cfg.server.auto_model;
+            Some(
+                t.admit(c, &req.model, auto, req.token_estimate(), tenant)
+                    .await?,
+            )
+        }
+        _ => None,
+    };
 
-    // 2. decide (cache, classify, policy)
-    let outcome = decide_for(rt, &req).await?;
+    // 2. decide (cache, classify, policy), within what the key may use
+    let mut outcome = decide_for(rt, &req).await?;
+    if let (Some(c), Some(a)) = (&caller, &admission) {
+        c.confine(cfg, &mut outcome.decision, a.downgrade);
+    }
     let d = &outcome.decision;
     let category = d.category.clone().unwrap_or_default();
     if d.jailbreak {
@@ -231,7 +249,13 @@ async fn road(
     }
 
     // 3. pick endpoint and forward: decided model, alternatives, fallback (PII policy applied)
-    let cands = candidates::candidates(cfg, d, &req, &rt.classifier).await?;
+    let mut cands = candidates::candidates(cfg, d, &req, &rt.classifier).await?;
+    if let Some(c) = &caller {
+        cands.models.retain(|m| c.rec.allows(&m.name));
+        if cands.models.is_empty() {
+            return Err(Error::ModelNotAllowed(d.model.clone()));
+        }
+    }
     let deadline = started + ms(cfg.upstream.total_timeout_ms);
     let headers_by = if req.stream {
         deadline.min(Instant::now() + ms(cfg.upstream.first_byte_timeout_ms))
@@ -249,7 +273,7 @@ async fn road(
             },
             Outgoing {
                 path: kind.path(),
-                headers: &forwarded_headers(headers),
+                headers: &forwarded_headers(headers, caller.is_none()),
                 keys: &rt.api_keys,
                 headers_by,
             },
@@ -275,6 +299,7 @@ async fn road(
         deadline,
         &pricing,
         admitted,
+        admission.map(|a| a.meter),
     )
     .await?;
     cands.report(&served, resp.headers_mut());
@@ -309,25 +334,43 @@ fn refuse(
     resp
 }
 
-/// Client headers that travel to the backend: its credentials and the request id (vLLM logs it).
-fn forwarded_headers(h: &HeaderMap) -> HeaderMap {
+/// Client headers that travel to the backend: the request id (vLLM logs it), and the client's
+/// credentials when the router does not check keys itself (a router key never leaves it).
+fn forwarded_headers(h: &HeaderMap, with_credentials: bool) -> HeaderMap {
     let mut out = HeaderMap::new();
-    for name in [
-        header::AUTHORIZATION,
-        header::HeaderName::from_static("x-request-id"),
-    ] {
-        if let Some(v) = h.get(&name) {
-            out.insert(name, v.clone());
+    let id = header::HeaderName::from_static("x-request-id");
+    if let Some(v) = h.get(&id) {
+        out.insert(id, v.clone());
+    }
+    if with_credentials {
+        if let Some(v) = h.get(header::AUTHORIZATION) {
+            out.insert(header::AUTHORIZATION, v.clone());
         }
     }
     out
 }
 
+/// The caller's key when `auth.mode` is `keys` (its name goes into the report); None otherwise.
+async fn authenticate(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    tenant: &mut TenantReport,
+) -> Result<Option<Caller>, Error> {
+    let Some(t) = &rt.tenants else {
+        return Ok(None);
+    };
+    let caller = t.authenticate(headers).await?;
+    tenant.key = Some(caller.label.clone());
+    Ok(Some(caller))
+}
+
 /// The decision for a request body, without forwarding it.
 async fn route(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let rt = s.shared.current();
+    let mut tenant = TenantReport::default();
     let result: Result<Response, Error> = async {
         let _admitted = admit(&s, rt.cfg.server.max_in_flight)?;
+        let caller = authenticate(&rt, &headers, &mut tenant).await?;
         let bytes = read_body(&headers, body, &rt.cfg.server).await?;
         let probe: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let kind = if probe.get("prompt").is_some() && probe.get("messages").is_none() {
@@ -336,7 +379,15 @@ async fn route(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
             Kind::Chat
         };
         let req = openai::parse(kind, &bytes)?;
-        let outcome = decide_for(&rt, &req).await?;
+        if let Some(c) = &caller {
+            if req.model != rt.cfg.server.auto_model && !c.rec.allows(&req.model) {
+                return Err(Error::ModelNotAllowed(req.model.clone()));
+            }
+        }
+        let mut outcome = decide_for(&rt, &req).await?;
+        if let Some(c) = &caller {
+            c.confine(&rt.cfg, &mut outcome.decision, false);
+        }
         let d = &outcome.decision;
         let reasoning = rt
             .cfg
@@ -369,11 +420,19 @@ async fn route(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
         Ok(resp)
     }
     .await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    tenant.apply(resp.headers_mut());
+    resp
 }
 
-async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
+/// The models a caller may use (all of them without keys), and the `auto` alias.
+async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let rt = s.shared.current();
+    let mut tenant = TenantReport::default();
+    let caller = match authenticate(&rt, &headers, &mut tenant).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -381,10 +440,15 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
         "created": created, "owned_by": "semroute",
         "description": "semantic routing: the router picks the model"})];
     for m in &rt.cfg.models {
+        if caller.as_ref().is_some_and(|c| !c.rec.allows(&m.name)) {
+            continue;
+        }
         data.push(json!({"id": m.name, "object": "model", "created": created,
             "owned_by": "semroute", "max_model_len": m.max_context}));
     }
-    Json(json!({"object": "list", "data": data}))
+    let mut resp = Json(json!({"object": "list", "data": data})).into_response();
+    tenant.apply(resp.headers_mut());
+    resp
 }
 
 /// Ready when the config is loaded (it is, once serving) and a backend endpoint is healthy.

@@ -150,6 +150,12 @@ impl Parsed {
 
 impl Parsed {
     /// Every text a model would read (all messages' text, or the prompt), for PII checks.
+    /// Prompt tokens, estimated at 4 characters a token (what a key's token limit is charged
+    /// at admission; the answer's `usage` corrects it).
+    pub fn token_estimate(&self) -> u64 {
+        (self.all_text().chars().count() as u64).div_ceil(4).max(1)
+    }
+
     pub fn all_text(&self) -> String {
         let mut out = String::new();
         if let Some(Value::Array(msgs)) = self.body.get("messages") {
