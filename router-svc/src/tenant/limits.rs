@@ -7,7 +7,8 @@
 //! the scripts stay on one slot of a Redis Cluster.
 //!
 //! When Redis cannot be asked, the same algorithm runs in process (per replica: N replicas
-//! then allow up to N times a limit), starting from the last spend Redis reported.
+//! then allow up to N times a limit), going on from the state Redis last reported (TATs and
+//! spend), so an outage does not hand out a fresh minute.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,14 +24,15 @@ const WINDOW_MS: f64 = 60_000.0;
 /// Checks both limits, charges them when both pass, returns the day's spend.
 /// KEYS: requests TAT, tokens TAT, spend. ARGV: rpm, tpm, tokens (0 = no limit).
 /// Returns {allowed_req, rem_req, reset_req, retry_req, allowed_tok, rem_tok, reset_tok,
-/// retry_tok, spend_micro_usd}.
+/// retry_tok, spend_micro_usd, requests TAT, tokens TAT} (TATs in ms since the epoch, for the
+/// in-process fallback to go on from).
 const ADMIT: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local window = 60000
 local function gcra(key, limit, n)
-  if limit <= 0 then return 1, 0, 0, 0, nil end
+  if limit <= 0 then return 1, 0, 0, 0, now, nil end
   if n > limit then n = limit end
   local interval = window / limit
   local tat = tonumber(redis.call('GET', key) or now)
@@ -38,18 +40,24 @@ local function gcra(key, limit, n)
   local new = tat + n * interval
   local allow_at = new - window
   if allow_at > now then
-    return 0, math.floor((now + window - tat) / interval), math.ceil(tat - now), math.ceil(allow_at - now), nil
+    return 0, math.floor((now + window - tat) / interval), math.ceil(tat - now), math.ceil(allow_at - now), tat, nil
   end
-  return 1, math.floor((now + window - new) / interval), math.ceil(new - now), 0, new
+  return 1, math.floor((now + window - new) / interval), math.ceil(new - now), 0, tat, new
 end
-local ra, rrem, rreset, rretry, rnew = gcra(KEYS[1], tonumber(ARGV[1]), 1)
-local ta, trem, treset, tretry, tnew = gcra(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]))
+local ra, rrem, rreset, rretry, rtat, rnew = gcra(KEYS[1], tonumber(ARGV[1]), 1)
+local ta, trem, treset, tretry, ttat, tnew = gcra(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]))
 if ra == 1 and ta == 1 then
-  if rnew then redis.call('SET', KEYS[1], string.format('%.3f', rnew), 'PX', math.ceil(rnew - now) + 1) end
-  if tnew then redis.call('SET', KEYS[2], string.format('%.3f', tnew), 'PX', math.ceil(tnew - now) + 1) end
+  if rnew then
+    rtat = rnew
+    redis.call('SET', KEYS[1], string.format('%.3f', rnew), 'PX', math.ceil(rnew - now) + 1)
+  end
+  if tnew then
+    ttat = tnew
+    redis.call('SET', KEYS[2], string.format('%.3f', tnew), 'PX', math.ceil(tnew - now) + 1)
+  end
 end
 local spend = tonumber(redis.call('GET', KEYS[3]) or '0')
-return {ra, rrem, rreset, rretry, ta, trem, treset, tretry, spend}
+return {ra, rrem, rreset, rretry, ta, trem, treset, tretry, spend, math.floor(rtat), math.floor(ttat)}
 "#;
 
 /// Moves the tokens TAT by a correction (negative: a refund) and adds spend.
@@ -204,9 +212,9 @@ impl Limiter {
                 })
                 .await;
             match out {
-                Ok(v) if v.len() == 9 => {
+                Ok(v) if v.len() == 11 => {
                     let spend_micro = v[8].max(0) as u64;
-                    self.remember_spend(&rec.name, day, spend_micro);
+                    self.remember(&rec.name, day, spend_micro, v[9] as f64, v[10] as f64);
                     metrics::gauge!("router_limits_local").set(0.0);
                     return Ok(verdict_from(rpm, tpm, &v, spend_micro, false));
                 }
@@ -221,11 +229,14 @@ impl Limiter {
         Ok(self.admit_local(&rec.name, rpm, tpm, tokens, day))
     }
 
-    fn remember_spend(&self, name: &str, day: u64, spend_micro: u64) {
+    /// What Redis last said of a tenant: where the in-process fallback starts from.
+    fn remember(&self, name: &str, day: u64, spend_micro: u64, req_tat: f64, tok_tat: f64) {
         let mut local = self.local.lock().unwrap();
         let s = local.entry(name.to_string()).or_default();
         s.day = day;
         s.spend_micro = spend_micro;
+        s.req_tat = req_tat;
+        s.tok_tat = tok_tat;
     }
 
     fn admit_local(&self, name: &str, rpm: u64, tpm: u64, tokens: u64, day: u64) -> Verdict {
@@ -239,7 +250,7 @@ impl Limiter {
         let r = (rpm > 0).then(|| gcra(s.req_tat, now, rpm, 1));
         let t = (tpm > 0).then(|| gcra(s.tok_tat, now, tpm, tokens));
         let pass = |x: &Option<(bool, u64, u64, u64, f64)>| x.is_none_or(|x| x.0);
-        let mut v = vec![1i64, 0, 0, 0, 1, 0, 0, 0, s.spend_micro as i64];
+        let mut v = vec![1i64, 0, 0, 0, 1, 0, 0, 0, s.spend_micro as i64, 0, 0];
         if let Some(r) = r {
             v[..4].copy_from_slice(&[r.0 as i64, r.1 as i64, r.2 as i64, r.3 as i64]);
         }
@@ -393,5 +404,67 @@ mod tests {
         let v = l.admit(&r2, 200, true).await.unwrap();
         assert!(v.limited.is_none());
         assert_eq!(v.spend_usd, 42e-6);
+    }
+
+    /// The Lua scripts against a real redis-server: the same answers as the in-process
+    /// algorithm, limits shared by two limiters (two replicas), the fallback going on from
+    /// Redis's state when Redis dies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_scripts_share_limits_and_the_fallback_goes_on_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut redis = loadtest::procs::Redis::start(dir.path());
+        let store = || {
+            Store::new(
+                &redis.url(),
+                1,
+                std::time::Duration::from_millis(500),
+                std::time::Duration::from_millis(100),
+                "test",
+                "test",
+            )
+            .unwrap()
+        };
+        let (s1, s2) = (store(), store());
+        for s in [&s1, &s2] {
+            for _ in 0..100 {
+                if s.connection().is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        let a = Arc::new(Limiter::new(Some(s1), "t:"));
+        let b = Arc::new(Limiter::new(Some(s2), "t:"));
+        let r = rec(Some(4), Some(1000));
+        let mut passed = 0;
+        for i in 0..8 {
+            let l = if i % 2 == 0 { &a } else { &b };
+            let v = l.admit(&r, 10, false).await.unwrap();
+            assert!(!v.local);
+            if v.limited.is_none() {
+                passed += 1;
+                assert_eq!(v.tokens.unwrap().remaining, 1000 - 10 * passed);
+            } else {
+                assert_eq!(v.limited.unwrap().0, Which::Requests);
+                assert!(v.limited.unwrap().1 > 10_000, "next slot in ~15 s");
+            }
+        }
+        assert_eq!(passed, 4, "4 a minute across both");
+        // 30 tokens charged; the answers used 330: 300 more, and 7 micro-USD.
+        a.settle(&r, 300, 7);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let r2 = rec(None, Some(1000));
+        let v = b.admit(&r2, 1, false).await.unwrap();
+        assert_eq!(v.spend_usd, 7e-6);
+        let rem = v.tokens.unwrap().remaining;
+        // 40 charged for the 4 that passed, 300 settled, 1 now; a few refilled since.
+        assert!((659..=666).contains(&rem), "{rem}");
+        // Redis dies: fail closed refuses, fail open goes on in process from Redis's state
+        // (still over the requests limit, not a fresh minute).
+        redis.proc.kill();
+        assert!(a.admit(&r, 1, false).await.is_err());
+        let v = a.admit(&r, 1, true).await.unwrap();
+        assert!(v.local);
+        assert_eq!(v.limited.map(|x| x.0), Some(Which::Requests));
     }
 }
