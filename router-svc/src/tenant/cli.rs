@@ -100,7 +100,7 @@ pub async fn run(cmd: KeysCmd, cfg: &Config) -> anyhow::Result<()> {
                     anyhow::bail!("unknown model {m:?} in --models");
                 }
             }
-            if budget_usd_per_day.is_some_and(|b| !(b >= 0.0)) {
+            if budget_usd_per_day.is_some_and(|b| b.is_nan() || b < 0.0) {
                 anyhow::bail!("--budget-usd-per-day must be 0 or more");
             }
             let key = keys::generate();

@@ -145,8 +145,11 @@ pub struct KeyStore {
     /// sha256 -> (when asked, answer). Answers older than `fresh_for` are asked again; when
     /// Redis cannot be asked, a known key's last answer is used (fail open), for at most
     /// `STALE_FOR`.
-    seen: Mutex<HashMap<String, (Instant, Option<Arc<KeyRecord>>)>>,
+    seen: Mutex<HashMap<String, Seen>>,
 }
+
+/// When a key was last asked of Redis, and the answer (None: unknown).
+type Seen = (Instant, Option<Arc<KeyRecord>>);
 
 const STALE_FOR: Duration = Duration::from_secs(600);
 const SEEN_MAX: usize = 100_000;
