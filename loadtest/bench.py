@@ -13,6 +13,8 @@ Sections (each starts its own processes on free loopback ports and stops them):
   litellm   LiteLLM proxy (PyPI litellm[proxy], in target/bench-venv) on the same harness and
             simulator, and router-svc at the same rates: the max sustainable rate of each
   rss       router-svc RSS with 1,000 concurrent open streams
+  auth      the cost of API keys + per-key limits (auth.mode: keys, one Redis round trip a
+            request) on the cache-hit path: router CPU per request with and without, same run
 
 Sustainable rate (the same rule for every system): at least 99 % of due requests answered 2xx,
 responses at >= 98 % of the offered rate, and p99 latency, counted from each request's scheduled
@@ -161,12 +163,12 @@ def rss_kib(pid):
 
 
 def loadgen(url, body, out, rate=None, concurrency=None, streams=None, seconds=10.0,
-            warmup=1.0, connections=256, watch_pid=None, timeout=10.0, cpu_of=None):
+            warmup=1.0, connections=256, watch_pid=None, timeout=10.0, cpu_of=None, extra=()):
     """One loadgen run; with `cpu_of` ({name: pid}) also the CPU each process (and loadgen
     itself) spent per request sent, warm-up included, in microseconds."""
     argv = [os.path.join(BIN, "loadgen"), "--url", url, "--body", body, "--json", out,
             "--seconds", str(seconds), "--warmup", str(warmup), "--timeout", str(timeout),
-            "--max-error-rate", "1"]
+            "--max-error-rate", "1", *extra]
     if rate is not None:
         argv += ["--rate", str(rate), "--connections", str(connections)]
     elif concurrency is not None:
@@ -224,6 +226,7 @@ class Stack:
         self.redis_url = f"redis://127.0.0.1:{rp}"
         self.classifier_http = None
         grpc = free_port()
+        self.classifier_addr = f"http://127.0.0.1:{grpc}"
         if classifier:
             http = free_port()
             self.classifier_argv = [os.path.join(BIN, "classifier-svc"), "serve"]
@@ -472,6 +475,59 @@ def section_rss(work, streams, hold):
         procs.stop_all()
 
 
+
+def section_auth(work, seconds, rates, repeats=2):
+    """Two routers on one stack (same sim, Redis, classifier): the embedded config, and the same
+    with `auth.mode: keys` and a key with limits high enough never to refuse. Runs alternate."""
+    procs = Procs(work)
+    try:
+        st = Stack(procs, INSTANT_SIM)
+        assert warm_cache(st.router) == "true"
+        with open(os.path.join(ROOT, "router-svc", "config", "router.yaml")) as f:
+            text = f.read()
+        keyed_cfg = os.path.join(work, "router-keys.yaml")
+        text, n = re.subn(r"(?m)^  mode: none\b", "  mode: keys", text)
+        assert n == 1, "auth.mode line not found in router.yaml"
+        with open(keyed_cfg, "w") as f:
+            f.write(text)
+        port = free_port()
+        env = {**os.environ, "ROUTER_LISTEN": f"127.0.0.1:{port}", "ROUTER_REDIS_URL": st.redis_url,
+               "ROUTER_ENDPOINTS_QWEN3_0_6B": st.sim, "ROUTER_ENDPOINTS_QWEN3_8B": st.sim,
+               "ROUTER_CLASSIFIER_ADDRS": st.classifier_addr, "RUST_LOG": "warn"}
+        key = subprocess.run([os.path.join(BIN, "router-svc"), "--config", keyed_cfg, "keys", "add",
+                              "--name", "bench", "--rpm", "100000000", "--tpm", "10000000000",
+                              "--budget-usd-per-day", "1000000"],
+                             env=env, check=True, capture_output=True, text=True).stdout.strip()
+        keyed_proc = procs.start("router-keys", [os.path.join(BIN, "router-svc"), "--config", keyed_cfg],
+                                 {k: v for k, v in env.items() if k.startswith(("ROUTER_", "RUST_"))})
+        keyed = f"http://127.0.0.1:{port}"
+        wait_http(f"{keyed}/readyz", keyed_proc)
+        auth = ["--header", f"authorization: Bearer {key}"]
+        req = urllib.request.Request(f"{keyed}/v1/chat/completions", data=chat_body("auto").encode(),
+                                     headers={"content-type": "application/json",
+                                              "authorization": f"Bearer {key}"})
+        for _ in range(3):
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200
+                hit = r.headers.get("x-vsr-cache-hit")
+        assert hit == "true", f"keyed warm-up did not reach the decision cache ({hit})"
+        rows = []
+        for rate in rates:
+            for i in range(repeats):
+                for name, url, proc, extra in (("none", st.router, st.router_proc, []),
+                                               ("keys", keyed, keyed_proc, auth)):
+                    log(f"auth {name} {rate} req/s ({i + 1}/{repeats})")
+                    r = loadgen(f"{url}/v1/chat/completions", chat_body("auto"),
+                                os.path.join(work, f"lg-auth-{name}-{rate}-{i}.json"), rate=rate,
+                                seconds=seconds, cpu_of={"router": proc.pid}, extra=extra)
+                    rows.append({"rate": rate, "mode": name, "run": i,
+                                 "cpu_us": r["cpu_us_per_req"]["router"],
+                                 "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+                                 "ok_share": r["ok_share"], "cache_hits": r["cache_hits"], "ok": r["ok"]})
+        return {"rows": rows}
+    finally:
+        procs.stop_all()
+
 def fmt(x, nd=2):
     return "—" if x is None else f"{x:.{nd}f}"
 
@@ -641,6 +697,35 @@ def write_report(path, args, res, started):
         fc = r.get("first_chunk_ms") or {}
         w(f"Time to first chunk over the {s['streams']} streams: p50 {fmt(fc.get('p50'))} ms, p99 {fmt(fc.get('p99'))} ms.")
         w("")
+    if "auth" in res:
+        rows = res["auth"]["rows"]
+        w("## 5. API keys and per-key limits on the cache-hit path")
+        w("")
+        w("Two router-svc processes on one stack (same vllm-sim, Redis, classifier), runs alternating: "
+          "the embedded config, and the same with `auth.mode: keys` and a key with rpm/tpm/budget set "
+          "(lookup cached per replica; one Lua round trip to Redis per request for the limits and the "
+          "day's spend; settling the usage off the request path). Router CPU per request sent (µs, "
+          "`/proc`), loadgen open loop, `auto` with a decision-cache hit.")
+        w("")
+        w("| rate req/s | run | no keys: CPU µs/req | keys: CPU µs/req | **added µs/req** | no keys p50 / p99 ms | keys p50 / p99 ms | keys ok |")
+        w("|---|---|---|---|---|---|---|---|")
+        by = {}
+        for r in rows:
+            by.setdefault((r["rate"], r["run"]), {})[r["mode"]] = r
+        added = []
+        for (rate, run), m in sorted(by.items()):
+            a, b = m.get("none"), m.get("keys")
+            if not (a and b):
+                continue
+            added.append(b["cpu_us"] - a["cpu_us"])
+            w(f"| {rate} | {run + 1} | {fmt(a['cpu_us'], 1)} | {fmt(b['cpu_us'], 1)} | **{fmt(b['cpu_us'] - a['cpu_us'], 1)}** | "
+              f"{fmt(a['p50'], 3)} / {fmt(a['p99'], 3)} | {fmt(b['p50'], 3)} / {fmt(b['p99'], 3)} | {100 * b['ok_share']:.2f} % |")
+        w("")
+        if added:
+            mean = sum(added) / len(added)
+            w(f"Added CPU per request, mean of the {len(added)} pairs: **{mean:.1f} µs** (target ≤ 15 µs: "
+              f"{'met' if mean <= 15 else 'missed'}).")
+            w("")
     with open(path, "w") as f:
         f.write("\n".join(L))
     return "\n".join(L)
@@ -648,7 +733,7 @@ def write_report(path, args, res, started):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="overhead,miss,litellm,rss")
+    ap.add_argument("--only", default="overhead,miss,litellm,rss,auth")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "RESULTS.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
@@ -680,6 +765,8 @@ def main():
                                          [int(x) for x in args.litellm_workers.split(",")])
     if "rss" in sections:
         res["rss"] = section_rss(work, args.streams, hold=30.0)
+    if "auth" in sections:
+        res["auth"] = section_auth(work, args.seconds, [1000, 2000])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

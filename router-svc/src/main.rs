@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! POST /v1/chat/completions | /v1/completions
+//!   -> tenant::Tenants           auth.mode keys: the key (401), its models (403), rpm/tpm and
+//!                                budget in one Redis trip (429, or a budget downgrade)
 //!   -> api::openai::parse        checked JSON, unknown fields kept (400/413/429 in OpenAI format)
 //!   -> decide::decide            "auto": text -> cache (LRU, Redis) -> classifier -> policy
 //!                                a named model: straight to it; unknown: 404

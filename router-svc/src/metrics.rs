@@ -12,7 +12,10 @@
 //! - `router_classified_ratio`: share of the last summary interval's `auto` decisions that came
 //!   from the classifier (now or cached) rather than failing open (`events`)
 //! - `router_cache_requests_total{layer,result}` (layer local|redis, result hit|miss|error|skipped),
-//!   `router_redis_connected`
+//!   `router_redis_connected{client}` (cache, tenant)
+//! - per API key (`key`: its name, bounded by `auth.max_key_labels`): `router_key_requests_total{key,result}`,
+//!   `router_key_tokens_total{key}`, `router_key_spend_usd_total{key}`, `router_key_spend_today_usd{key}`;
+//!   `router_auth_failures_total{reason}`, `router_limits_local` (1 while limits run in process)
 //! - `router_upstream_requests_total{model,outcome}`, `router_upstream_ttfb_seconds{model}`,
 //!   `router_upstream_retries_total{model}`, `router_upstream_endpoint_healthy{model,endpoint}`,
 //!   `router_upstream_in_flight{model,endpoint}`

@@ -450,3 +450,52 @@ async fn redis_cluster_keeps_keys_and_limits_working_when_a_master_dies() {
     let m = router.metrics();
     assert!(metric_sum(&m, "router_key_requests_total", &["result=\"ok\""]) > 100);
 }
+
+/// Sentinel: the router and the CLI find the master through a real redis-sentinel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_urls_find_the_master_for_keys_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Redis::start(dir.path());
+    let sdir = dir.path().join("sentinel");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let sport = free_port();
+    let conf = sdir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sport}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {} 1\n",
+            master.port
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("redis-server");
+    cmd.arg(&conf).arg("--sentinel");
+    let mut sentinel = Proc::spawn("sentinel", &mut cmd, &sdir);
+    poll_until("sentinel knows the master", Duration::from_secs(10), || {
+        assert!(sentinel.is_running(), "{}", sentinel.log_text());
+        Ok::<_, ProcError>(
+            redis_command(sport, &["SENTINEL", "get-master-addr-by-name", "mymaster"])
+                .is_some_and(|a| a.len() == 2),
+        )
+    })
+    .unwrap();
+    let a = Sim::start("sim-a", Sim::fast()).await;
+    let url = format!("redis+sentinel://127.0.0.1:{sport}/mymaster");
+    let router = Router::start(dir.path(), &keyed_yaml(&url, &[&a.url], &a.url), &[]);
+    let key = keys_cli(
+        &router.config,
+        &["add", "--name", "via-sentinel", "--rpm", "2"],
+    );
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (st, h, _) = call(&c, &router.base, Some(&key), &chat("small", "hi")).await;
+        assert_eq!(header(&h, "x-semroute-key"), "via-sentinel");
+        statuses.push(st);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    assert!(
+        !master.keys("semroute:rl:{via-sentinel}:*").is_empty(),
+        "limits kept in the master the sentinel named"
+    );
+}

@@ -360,7 +360,7 @@ async fn authenticate(
         return Ok(None);
     };
     let caller = t.authenticate(headers).await?;
-    tenant.key = Some(caller.label.clone());
+    tenant.key = Some(caller.label().to_string());
     Ok(Some(caller))
 }
 

@@ -150,6 +150,28 @@ pub struct Limiter {
     admit: Script,
     settle: Script,
     local: Mutex<HashMap<String, LocalState>>,
+    /// Corrections not yet written to Redis, by tenant.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// The flush task runs.
+    flushing: std::sync::atomic::AtomicBool,
+}
+
+struct Pending {
+    tpm: u64,
+    delta: i64,
+    spend_micro: u64,
+}
+
+const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Flushes the limiter's corrections every `SETTLE_EVERY` while it lives (a config reload
+/// that replaces the tenant layer ends the task; at most one interval's corrections are lost).
+async fn flush(limiter: std::sync::Weak<Limiter>) {
+    loop {
+        tokio::time::sleep(SETTLE_EVERY).await;
+        let Some(l) = limiter.upgrade() else { return };
+        l.flush_once().await;
+    }
 }
 
 fn now_ms() -> f64 {
@@ -185,6 +207,8 @@ impl Limiter {
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
             local: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            flushing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -269,36 +293,67 @@ impl Limiter {
     }
 
     /// After the response: `delta` tokens more (or fewer) than charged, `spend_micro` spent.
-    /// Off the request path.
+    /// Added up per tenant and written every `SETTLE_EVERY` (one script call per tenant per
+    /// interval, not one per request: a second round trip a request doubled the cost of keys),
+    /// so other replicas see a correction at most that much later.
     pub fn settle(self: &Arc<Self>, rec: &KeyRecord, delta: i64, spend_micro: u64) {
         let tpm = rec.tpm.unwrap_or(0);
         if (delta == 0 || tpm == 0) && spend_micro == 0 {
             return;
         }
-        let name = rec.name.clone();
-        let this = self.clone();
-        tokio::spawn(async move {
-            let day = today();
-            if let Some(redis) = &this.redis {
-                let [_, tok, spend] = this.keys(&name, day);
-                let mut inv = this.settle.key(tok);
-                inv.key(spend)
-                    .arg(tpm)
-                    .arg(delta)
-                    .arg(spend_micro)
-                    .arg(2 * 86_400);
-                let budget = Some(redis.timeout() * 4);
-                let out = redis
-                    .call("settle", budget, |mut c| async move {
-                        inv.invoke_async::<i64>(&mut c).await
-                    })
-                    .await;
-                if out.is_ok() {
-                    return;
-                }
+        if self.redis.is_none() {
+            self.settle_local(&rec.name, tpm, delta, spend_micro, today());
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap();
+        match pending.get_mut(rec.name.as_str()) {
+            Some(p) => {
+                p.tpm = tpm;
+                p.delta += delta;
+                p.spend_micro += spend_micro;
             }
-            this.settle_local(&name, tpm, delta, spend_micro, day);
-        });
+            None => {
+                pending.insert(
+                    rec.name.clone(),
+                    Pending {
+                        tpm,
+                        delta,
+                        spend_micro,
+                    },
+                );
+            }
+        }
+        if !self
+            .flushing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tokio::spawn(flush(Arc::downgrade(self)));
+        }
+    }
+
+    /// Writes what `settle` added up; what Redis does not take goes to the in-process state.
+    async fn flush_once(&self) {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+        let Some(redis) = &self.redis else { return };
+        let day = today();
+        for (name, p) in batch {
+            let [_, tok, spend] = self.keys(&name, day);
+            let mut inv = self.settle.key(tok);
+            inv.key(spend)
+                .arg(p.tpm)
+                .arg(p.delta)
+                .arg(p.spend_micro)
+                .arg(2 * 86_400);
+            let budget = Some(redis.timeout() * 4);
+            let out = redis
+                .call("settle", budget, |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
+                .await;
+            if out.is_err() {
+                self.settle_local(&name, p.tpm, p.delta, p.spend_micro, day);
+            }
+        }
     }
 
     fn settle_local(&self, name: &str, tpm: u64, delta: i64, spend_micro: u64, day: u64) {

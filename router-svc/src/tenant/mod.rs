@@ -14,7 +14,7 @@ pub mod cli;
 pub mod keys;
 pub mod limits;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -102,7 +102,7 @@ impl Tenants {
         };
         match self.keys.lookup(key, self.fail_open()).await {
             Lookup::Found(rec) => Ok(Caller {
-                label: self.labels.label(&rec.name),
+                metrics: self.labels.metrics(&rec.name),
                 rec,
             }),
             Lookup::Unknown => {
@@ -128,11 +128,8 @@ impl Tenants {
         report: &mut TenantReport,
     ) -> Result<Admission, Error> {
         let rec = &caller.rec;
-        let count = |result: &'static str| {
-            metrics::counter!("router_key_requests_total", "key" => caller.label.clone(),
-                "result" => result)
-            .increment(1);
-        };
+        let m = &caller.metrics;
+        let count = |result: &'static str| m.result(result);
         if !auto && !rec.allows(model) {
             count("model_not_allowed");
             return Err(Error::ModelNotAllowed(model.to_string()));
@@ -159,7 +156,7 @@ impl Tenants {
         let mut downgrade = false;
         if let Some(budget) = rec.budget_usd_per_day {
             let spent = verdict.spend_usd;
-            metrics::gauge!("router_key_spend_today_usd", "key" => caller.label.clone()).set(spent);
+            m.spend_today.set(spent);
             if spent >= budget {
                 if !auto || self.cfg.over_budget == OverBudget::Reject {
                     count("budget_exceeded");
@@ -179,7 +176,7 @@ impl Tenants {
             meter: Meter {
                 limits: self.limits.clone(),
                 rec: rec.clone(),
-                label: caller.label.clone(),
+                metrics: caller.metrics.clone(),
                 charged: tokens,
                 usage: None,
                 pricing: None,
@@ -191,8 +188,14 @@ impl Tenants {
 /// Who called.
 pub struct Caller {
     pub rec: Arc<KeyRecord>,
-    /// `rec.name`, or "other" past `auth.max_key_labels` names.
-    pub label: String,
+    /// Its metric handles (label `rec.name`, or "other" past `auth.max_key_labels` names).
+    pub metrics: Arc<KeyMetrics>,
+}
+
+impl Caller {
+    pub fn label(&self) -> &str {
+        &self.metrics.label
+    }
 }
 
 impl Caller {
@@ -295,7 +298,7 @@ impl TenantReport {
 pub struct Meter {
     limits: Arc<Limiter>,
     rec: Arc<KeyRecord>,
-    label: String,
+    metrics: Arc<KeyMetrics>,
     charged: u64,
     usage: Option<(u64, u64)>,
     /// The serving model's prices, once a backend answered 2xx.
@@ -325,36 +328,84 @@ impl Drop for Meter {
         let usd = prompt as f64 * p.input_per_million / 1e6
             + completion as f64 * p.output_per_million / 1e6;
         let micro = (usd * 1e6).round() as u64;
-        metrics::counter!("router_key_tokens_total", "key" => self.label.clone()).increment(used);
-        metrics::gauge!("router_key_spend_usd_total", "key" => self.label.clone()).increment(usd);
+        self.metrics.tokens.increment(used);
+        self.metrics.spend.increment(usd);
         self.limits.settle(&self.rec, used as i64 - charged, micro);
+    }
+}
+
+/// One key's metric handles, registered once (no label allocation per request).
+pub struct KeyMetrics {
+    pub label: String,
+    results: HashMap<&'static str, metrics::Counter>,
+    tokens: metrics::Counter,
+    spend: metrics::Gauge,
+    spend_today: metrics::Gauge,
+}
+
+const RESULTS: [&str; 7] = [
+    "ok",
+    "downgraded",
+    "rate_limited_requests",
+    "rate_limited_tokens",
+    "budget_exceeded",
+    "model_not_allowed",
+    "store_unavailable",
+];
+
+impl KeyMetrics {
+    fn new(label: &str) -> Self {
+        let key = label.to_string();
+        Self {
+            results: RESULTS
+                .iter()
+                .map(|r| {
+                    let c = metrics::counter!("router_key_requests_total", "key" => key.clone(),
+                        "result" => *r);
+                    (*r, c)
+                })
+                .collect(),
+            tokens: metrics::counter!("router_key_tokens_total", "key" => key.clone()),
+            spend: metrics::gauge!("router_key_spend_usd_total", "key" => key.clone()),
+            spend_today: metrics::gauge!("router_key_spend_today_usd", "key" => key.clone()),
+            label: key,
+        }
+    }
+
+    fn result(&self, r: &'static str) {
+        if let Some(c) = self.results.get(r) {
+            c.increment(1);
+        }
     }
 }
 
 /// Key names as metric labels, at most `max` distinct ones (then "other").
 struct Labels {
     max: usize,
-    seen: Mutex<HashSet<String>>,
+    seen: Mutex<HashMap<String, Arc<KeyMetrics>>>,
+    other: Arc<KeyMetrics>,
 }
 
 impl Labels {
     fn new(max: usize) -> Self {
         Self {
             max,
-            seen: Mutex::new(HashSet::new()),
+            seen: Mutex::new(HashMap::new()),
+            other: Arc::new(KeyMetrics::new("other")),
         }
     }
 
-    fn label(&self, name: &str) -> String {
+    fn metrics(&self, name: &str) -> Arc<KeyMetrics> {
         let mut seen = self.seen.lock().unwrap();
-        if seen.contains(name) {
-            return name.to_string();
+        if let Some(m) = seen.get(name) {
+            return m.clone();
         }
         if seen.len() < self.max {
-            seen.insert(name.to_string());
-            return name.to_string();
+            let m = Arc::new(KeyMetrics::new(name));
+            seen.insert(name.to_string(), m.clone());
+            return m;
         }
-        "other".into()
+        self.other.clone()
     }
 }
 
@@ -373,10 +424,10 @@ mod tests {
     #[test]
     fn metric_labels_are_bounded() {
         let l = Labels::new(2);
-        assert_eq!(l.label("a"), "a");
-        assert_eq!(l.label("b"), "b");
-        assert_eq!(l.label("c"), "other");
-        assert_eq!(l.label("a"), "a");
+        assert_eq!(l.metrics("a").label, "a");
+        assert_eq!(l.metrics("b").label, "b");
+        assert_eq!(l.metrics("c").label, "other");
+        assert_eq!(l.metrics("a").label, "a");
     }
 
     #[test]
@@ -409,7 +460,7 @@ mod tests {
                 budget_usd_per_day: None,
                 created: 0,
             }),
-            label: "t".into(),
+            metrics: Arc::new(KeyMetrics::new("t")),
         };
         let mut d = Decision::default_model(&cfg, Source::Classified);
         d.model = dear.clone();
