@@ -201,6 +201,7 @@ async fn rpm_and_tpm_hold_across_replicas_and_usage_corrects_tokens() {
     let key = keys_cli(&s.cfg, &["add", "--name", "rpm60", "--rpm", "60"]);
     // 120 requests split over both replicas, within a few seconds: 60 pass (+-2 for refill).
     let mut handles = Vec::new();
+    let started = Instant::now();
     for i in 0..120 {
         let c = c.clone();
         let base = if i % 2 == 0 {
@@ -236,9 +237,13 @@ async fn rpm_and_tpm_hold_across_replicas_and_usage_corrects_tokens() {
             other => panic!("status {other}: {v}"),
         }
     }
+    // GCRA refills one request a second: the bound is 60 plus the seconds the burst took
+    // (+-2 when it takes under two seconds, as it does on an idle machine).
+    let refill = started.elapsed().as_secs_f64().ceil().max(2.0) as u32;
     assert!(
-        (60..=62).contains(&passed),
-        "passed {passed}, limited {limited}"
+        (60..=60 + refill).contains(&passed),
+        "passed {passed}, limited {limited} in {:?}",
+        started.elapsed()
     );
     assert_eq!(passed + limited, 120);
 
