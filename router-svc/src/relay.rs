@@ -104,6 +104,7 @@ pub async fn relay(
     pricing: &Pricing,
     hold: impl Send + 'static,
     mut meter: Option<Meter>,
+    strip_usage: bool,
 ) -> Result<Response, Error> {
     let Answered {
         response,
@@ -140,6 +141,7 @@ pub async fn relay(
             model.clone(),
             pricing.clone(),
             meter,
+            strip_usage,
             (in_flight, hold),
         ));
         // Headers go out with the first event, not before: the client's time to first byte is
@@ -221,6 +223,7 @@ async fn pump<G: Send>(
     model: String,
     pricing: Pricing,
     mut meter: Option<Meter>,
+    strip_usage: bool,
     guards: G,
 ) {
     let _guards = guards;
@@ -233,10 +236,17 @@ async fn pump<G: Send>(
         let (chunk, last) = match next {
             Ok(None) => return,
             Ok(Some(Ok(chunk))) => {
+                let mut chunk = chunk;
                 if let Some(u) = sse_usage(&chunk) {
                     count_tokens(&model, u, &pricing);
                     if let Some(m) = &mut meter {
                         m.usage(u.prompt_tokens, u.completion_tokens);
+                    }
+                    if strip_usage {
+                        chunk = strip_usage_events(&chunk);
+                        if chunk.is_empty() {
+                            continue;
+                        }
                     }
                 }
                 (chunk, false)
@@ -287,6 +297,32 @@ fn sse_usage(chunk: &[u8]) -> Option<Usage> {
         .find_map(|d| serde_json::from_str::<WithUsage>(d).ok()?.usage)
 }
 
+/// Drops the usage-only events (`"choices": []` with a `usage` object) of a chunk: the ones the
+/// router asked for on a client's behalf. An event split over two chunks is left as it is (the
+/// client then sees one usage chunk more, which OpenAI clients accept).
+fn strip_usage_events(chunk: &bytes::Bytes) -> bytes::Bytes {
+    let Ok(text) = std::str::from_utf8(chunk) else {
+        return chunk.clone();
+    };
+    let usage_only = |event: &str| {
+        event
+            .trim_end()
+            .strip_prefix("data: ")
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .is_some_and(|v| {
+                v.get("usage").is_some_and(serde_json::Value::is_object)
+                    && v.get("choices")
+                        .and_then(serde_json::Value::as_array)
+                        .is_some_and(Vec::is_empty)
+            })
+    };
+    let kept: String = text
+        .split_inclusive("\n\n")
+        .filter(|e| !usage_only(e))
+        .collect();
+    bytes::Bytes::from(kept)
+}
+
 fn count_tokens(model: &str, u: Usage, pricing: &Pricing) {
     let m = model.to_string();
     metrics::counter!("router_tokens_total", "model" => m.clone(), "kind" => "prompt")
@@ -310,6 +346,22 @@ mod tests {
         assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 5));
         assert!(sse_usage(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n").is_none());
         assert!(sse_usage(b"data: {\"usage\":null}\n\n").is_none());
+    }
+
+    #[test]
+    fn usage_events_asked_for_by_the_router_are_dropped_and_nothing_else() {
+        let chunk = bytes::Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5}}\n\ndata: [DONE]\n\n",
+        );
+        let out = strip_usage_events(&chunk);
+        assert_eq!(
+            &out[..],
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n"
+        );
+        let only = bytes::Bytes::from_static(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5}}\n\n",
+        );
+        assert!(strip_usage_events(&only).is_empty());
     }
 
     proptest::proptest! {

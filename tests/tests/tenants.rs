@@ -293,6 +293,41 @@ async fn rpm_and_tpm_hold_across_replicas_and_usage_corrects_tokens() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A stream that did not ask for usage is metered all the same (the router asks the backend
+    // for it) and the client gets no usage event it did not ask for.
+    let key2 = keys_cli(&s.cfg, &["add", "--name", "tpm-quiet", "--tpm", "1000"]);
+    let mut quiet = chat("small", "hi");
+    quiet["stream"] = json!(true);
+    quiet["max_tokens"] = json!(400);
+    let r = c
+        .post(format!("{}/v1/chat/completions", s.r1.base))
+        .bearer_auth(&key2)
+        .json(&quiet)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut text = String::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(!text.contains("\"usage\""), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    let t0 = Instant::now();
+    loop {
+        let (_, h, _) = call(&c, &s.r2.base, Some(&key2), &chat("small", "hi")).await;
+        let rem: u64 = header(&h, "x-ratelimit-remaining-tokens").parse().unwrap();
+        if rem < 1000 - 400 + 20 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "remaining {rem}: usage not metered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // A request past the minute's tokens is refused with the tokens headers.
     body["stream"] = json!(false);
     body["messages"][0]["content"] = json!("x".repeat(2400));

@@ -219,7 +219,13 @@ async fn road(
     let admitted = admit(s, cfg.server.max_in_flight)?;
     let caller = authenticate(rt, headers, tenant).await?;
     let bytes = read_body(headers, body, &cfg.server).await?;
-    let req = openai::parse(kind, &bytes)?;
+    let mut req = openai::parse(kind, &bytes)?;
+    // A keyed stream is metered by its usage: the backend is asked for it, and the relay drops
+    // the usage event the client did not ask for.
+    let strip_usage = caller.is_some() && req.stream && !req.include_usage;
+    if strip_usage {
+        req.ask_for_stream_usage();
+    }
     let admission = match (&rt.tenants, &caller) {
         (Some(t), Some(c)) => {
             let auto = req.model == cfg.server.auto_model;
@@ -300,6 +306,7 @@ async fn road(
         &pricing,
         admitted,
         admission.map(|a| a.meter),
+        strip_usage,
     )
     .await?;
     cands.report(&served, resp.headers_mut());

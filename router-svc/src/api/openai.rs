@@ -150,6 +150,21 @@ impl Parsed {
 
 impl Parsed {
     /// Every text a model would read (all messages' text, or the prompt), for PII checks.
+    /// Sets `stream_options.include_usage` in what is forwarded (`include_usage` keeps what the
+    /// client asked for).
+    pub fn ask_for_stream_usage(&mut self) {
+        let opts = self
+            .body
+            .entry("stream_options")
+            .or_insert_with(|| json!({}));
+        if !opts.is_object() {
+            *opts = json!({});
+        }
+        if let Value::Object(o) = opts {
+            o.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+
     /// Prompt tokens, estimated at 4 characters a token (what a key's token limit is charged
     /// at admission; the answer's `usage` corrects it).
     pub fn token_estimate(&self) -> u64 {
