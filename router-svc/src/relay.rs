@@ -140,8 +140,7 @@ pub async fn relay(
             tokio::time::Instant::from_std(deadline),
             model.clone(),
             pricing.clone(),
-            meter,
-            strip_usage,
+            Metering { meter, strip_usage },
             (in_flight, hold),
         ));
         // Headers go out with the first event, not before: the client's time to first byte is
@@ -209,6 +208,12 @@ fn error_event(message: &str, code: &str) -> bytes::Bytes {
     bytes::Bytes::from(format!("data: {body}\n\n"))
 }
 
+/// A keyed stream's meter, and whether the usage event is the router's to drop.
+struct Metering {
+    meter: Option<Meter>,
+    strip_usage: bool,
+}
+
 /// Chunks buffered between the backend and a slow client.
 const STREAM_BUFFER: usize = 32;
 
@@ -222,11 +227,14 @@ async fn pump<G: Send>(
     deadline: tokio::time::Instant,
     model: String,
     pricing: Pricing,
-    mut meter: Option<Meter>,
-    strip_usage: bool,
+    metering: Metering,
     guards: G,
 ) {
     let _guards = guards;
+    let Metering {
+        mut meter,
+        strip_usage,
+    } = metering;
     let mut upstream = response.bytes_stream();
     loop {
         let next = tokio::select! {
