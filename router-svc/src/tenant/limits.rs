@@ -60,24 +60,27 @@ local spend = tonumber(redis.call('GET', KEYS[3]) or '0')
 return {ra, rrem, rreset, rretry, ta, trem, treset, tretry, spend, math.floor(rtat), math.floor(ttat)}
 "#;
 
-/// Moves the tokens TAT by a correction (negative: a refund) and adds spend.
-/// KEYS: tokens TAT, spend. ARGV: tpm, token delta, spend micro-USD, spend TTL seconds.
+/// Moves the tokens TAT by a correction (negative: a refund), the requests TAT by requests
+/// admitted in process while Redis was away, and adds spend.
+/// KEYS: tokens TAT, spend, requests TAT. ARGV: tpm, token delta, spend micro-USD, spend TTL
+/// seconds, rpm, request delta.
 const SETTLE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local tpm = tonumber(ARGV[1])
-local delta = tonumber(ARGV[2])
-if tpm > 0 and delta ~= 0 then
-  local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local function move(key, limit, n)
+  if limit <= 0 or n == 0 then return end
+  local tat = tonumber(redis.call('GET', key) or now)
   if tat < now then tat = now end
-  local new = tat + delta * 60000 / tpm
+  local new = tat + n * 60000 / limit
   if new > now then
-    redis.call('SET', KEYS[1], string.format('%.3f', new), 'PX', math.ceil(new - now) + 1)
+    redis.call('SET', key, string.format('%.3f', new), 'PX', math.ceil(new - now) + 1)
   else
-    redis.call('DEL', KEYS[1])
+    redis.call('DEL', key)
   end
 end
+move(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+move(KEYS[3], tonumber(ARGV[5]), tonumber(ARGV[6]))
 local spend = tonumber(ARGV[3])
 if spend > 0 then
   redis.call('INCRBY', KEYS[2], spend)
@@ -156,10 +159,17 @@ pub struct Limiter {
     flushing: std::sync::atomic::AtomicBool,
 }
 
+#[derive(Default)]
 struct Pending {
     tpm: u64,
+    rpm: u64,
+    /// Token corrections from answers.
     delta: i64,
     spend_micro: u64,
+    /// Admitted in process (Redis away): charged to Redis once it answers, so that the
+    /// requests let through meanwhile are not let through again.
+    local_requests: i64,
+    local_tokens: i64,
 }
 
 const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -219,7 +229,7 @@ impl Limiter {
     /// Checks and charges one request of `tokens` (estimated) for `rec`. Without an answer from
     /// Redis: in process when `fail_open`, else `StoreUnavailable`.
     pub async fn admit(
-        &self,
+        self: &Arc<Self>,
         rec: &KeyRecord,
         tokens: u64,
         fail_open: bool,
@@ -249,6 +259,16 @@ impl Limiter {
                 return Err(StoreUnavailable);
             }
             metrics::gauge!("router_limits_local").set(1.0);
+            let v = self.admit_local(&rec.name, rpm, tpm, tokens, day);
+            if v.limited.is_none() {
+                self.add_pending(&rec.name, |p| {
+                    p.rpm = rpm;
+                    p.tpm = tpm;
+                    p.local_requests += 1;
+                    p.local_tokens += tokens as i64;
+                });
+            }
+            return Ok(v);
         }
         Ok(self.admit_local(&rec.name, rpm, tpm, tokens, day))
     }
@@ -305,24 +325,24 @@ impl Limiter {
             self.settle_local(&rec.name, tpm, delta, spend_micro, today());
             return;
         }
+        self.add_pending(&rec.name, |p| {
+            p.tpm = tpm;
+            p.delta += delta;
+            p.spend_micro += spend_micro;
+        });
+    }
+
+    fn add_pending(self: &Arc<Self>, name: &str, f: impl FnOnce(&mut Pending)) {
         let mut pending = self.pending.lock().unwrap();
-        match pending.get_mut(rec.name.as_str()) {
-            Some(p) => {
-                p.tpm = tpm;
-                p.delta += delta;
-                p.spend_micro += spend_micro;
-            }
+        match pending.get_mut(name) {
+            Some(p) => f(p),
             None => {
-                pending.insert(
-                    rec.name.clone(),
-                    Pending {
-                        tpm,
-                        delta,
-                        spend_micro,
-                    },
-                );
+                let mut p = Pending::default();
+                f(&mut p);
+                pending.insert(name.to_string(), p);
             }
         }
+        drop(pending);
         if !self
             .flushing
             .swap(true, std::sync::atomic::Ordering::AcqRel)
@@ -337,13 +357,16 @@ impl Limiter {
         let Some(redis) = &self.redis else { return };
         let day = today();
         for (name, p) in batch {
-            let [_, tok, spend] = self.keys(&name, day);
+            let [req, tok, spend] = self.keys(&name, day);
             let mut inv = self.settle.key(tok);
             inv.key(spend)
+                .key(req)
                 .arg(p.tpm)
-                .arg(p.delta)
+                .arg(p.delta + p.local_tokens)
                 .arg(p.spend_micro)
-                .arg(2 * 86_400);
+                .arg(2 * 86_400)
+                .arg(p.rpm)
+                .arg(p.local_requests);
             let budget = Some(redis.timeout() * 4);
             let out = redis
                 .call("settle", budget, |mut c| async move {
@@ -352,6 +375,15 @@ impl Limiter {
                 .await;
             if out.is_err() {
                 self.settle_local(&name, p.tpm, p.delta, p.spend_micro, day);
+                // Charged here already; kept for Redis.
+                if p.local_requests != 0 || p.local_tokens != 0 {
+                    let mut pending = self.pending.lock().unwrap();
+                    let q = pending.entry(name).or_default();
+                    q.rpm = p.rpm;
+                    q.tpm = p.tpm;
+                    q.local_requests += p.local_requests;
+                    q.local_tokens += p.local_tokens;
+                }
             }
         }
     }
