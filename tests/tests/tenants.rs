@@ -58,6 +58,24 @@ async fn call(
     (status, headers, v)
 }
 
+/// A streamed request's whole body (asserting a 200).
+async fn stream_text(c: &reqwest::Client, base: &str, key: &str, body: &Value) -> String {
+    let r = c
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut text = String::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    text
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
@@ -256,19 +274,7 @@ async fn rpm_and_tpm_hold_across_replicas_and_usage_corrects_tokens() {
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
     body["max_tokens"] = json!(500);
-    let r = c
-        .post(format!("{}/v1/chat/completions", s.r2.base))
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let mut text = String::new();
-    let mut stream = r.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+    let text = stream_text(&c, &s.r2.base, &key, &body).await;
     let usage: u64 = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
@@ -299,19 +305,7 @@ async fn rpm_and_tpm_hold_across_replicas_and_usage_corrects_tokens() {
     let mut quiet = chat("small", "hi");
     quiet["stream"] = json!(true);
     quiet["max_tokens"] = json!(400);
-    let r = c
-        .post(format!("{}/v1/chat/completions", s.r1.base))
-        .bearer_auth(&key2)
-        .json(&quiet)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let mut text = String::new();
-    let mut stream = r.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+    let text = stream_text(&c, &s.r1.base, &key2, &quiet).await;
     assert!(!text.contains("\"usage\""), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"));
     let t0 = Instant::now();

@@ -286,11 +286,7 @@ impl Limiter {
     fn admit_local(&self, name: &str, rpm: u64, tpm: u64, tokens: u64, day: u64) -> Verdict {
         let now = now_ms();
         let mut local = self.local.lock().unwrap();
-        let s = local.entry(name.to_string()).or_default();
-        if s.day != day {
-            s.day = day;
-            s.spend_micro = 0;
-        }
+        let s = local_state(&mut local, name, day);
         let r = (rpm > 0).then(|| gcra(s.req_tat, now, rpm, 1));
         let t = (tpm > 0).then(|| gcra(s.tok_tat, now, tpm, tokens));
         let pass = |x: &Option<(bool, u64, u64, u64, f64)>| x.is_none_or(|x| x.0);
@@ -391,16 +387,26 @@ impl Limiter {
     fn settle_local(&self, name: &str, tpm: u64, delta: i64, spend_micro: u64, day: u64) {
         let now = now_ms();
         let mut local = self.local.lock().unwrap();
-        let s = local.entry(name.to_string()).or_default();
-        if s.day != day {
-            s.day = day;
-            s.spend_micro = 0;
-        }
+        let s = local_state(&mut local, name, day);
         if tpm > 0 {
             s.tok_tat = (s.tok_tat.max(now) + delta as f64 * WINDOW_MS / tpm as f64).max(now);
         }
         s.spend_micro += spend_micro;
     }
+}
+
+/// A tenant's in-process state, its spend reset when the UTC day changed.
+fn local_state<'a>(
+    local: &'a mut HashMap<String, LocalState>,
+    name: &str,
+    day: u64,
+) -> &'a mut LocalState {
+    let s = local.entry(name.to_string()).or_default();
+    if s.day != day {
+        s.day = day;
+        s.spend_micro = 0;
+    }
+    s
 }
 
 fn verdict_from(rpm: u64, tpm: u64, v: &[i64], spend_micro: u64, local: bool) -> Verdict {
