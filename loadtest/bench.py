@@ -703,9 +703,10 @@ def write_report(path, args, res, started):
         w("")
         w("Two router-svc processes on one stack (same vllm-sim, Redis, classifier), runs alternating: "
           "the embedded config, and the same with `auth.mode: keys` and a key with rpm/tpm/budget set "
-          "(lookup cached per replica; one Lua round trip to Redis per request for the limits and the "
-          "day's spend; settling the usage off the request path). Router CPU per request sent (µs, "
-          "`/proc`), loadgen open loop, `auto` with a decision-cache hit.")
+          "(lookup cached per replica; limits and the day's spend from one Lua round trip to Redis per "
+          "grant: a busy key takes up to 2 % of its limit, about 100 ms of its traffic, in one trip and "
+          "is admitted from it in process; settling the usage off the request path). Router CPU per "
+          "request sent (µs, `/proc`), loadgen open loop, `auto` with a decision-cache hit.")
         w("")
         w("| rate req/s | run | no keys: CPU µs/req | keys: CPU µs/req | **added µs/req** | no keys p50 / p99 ms | keys p50 / p99 ms | keys ok |")
         w("|---|---|---|---|---|---|---|---|")
@@ -723,8 +724,10 @@ def write_report(path, args, res, started):
         w("")
         if added:
             mean = sum(added) / len(added)
-            w(f"Added CPU per request, mean of the {len(added)} pairs: **{mean:.1f} µs** (target ≤ 15 µs: "
-              f"{'met' if mean <= 15 else 'missed'}).")
+            median = sorted(added)[len(added) // 2] if len(added) % 2 else \
+                sum(sorted(added)[len(added) // 2 - 1:len(added) // 2 + 1]) / 2
+            w(f"Added CPU per request, mean of the {len(added)} pairs: **{mean:.1f} µs**, median "
+              f"{median:.1f} µs (target ≤ 15 µs: {'met' if mean <= 15 else 'missed'}).")
             w("")
     with open(path, "w") as f:
         f.write("\n".join(L))
@@ -766,7 +769,7 @@ def main():
     if "rss" in sections:
         res["rss"] = section_rss(work, args.streams, hold=30.0)
     if "auth" in sections:
-        res["auth"] = section_auth(work, args.seconds, [1000, 2000])
+        res["auth"] = section_auth(work, args.seconds, [1000, 2000], repeats=3)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

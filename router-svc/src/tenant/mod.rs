@@ -72,7 +72,11 @@ impl Tenants {
             ms(cfg.auth.lookup_cache_ms),
         )?;
         Ok(Some(Self {
-            limits: Arc::new(Limiter::new(redis, &cfg.auth.key_prefix)),
+            limits: Arc::new(Limiter::new(
+                redis,
+                &cfg.auth.key_prefix,
+                cfg.auth.downgrade_at,
+            )),
             keys,
             labels: Labels::new(cfg.auth.max_key_labels),
             cfg: cfg.auth.clone(),
