@@ -13,8 +13,11 @@ Sections (each starts its own processes on free loopback ports and stops them):
   litellm   LiteLLM proxy (PyPI litellm[proxy], in target/bench-venv) on the same harness and
             simulator, and router-svc at the same rates: the max sustainable rate of each
   rss       router-svc RSS with 1,000 concurrent open streams
+  hop       the gateway hop against nginx (Debian nginx-light, one keep-alive reverse proxy) on
+            the same simulator and schedule: proxy CPU per request as a ratio to nginx's, and
+            the max sustainable rate of each
   auth      the cost of API keys + per-key limits (auth.mode: keys, one Redis round trip a
-            request) on the cache-hit path: router CPU per request with and without, same run
+            grant) on the cache-hit path: router CPU per request with and without, same run
 
 Sustainable rate (the same rule for every system): at least 99 % of due requests answered 2xx,
 responses at >= 98 % of the offered rate, and p99 latency, counted from each request's scheduled
@@ -476,6 +479,94 @@ def section_rss(work, streams, hold):
 
 
 
+def ensure_nginx():
+    """Debian's nginx-light (the one-hop reference), installed when missing."""
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if exe is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                       stdout=subprocess.DEVNULL)
+        exe = "/usr/sbin/nginx"
+    version = subprocess.run([exe, "-v"], capture_output=True, text=True).stderr.strip()
+    return exe, version
+
+
+def nginx_config(work, sim, port):
+    """One process (no master), one worker's worth: keep-alive to the client and to the
+    upstream, no access log, as a tuned reverse proxy in front of vLLM would be."""
+    d = os.path.join(work, "nginx")
+    os.makedirs(d, exist_ok=True)
+    host = sim.removeprefix("http://")
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream sim {{ server {host}; keepalive 512; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        location / {{
+            proxy_pass http://sim;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+    return conf
+
+
+def section_hop(work, seconds, rates, search_rates):
+    """The gateway hop against a plain keep-alive reverse proxy: client -> nginx -> vllm-sim and
+    client -> router-svc -> vllm-sim (explicit model; `auto` with a decision-cache hit), same
+    simulator, same loadgen schedule; CPU per request of the proxy process from /proc; then the
+    max sustainable rate of nginx and of router-svc on cache hits."""
+    exe, version = ensure_nginx()
+    procs = Procs(work)
+    try:
+        st = Stack(procs, INSTANT_SIM)
+        assert warm_cache(st.router) == "true"
+        port = free_port()
+        ngx = procs.start("nginx", [exe, "-c", nginx_config(work, st.sim, port)])
+        nginx = f"http://127.0.0.1:{port}"
+        wait_http(f"{nginx}/health", ngx)
+        paths = (("direct", st.sim, "qwen3-0.6b", None),
+                 ("nginx", nginx, "qwen3-0.6b", ngx.pid),
+                 ("explicit", st.router, "qwen3-0.6b", st.router_proc.pid),
+                 ("auto", st.router, "auto", st.router_proc.pid))
+        rows = []
+        for rate in rates:
+            for name, url, model, pid in paths:
+                log(f"hop {name} {rate} req/s")
+                cpu_of = {"proxy": pid} if pid else {}
+                r = loadgen(f"{url}/v1/chat/completions", chat_body(model),
+                            os.path.join(work, f"hop-{name}-{rate}.json"), rate=rate,
+                            seconds=seconds, cpu_of=cpu_of or None)
+                rows.append({"rate": rate, "path": name,
+                             "cpu_us": (r.get("cpu_us_per_req") or {}).get("proxy"),
+                             "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+                             "ok_share": r["ok_share"], "achieved": r["achieved_rps"]})
+        best = {}
+        for name, url, model in (("nginx", nginx, "qwen3-0.6b"), ("auto", st.router, "auto")):
+            _, best[name] = rate_search(f"{url}/v1/chat/completions", chat_body(model),
+                                        search_rates, seconds, work, f"hop-max-{name}")
+        return {"version": version, "rows": rows, "best": best}
+    finally:
+        procs.stop_all()
+
+
 def section_auth(work, seconds, rates, repeats=2):
     """Two routers on one stack (same sim, Redis, classifier): the embedded config, and the same
     with `auth.mode: keys` and a key with limits high enough never to refuse. Runs alternate."""
@@ -527,6 +618,17 @@ def section_auth(work, seconds, rates, repeats=2):
         return {"rows": rows}
     finally:
         procs.stop_all()
+
+def hop_ratios(h, path):
+    """Router CPU per request over nginx's, per rate."""
+    by = {(r["rate"], r["path"]): r for r in h["rows"]}
+    out = []
+    for (rate, p), r in sorted(by.items()):
+        n = by.get((rate, "nginx"))
+        if p == path and r["cpu_us"] and n and n["cpu_us"]:
+            out.append(r["cpu_us"] / n["cpu_us"])
+    return out
+
 
 def fmt(x, nd=2):
     return "—" if x is None else f"{x:.{nd}f}"
@@ -584,6 +686,29 @@ def write_report(path, args, res, started):
         best_router = l["router"]["best"] or 0
         ratio = best_router / best_lite if best_lite else float("inf")
         w(f"| max sustainable rate ≥ 50 × LiteLLM's | {best_router} vs {best_lite} req/s = {ratio:.0f} × | {verdict(ratio >= 50)} |")
+    if "hop" in res:
+        h = res["hop"]
+        for path, limit in (("explicit", 1.5), ("auto", 2.0)):
+            rs = hop_ratios(h, path)
+            if rs:
+                mean = sum(rs) / len(rs)
+                label = "explicit model" if path == "explicit" else "`auto`, decision-cache hit"
+                w(f"| CPU per request, {label} ≤ {limit:g} × nginx's | {mean:.2f} × (mean over "
+                  f"{len(rs)} rates: {', '.join(f'{r:.2f}' for r in rs)}) | {verdict(mean <= limit)} |")
+        bn, ba = h["best"].get("nginx") or 0, h["best"].get("auto") or 0
+        if bn:
+            w(f"| max sustainable rate on cache hits ≥ 0.8 × nginx's | {ba} vs {bn} req/s = "
+              f"{ba / bn:.2f} × | {verdict(ba >= 0.8 * bn)} |")
+        by = {(r["rate"], r["path"]): r for r in h["rows"]}
+        if (5000, "auto") in by and (5000, "direct") in by:
+            ov = by[(5000, "auto")]["p99"] - by[(5000, "direct")]["p99"]
+            w(f"| open loop 5,000 req/s, cache hits: p99 router − p99 direct ≤ 1 ms | {ov:.3f} ms | "
+              f"{verdict(ov <= 1.0)} |")
+        if "litellm" in res:
+            best_lite = max((v["best"] or 0) for v in res["litellm"]["runs"].values())
+            if best_lite:
+                w(f"| max sustainable rate ≥ 100 × LiteLLM's | {ba} vs {best_lite} req/s = "
+                  f"{ba / best_lite:.0f} × | {verdict(ba >= 100 * best_lite)} |")
     if "rss" in res:
         s = res["rss"]
         rss = (s["report"].get("watched_rss_kib_at_max_open") or 0) / 1024
@@ -697,6 +822,29 @@ def write_report(path, args, res, started):
         fc = r.get("first_chunk_ms") or {}
         w(f"Time to first chunk over the {s['streams']} streams: p50 {fmt(fc.get('p50'))} ms, p99 {fmt(fc.get('p99'))} ms.")
         w("")
+    if "hop" in res:
+        h = res["hop"]
+        w("## 6. The gateway hop against nginx")
+        w("")
+        w(f"One keep-alive reverse proxy as the reference: {h['version']} (Debian nginx-light, one "
+          "process, `proxy_http_version 1.1` with an upstream keep-alive pool, no access log, "
+          "`proxy_buffering off`), in front of the same vllm-sim; router-svc on the embedded config. "
+          "Same loadgen schedule for every path, one after the other. Proxy CPU per request sent "
+          "(user + system, µs, `/proc`); the ratio is to nginx's at the same rate.")
+        w("")
+        w("| rate req/s | path | proxy CPU µs/req | × nginx | p50 / p99 ms | ok |")
+        w("|---|---|---|---|---|---|")
+        by = {(r["rate"], r["path"]): r for r in h["rows"]}
+        for r in h["rows"]:
+            n = by.get((r["rate"], "nginx"))
+            ratio = (f"{r['cpu_us'] / n['cpu_us']:.2f}" if r["cpu_us"] and n and n["cpu_us"] else "-")
+            cpu = fmt(r["cpu_us"], 1) if r["cpu_us"] is not None else "-"
+            w(f"| {r['rate']} | {r['path']} | {cpu} | {ratio} | {fmt(r['p50'], 3)} / "
+              f"{fmt(r['p99'], 3)} | {100 * r['ok_share']:.2f} % |")
+        w("")
+        w(f"Max sustainable rate (same rule as above): nginx {h['best'].get('nginx')} req/s, "
+          f"router-svc `auto` cache hits {h['best'].get('auto')} req/s.")
+        w("")
     if "auth" in res:
         rows = res["auth"]["rows"]
         w("## 5. API keys and per-key limits on the cache-hit path")
@@ -736,7 +884,7 @@ def write_report(path, args, res, started):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="overhead,miss,litellm,rss,auth")
+    ap.add_argument("--only", default="overhead,miss,litellm,rss,auth,hop")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "RESULTS.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
@@ -768,6 +916,9 @@ def main():
                                          [int(x) for x in args.litellm_workers.split(",")])
     if "rss" in sections:
         res["rss"] = section_rss(work, args.streams, hold=30.0)
+    if "hop" in sections:
+        res["hop"] = section_hop(work, args.seconds, [2000, 5000],
+                                 [2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000])
     if "auth" in sections:
         res["auth"] = section_auth(work, args.seconds, [1000, 2000], repeats=3)
     if args.json:

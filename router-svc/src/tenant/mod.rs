@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! authenticate   Bearer / x-api-key -> the key's record          (401 invalid_api_key)
-//! admit          model allowed? limits + budget, one Redis trip  (403, 429, or "downgrade")
+//! admit          model allowed? limits + budget, one Redis trip a grant (403, 429, or "downgrade")
 //! Meter (drop)   the answer's usage corrects the token charge and adds the spend
 //! ```
 //!
