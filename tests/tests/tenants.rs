@@ -452,6 +452,7 @@ async fn redis_cluster_keeps_keys_and_limits_working_when_a_master_dies() {
         ));
     }
     let mut served = vec![0u32; keys.len()];
+    let first = Instant::now();
     for round in 0..20 {
         if round == 10 {
             // Kill the master holding the most slots' worth of our tenants: the first node.
@@ -480,10 +481,15 @@ async fn redis_cluster_keeps_keys_and_limits_working_when_a_master_dies() {
         let (st, _, _) = call(&c, &router.base, Some(&keys[0]), &chat("small", "hi")).await;
         refused += (st == 429) as u32;
     }
-    // 10 of these 20 are over the minute's 30. While the store is lost (the back-off after the
-    // dead node's errors) limits run in process and are pushed to Redis every 100 ms, so a few
-    // may pass twice in that window (fail_open is lenient by design); the limit still holds.
-    assert!(refused >= 1, "limit held: {refused} of 20 refused");
+    // 10 of these 20 are over the minute's 30, less what refilled since the first call (one
+    // every 2 s). While the store is lost, limits run in process from what Redis last said, and
+    // what was admitted in process goes to Redis with the next trip (or is refused here when
+    // Redis has not heard of it yet): no request passes twice.
+    let refill = first.elapsed().as_millis() as u32 / 2000 + 1;
+    assert!(
+        refused + refill >= 10,
+        "limit held: {refused} of 20 refused, up to {refill} refilled"
+    );
     eprintln!("over the limit after the kill: {refused} of 20 refused (10 without the outage)");
     let m = router.metrics();
     assert!(metric_sum(&m, "router_key_requests_total", &["result=\"ok\""]) > 100);

@@ -37,7 +37,8 @@ const GRANT_SPAN_MS: f64 = 100.0;
 /// is granted one at a time.
 const GRANT_SHARE: u64 = 50;
 
-/// Gives back what a grant left, then takes up to `want` (at least `need`) of each limit and
+/// Gives back what a grant left (and charges what was admitted in process while Redis was
+/// away: a negative "back"), then takes up to `want` (at least `need`) of each limit and
 /// charges both when both pass; returns the day's spend.
 /// KEYS: requests TAT, tokens TAT, spend.
 /// ARGV: rpm, tpm (0 = no limit), requests back, tokens back, tokens needed, requests wanted,
@@ -63,17 +64,20 @@ local function take(key, limit, back, need, want)
   if need > limit then need = limit end
   if want < need then want = need end
   local interval = window / limit
-  local tat = tonumber(redis.call('GET', key) or now) - back * interval
+  local tat = tonumber(redis.call('GET', key) or now)
+  -- back < 0: admitted in process while Redis was away, charged now
+  if back < 0 and tat < now then tat = now end
+  tat = tat - back * interval
   if tat < now then tat = now end
   local avail = math.floor((now + window - tat) / interval + 1e-6)
   if avail < need then
     local retry = math.ceil(tat + need * interval - window - now)
     if retry < 1 then retry = 1 end
-    return 0, 0, avail, math.ceil(tat - now), retry, tat, nil, back > 0
+    return 0, 0, avail, math.ceil(tat - now), retry, tat, nil, back ~= 0
   end
   if want > avail then want = avail end
   local new = tat + want * interval
-  return 1, want, avail - want, math.ceil(new - now), 0, tat, new, back > 0
+  return 1, want, avail - want, math.ceil(new - now), 0, tat, new, back ~= 0
 end
 local rok, rn, rrem, rreset, rretry, rtat, rnew, rback =
   take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[3]), 1, tonumber(ARGV[6]))
@@ -252,6 +256,8 @@ struct TenantState {
     /// Requests the next grant asks for (1 at first).
     scale: u64,
     refusal: Option<Refusal>,
+    /// When a request was last admitted in process (ms since the epoch).
+    last_local: f64,
 }
 
 impl TenantState {
@@ -305,6 +311,14 @@ impl TenantState {
             return (0, 0);
         };
         let expired = now >= g.at + GRANT_TTL_MS;
+        // The rest goes back here as it goes back to Redis.
+        let (r, t) = g.rest();
+        if r > 0 {
+            self.req_tat = (self.req_tat - r as f64 * WINDOW_MS / g.rpm as f64).max(now);
+        }
+        if t > 0 {
+            self.tok_tat = (self.tok_tat - t as f64 * WINDOW_MS / g.tpm as f64).max(now);
+        }
         self.scale = if !expired && now - g.at < GRANT_SPAN_MS {
             self.scale.max(1) * 2
         } else if expired {
@@ -312,7 +326,7 @@ impl TenantState {
         } else {
             self.scale.max(1)
         };
-        g.rest()
+        (r, t)
     }
 }
 
@@ -460,6 +474,20 @@ impl Limiter {
             let scale = if near_budget { 1 } else { s.scale };
             (back, wanted(scale, rpm, tpm, tokens))
         };
+        // What this replica admitted while Redis was away and has not told it yet goes with
+        // this trip, so Redis's answer (and the TATs the fallback goes on from) count it.
+        let owed = self
+            .pending
+            .lock()
+            .unwrap()
+            .get_mut(&rec.name)
+            .map_or((0, 0), |p| {
+                (
+                    std::mem::take(&mut p.local_requests),
+                    std::mem::take(&mut p.local_tokens),
+                )
+            });
+        let back = (back.0 as i64 - owed.0, back.1 as i64 - owed.1);
         let [req, tok, spend] = self.keys(&rec.name, day);
         let mut inv = self.admit.key(req);
         inv.key(tok)
@@ -484,13 +512,13 @@ impl Limiter {
             Ok(_) => tracing::warn!("limits script answered an unexpected shape"),
             Err(_) => {}
         }
-        // The rest of the grant did not reach Redis: given back later.
+        // The rest of the grant (and what was owed) did not reach Redis: sent later.
         if back != (0, 0) {
             self.add_pending(&rec.name, |p| {
                 p.rpm = rpm;
                 p.tpm = tpm;
-                p.local_requests -= back.0 as i64;
-                p.local_tokens -= back.1 as i64;
+                p.local_requests -= back.0;
+                p.local_tokens -= back.1;
             });
         }
         if !fail_open {
@@ -531,16 +559,54 @@ impl Limiter {
         let mut all = self.tenants.lock().unwrap();
         let s = tenant_state(&mut all, &rec.name, day);
         s.spend_micro = u(10) + unsettled;
-        s.req_tat = v[11] as f64;
-        s.tok_tat = v[12] as f64;
         let (rok, tok) = (v[0] == 1, v[5] == 1);
-        let limited = if !rok {
+        let mut limited = if !rok {
             Some((Which::Requests, u(4)))
         } else if !tok {
             Some((Which::Tokens, u(9)))
         } else {
             None
         };
+        // Admitted in process within the last minute: some of those may not be in Redis yet
+        // (a settle in flight when its flush fails), so what this replica knows refuses too.
+        if limited.is_none() && now - s.last_local < WINDOW_MS {
+            let r = (rpm > 0).then(|| take(s.req_tat, now, rpm, 1, 1));
+            let t = (tpm > 0).then(|| take(s.tok_tat, now, tpm, tokens, tokens));
+            limited = match (r, t) {
+                (Some(r), _) if !r.ok => Some((Which::Requests, r.retry_ms)),
+                (_, Some(t)) if !t.ok => Some((Which::Tokens, t.retry_ms)),
+                _ => None,
+            };
+            if limited.is_some() {
+                // Redis charged this request and its grant: given back.
+                let (r, t) = (u(1) as i64, u(6) as i64);
+                drop(all);
+                self.add_pending(&rec.name, |p| {
+                    p.rpm = rpm;
+                    p.tpm = tpm;
+                    p.local_requests -= r;
+                    p.local_tokens -= t;
+                });
+                all = self.tenants.lock().unwrap();
+            }
+        }
+        let s = tenant_state(&mut all, &rec.name, day);
+        // What Redis charged is charged here too, and the TATs never go back to Redis's when
+        // this replica knows more (the same settle in flight would be lost to the fallback).
+        let ok = rok && tok && limited.is_none();
+        let charge = |tat: f64, limit: u64, n: u64, redis: i64| {
+            if limit == 0 {
+                return tat;
+            }
+            let mine = if ok {
+                tat.max(now) + n as f64 * WINDOW_MS / limit as f64
+            } else {
+                tat
+            };
+            mine.max(redis as f64)
+        };
+        s.req_tat = charge(s.req_tat, rpm, u(1), v[11]);
+        s.tok_tat = charge(s.tok_tat, tpm, u(6), v[12]);
         let at = |ms: u64| now + ms as f64;
         let verdict = Verdict {
             requests: TenantState::window(rpm, u(2), at(u(3)), now),
@@ -636,6 +702,7 @@ impl Limiter {
             if let Some(t) = t {
                 s.tok_tat = t.tat;
             }
+            s.last_local = now;
             None
         };
         Verdict {
