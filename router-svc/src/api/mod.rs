@@ -220,6 +220,7 @@ async fn road(
     let caller = authenticate(rt, headers, tenant).await?;
     let bytes = read_body(headers, body, &cfg.server).await?;
     let mut req = openai::parse(kind, &bytes)?;
+    req.raw = Some(bytes.clone());
     // A keyed stream is metered by its usage: the backend is asked for it, and the relay drops
     // the usage event the client did not ask for.
     let strip_usage = caller.is_some() && req.stream && !req.include_usage;

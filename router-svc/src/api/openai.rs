@@ -38,6 +38,10 @@ pub struct Parsed {
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
+    /// The body as the client sent it, while nothing in `body` was changed: a request for a
+    /// named model that the router changes nothing in goes to the backend as these bytes
+    /// instead of the tree written again.
+    pub raw: Option<Bytes>,
 }
 
 fn bad(message: impl Into<String>, param: &'static str) -> Error {
@@ -128,6 +132,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
         model,
         stream,
         include_usage,
+        raw: None,
     })
 }
 
@@ -153,6 +158,7 @@ impl Parsed {
     /// Sets `stream_options.include_usage` in what is forwarded (`include_usage` keeps what the
     /// client asked for).
     pub fn ask_for_stream_usage(&mut self) {
+        self.raw = None;
         let opts = self
             .body
             .entry("stream_options")
@@ -267,6 +273,12 @@ pub fn body_for(
     d: &Decision,
     mask: Option<(&BTreeSet<PiiType>, &PiiScan)>,
 ) -> Bytes {
+    let unmasked = mask.is_none_or(|(k, _)| k.is_empty());
+    if let Some(raw) = p.raw.as_ref().filter(|_| unmasked) {
+        if d.source == crate::decide::Source::Explicit && model.name == p.model {
+            return raw.clone();
+        }
+    }
     let mut body = p.body.clone();
     if let Some((kinds, scan)) = mask.filter(|(k, _)| !k.is_empty()) {
         each_text(&mut body, &mut |s| {
@@ -447,6 +459,29 @@ mod tests {
         let out: Value =
             serde_json::from_slice(&body_for(&p, &cfg, &cfg.models[1].clone(), &e, None)).unwrap();
         assert!(out.get("reasoning_effort").is_none());
+    }
+
+    #[test]
+    fn a_named_model_unchanged_goes_as_its_bytes() {
+        let raw: &[u8] =
+            br#"{"model":"qwen3-8b", "messages":[{"role":"user","content":"x"}],"z":1,"a":2}"#;
+        let mut p = parse(Kind::Chat, raw).unwrap();
+        p.raw = Some(Bytes::copy_from_slice(raw));
+        let cfg = cfg();
+        let e = Decision::explicit("qwen3-8b");
+        let m = cfg.model("qwen3-8b").unwrap();
+        assert_eq!(&body_for(&p, &cfg, m, &e, None)[..], raw);
+        // Failed over to another model: rewritten with that model's name.
+        let other = cfg.model("qwen3-0.6b").unwrap();
+        let out: Value = serde_json::from_slice(&body_for(&p, &cfg, other, &e, None)).unwrap();
+        assert_eq!(
+            (out["model"].as_str(), out["z"].as_i64()),
+            (Some("qwen3-0.6b"), Some(1))
+        );
+        // A changed body is written from the tree.
+        p.ask_for_stream_usage();
+        let out: Value = serde_json::from_slice(&body_for(&p, &cfg, m, &e, None)).unwrap();
+        assert_eq!(out["stream_options"]["include_usage"], true);
     }
 
     #[test]
