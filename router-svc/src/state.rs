@@ -31,6 +31,8 @@ pub struct Runtime {
     pub api_keys: HashMap<String, HeaderValue>,
     /// API keys, limits and budgets (None when `auth.mode` is `none`).
     pub tenants: Option<Arc<Tenants>>,
+    /// Tasks and cache-key version tag, made once per classifier generation.
+    pub key_parts: crate::decide::KeyParts,
 }
 
 impl Runtime {
@@ -97,6 +99,7 @@ impl Runtime {
             pools,
             api_keys,
             tenants,
+            key_parts: Default::default(),
         })
     }
 }

@@ -109,12 +109,13 @@ async fn decide_for(rt: &Runtime, req: &openai::Parsed) -> Result<decide::Outcom
     }
 }
 
+// The road's future is large; boxed, the layers above move a pointer, not its state.
 async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    proxy(&s, Kind::Chat, headers, body).await
+    Box::pin(proxy(&s, Kind::Chat, headers, body)).await
 }
 
 async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    proxy(&s, Kind::Completion, headers, body).await
+    Box::pin(proxy(&s, Kind::Completion, headers, body)).await
 }
 
 /// One admission slot per request, held until its response body ends.

@@ -41,15 +41,20 @@ pub struct DecisionCache {
     redis: Option<Arc<RedisLayer>>,
 }
 
-/// `prefix + sha256(text) + ":" + hash(classifier version, policy version)`.
-pub fn key(prefix: &str, text: &str, classifier_version: &str, policy_version: &str) -> String {
-    let text_hash = hex::encode(Sha256::digest(text.as_bytes()));
+/// What a key says of the models and policy that made its decision (the same for every
+/// request until one of them changes; `decide` keeps it).
+pub fn version_tag(classifier_version: &str, policy_version: &str) -> String {
     let mut h = Sha256::new();
     h.update(classifier_version.as_bytes());
     h.update([0]);
     h.update(policy_version.as_bytes());
-    let ver = hex::encode(&h.finalize()[..8]);
-    format!("{prefix}{text_hash}:{ver}")
+    hex::encode(&h.finalize()[..8])
+}
+
+/// `prefix + sha256(text) + ":" + version_tag(classifier version, policy version)`.
+pub fn key_tagged(prefix: &str, text: &str, tag: &str) -> String {
+    let text_hash = hex::encode(Sha256::digest(text.as_bytes()));
+    format!("{prefix}{text_hash}:{tag}")
 }
 
 struct RedisLayer {

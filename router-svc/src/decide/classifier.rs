@@ -180,6 +180,8 @@ pub struct Classifier {
     breaker: Breaker,
     admission: Admission,
     known: RwLock<Known>,
+    /// Bumped whenever `known` changes (what cache keys are built from).
+    generation: std::sync::atomic::AtomicU64,
     epoch: Instant,
 }
 
@@ -222,6 +224,7 @@ impl Classifier {
                 }),
             ),
             known: RwLock::default(),
+            generation: Default::default(),
             epoch: Instant::now(),
         });
         if this.configured() {
@@ -259,6 +262,17 @@ impl Classifier {
             .filter(|t| known.tasks.as_ref().is_none_or(|set| set.contains(**t)))
             .map(|t| t.to_string())
             .collect()
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Changes whenever the tasks or model versions the classifier reported change: what is
+    /// derived from them (`tasks_for`, `version`) may be kept until then.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// "task=model@revision,..." of the given tasks: part of the cache key. None until the
@@ -493,6 +507,7 @@ impl Classifier {
                 known.models.retain(|(t, _)| *t != r.task);
                 known.models.push((r.task.clone(), r.model.clone()));
             }
+            self.bump();
         }
     }
 
@@ -524,8 +539,11 @@ impl Classifier {
         if known.tasks.as_ref() != Some(&tasks) {
             tracing::info!(tasks = ?tasks, "classifier tasks");
         }
-        known.tasks = Some(tasks);
-        known.models = versions;
+        if known.tasks.as_ref() != Some(&tasks) || known.models != versions {
+            known.tasks = Some(tasks);
+            known.models = versions;
+            self.bump();
+        }
         Ok(())
     }
 }

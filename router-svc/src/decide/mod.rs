@@ -23,6 +23,56 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::state::Runtime;
 
+/// What every classified request needs besides its text: the tasks to ask for and the cache
+/// key's version tag. The same until the classifier reports other tasks or model versions (its
+/// generation), the routes finish embedding, or the config changes (a new `Runtime`), so it is
+/// made once, not per request (formatting, sorting and hashing the versions cost a cache hit
+/// more than hashing its text).
+#[derive(Default)]
+pub struct KeyParts(std::sync::Mutex<Option<(u64, bool, std::sync::Arc<Parts>)>>);
+
+pub struct Parts {
+    pub tasks: Vec<String>,
+    /// None until the classifier has told every task's version: nothing is cached then.
+    pub tag: Option<String>,
+}
+
+impl KeyParts {
+    pub fn get(&self, rt: &Runtime, with_embedding: bool) -> std::sync::Arc<Parts> {
+        let generation = rt.classifier.generation();
+        if let Some((g, e, p)) = &*self.0.lock().unwrap() {
+            if *g == generation && *e == with_embedding {
+                return p.clone();
+            }
+        }
+        let cfg = &rt.cfg;
+        let t = &cfg.routing.tasks;
+        let mut wanted: Vec<&str> = vec![&t.domain, &t.complexity];
+        if cfg.routing.jailbreak.enabled {
+            wanted.push(&t.jailbreak);
+        }
+        if let Some(sm) = &cfg.routing.strong_model {
+            wanted.push(&sm.task);
+        }
+        wanted.retain(|s| !s.is_empty());
+        wanted.dedup();
+        let tasks = rt.classifier.tasks_for(&wanted);
+        // Routes embedded or not yet is part of what a decision depends on.
+        let routes_state = match (rt.routes.is_empty(), with_embedding) {
+            (true, _) => "",
+            (false, true) => ";routes=ready",
+            (false, false) => ";routes=pending",
+        };
+        let tag = rt
+            .classifier
+            .version(&tasks)
+            .map(|v| cache::version_tag(&format!("{v}{routes_state}"), &rt.policy_version));
+        let parts = std::sync::Arc::new(Parts { tasks, tag });
+        *self.0.lock().unwrap() = Some((generation, with_embedding, parts.clone()));
+        parts
+    }
+}
+
 /// One classifier output the policy looked at.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Signal {
@@ -180,25 +230,16 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
     if !rt.classifier.configured() {
         return count(plain(Source::NoText));
     }
-    let t = &cfg.routing.tasks;
-    let mut wanted: Vec<&str> = vec![&t.domain, &t.complexity];
-    if cfg.routing.jailbreak.enabled {
-        wanted.push(&t.jailbreak);
-    }
-    if let Some(sm) = &cfg.routing.strong_model {
-        wanted.push(&sm.task);
-    }
-    wanted.retain(|s| !s.is_empty());
-    wanted.dedup();
-    let tasks = rt.classifier.tasks_for(&wanted);
+    let with_embedding = !rt.routes.is_empty() && rt.routes.ready();
+    let parts = rt.key_parts.get(rt, with_embedding);
+    let tasks = &parts.tasks;
     if tasks.is_empty() {
         return count(plain(Source::NoText));
     }
-    let with_embedding = !rt.routes.is_empty() && rt.routes.ready();
     let classify_us = AtomicU64::new(u64::MAX);
     let classify = async {
         let t0 = Instant::now();
-        let r = rt.classifier.classify(text, &tasks, with_embedding).await;
+        let r = rt.classifier.classify(text, tasks, with_embedding).await;
         classify_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         let r = r?;
         let route = with_embedding
@@ -216,20 +257,10 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
         Ok::<_, classifier::ClassifyError>(policy::decide(cfg, signals, route))
     };
     let started = Instant::now();
-    // Routes embedded or not yet is part of what a decision depends on.
-    let routes_state = match (rt.routes.is_empty(), with_embedding) {
-        (true, _) => "",
-        (false, true) => ";routes=ready",
-        (false, false) => ";routes=pending",
-    };
-    let key = rt.classifier.version(&tasks).map(|v| {
-        cache::key(
-            rt.cache.prefix(),
-            text,
-            &format!("{v}{routes_state}"),
-            &rt.policy_version,
-        )
-    });
+    let key = parts
+        .tag
+        .as_deref()
+        .map(|tag| cache::key_tagged(rt.cache.prefix(), text, tag));
     let result = match &key {
         Some(key) => rt.cache.get_or_classify(key, classify).await,
         // Model versions not known yet (classifier not reached since start): no caching.
