@@ -32,6 +32,14 @@ pub struct AppState {
     pub shared: Arc<Shared>,
     pub metrics: Option<PrometheusHandle>,
     in_flight: Arc<AtomicUsize>,
+    /// `router_request_duration_seconds{endpoint}`, registered once (chat, completions).
+    durations: [metrics::Histogram; 2],
+}
+
+impl AppState {
+    fn duration(&self, kind: Kind) -> &metrics::Histogram {
+        &self.durations[(kind == Kind::Completion) as usize]
+    }
 }
 
 pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router {
@@ -39,6 +47,9 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         shared,
         metrics,
         in_flight: Arc::new(AtomicUsize::new(0)),
+        durations: [Kind::Chat, Kind::Completion].map(
+            |k| metrics::histogram!("router_request_duration_seconds", "endpoint" => k.path()),
+        ),
     });
     let x_request_id = header::HeaderName::from_static("x-request-id");
     Router::new()
@@ -96,7 +107,7 @@ async fn method_not_allowed() -> Response {
 async fn decide_for(rt: &Runtime, req: &openai::Parsed) -> Result<decide::Outcome, Error> {
     if req.model == rt.cfg.server.auto_model {
         let text = req.classify_text(&rt.cfg.classifier.input);
-        Ok(decide::decide(rt, text.as_deref()).await)
+        Ok(Box::pin(decide::decide(rt, text.as_deref())).await)
     } else if rt.cfg.model(&req.model).is_some() {
         Ok(decide::Outcome {
             decision: Decision::explicit(&req.model),
@@ -190,8 +201,7 @@ async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Resp
     metrics::counter!("router_requests_total", "endpoint" => endpoint, "model" => model.clone(),
         "category" => category.clone(), "status" => status)
     .increment(1);
-    metrics::histogram!("router_request_duration_seconds", "endpoint" => endpoint)
-        .record(started.elapsed().as_secs_f64());
+    s.duration(kind).record(started.elapsed().as_secs_f64());
     // Per-request lines at debug (RUST_LOG=semroute_router=debug): at thousands of requests a
     // second the metrics tell the story; failures are counted in `events` (one summary line an
     // interval) and state changes are logged where they happen.
@@ -231,10 +241,7 @@ async fn road(
     let admission = match (&rt.tenants, &caller) {
         (Some(t), Some(c)) => {
             let auto = req.model == cfg.server.auto_model;
-            Some(
-                t.admit(c, &req.model, auto, req.token_estimate(), tenant)
-                    .await?,
-            )
+            Some(Box::pin(t.admit(c, &req.model, auto, req.token_estimate(), tenant)).await?)
         }
         _ => None,
     };
@@ -257,7 +264,7 @@ async fn road(
     }
 
     // 3. pick endpoint and forward: decided model, alternatives, fallback (PII policy applied)
-    let mut cands = candidates::candidates(cfg, d, &req, &rt.classifier).await?;
+    let mut cands = Box::pin(candidates::candidates(cfg, d, &req, &rt.classifier)).await?;
     if let Some(c) = &caller {
         cands.models.retain(|m| c.rec.allows(&m.name));
         if cands.models.is_empty() {
@@ -270,23 +277,23 @@ async fn road(
     } else {
         deadline
     };
-    let answered = rt
-        .upstream
-        .send(
-            &rt.pools,
-            &cands.models,
-            |m| {
-                let mask = cands.masks.get(&m.name).map(|k| (k, &cands.scan));
-                openai::body_for(&req, cfg, m, d, mask)
-            },
-            Outgoing {
-                path: kind.path(),
-                headers: &forwarded_headers(headers, caller.is_none()),
-                keys: &rt.api_keys,
-                headers_by,
-            },
-        )
-        .await?;
+    // The steps' futures are boxed: inline, each made the road's state (moved whole at every
+    // layer) as large as the largest of them.
+    let answered = Box::pin(rt.upstream.send(
+        &rt.pools,
+        &cands.models,
+        |m| {
+            let mask = cands.masks.get(&m.name).map(|k| (k, &cands.scan));
+            openai::body_for(&req, cfg, m, d, mask)
+        },
+        Outgoing {
+            path: kind.path(),
+            headers: &forwarded_headers(headers, caller.is_none()),
+            keys: &rt.api_keys,
+            headers_by,
+        },
+    ))
+    .await?;
 
     // 4. relay
     let served = answered.model.clone();
@@ -295,7 +302,7 @@ async fn road(
         .map(|m| m.pricing.clone())
         .unwrap_or_default();
     let ttfb = answered.ttfb;
-    let mut resp = relay::relay(
+    let mut resp = Box::pin(relay::relay(
         answered,
         &Report {
             decision: d,
@@ -309,7 +316,7 @@ async fn road(
         admitted,
         admission.map(|a| a.meter),
         strip_usage,
-    )
+    ))
     .await?;
     cands.report(&served, resp.headers_mut());
     Ok((resp, served, category))
