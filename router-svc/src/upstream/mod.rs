@@ -45,6 +45,8 @@ pub struct Endpoint {
     /// model, registered once (labels built per request were a cache hit's ~1 %).
     outcomes: [(&'static str, metrics::Counter); OUTCOMES.len()],
     ttfb: metrics::Histogram,
+    /// Its model's token and cost counters.
+    pub tokens: TokenMetrics,
     /// The health check's verdict, for requests waiting on this endpoint: one that fails its
     /// check while they wait for a response head moves them to another endpoint.
     health: tokio::sync::watch::Sender<bool>,
@@ -82,6 +84,7 @@ impl Endpoint {
                 )
             }),
             ttfb: metrics::histogram!("router_upstream_ttfb_seconds", "model" => model.to_string()),
+            tokens: TokenMetrics::new(model),
             url,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
@@ -171,6 +174,36 @@ impl Endpoint {
                     .increment(1);
             }
         }
+    }
+}
+
+/// `router_tokens_total{model,kind}` and `router_cost_total{model}` of one model, registered once.
+#[derive(Debug, Clone)]
+pub struct TokenMetrics {
+    prompt: metrics::Counter,
+    completion: metrics::Counter,
+    cost: metrics::Gauge,
+}
+
+impl TokenMetrics {
+    fn new(model: &str) -> Self {
+        let m = model.to_string();
+        Self {
+            prompt: metrics::counter!("router_tokens_total", "model" => m.clone(), "kind" => "prompt"),
+            completion: metrics::counter!("router_tokens_total", "model" => m.clone(), "kind" => "completion"),
+            cost: metrics::gauge!("router_cost_total", "model" => m),
+        }
+    }
+
+    /// An answer's usage, priced.
+    pub fn count(&self, prompt: u64, completion: u64, pricing: &crate::config::Pricing) {
+        self.prompt.increment(prompt);
+        self.completion.increment(completion);
+        // Fractional currency units: a gauge that only goes up (counters are integers).
+        self.cost.increment(
+            prompt as f64 * pricing.input_per_million / 1e6
+                + completion as f64 * pricing.output_per_million / 1e6,
+        );
     }
 }
 
