@@ -969,26 +969,7 @@ mod tests {
     async fn redis_scripts_share_limits_and_the_fallback_goes_on_from_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut redis = loadtest::procs::Redis::start(dir.path());
-        let store = || {
-            Store::new(
-                &redis.url(),
-                1,
-                std::time::Duration::from_millis(500),
-                std::time::Duration::from_millis(100),
-                "test",
-                "test",
-            )
-            .unwrap()
-        };
-        let (s1, s2) = (store(), store());
-        for s in [&s1, &s2] {
-            for _ in 0..100 {
-                if s.connection().is_some() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
+        let (s1, s2) = (connected(&redis.url()).await, connected(&redis.url()).await);
         let a = Arc::new(Limiter::new(Some(s1), "t:", 0.8));
         let b = Arc::new(Limiter::new(Some(s2), "t:", 0.8));
         let r = rec(Some(4), Some(1000));
@@ -1031,6 +1012,26 @@ mod tests {
         assert!(b.admit(&r2, 100, true).await.unwrap().limited.is_none());
     }
 
+    /// A store on `url` that has connected (tests use it at once).
+    async fn connected(url: &str) -> Arc<Store> {
+        let s = Store::new(
+            url,
+            1,
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_millis(100),
+            "test",
+            "test",
+        )
+        .unwrap();
+        for _ in 0..100 {
+            if s.connection().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        s
+    }
+
     async fn script_calls(store: &Arc<Store>) -> u64 {
         let mut c = store.connection().expect("connected");
         let info: String = deadpool_redis::redis::cmd("INFO")
@@ -1058,26 +1059,11 @@ mod tests {
     async fn grants_cut_trips_and_give_back_what_is_left() {
         let dir = tempfile::tempdir().unwrap();
         let redis = loadtest::procs::Redis::start(dir.path());
-        let store = || {
-            Store::new(
-                &redis.url(),
-                1,
-                std::time::Duration::from_millis(500),
-                std::time::Duration::from_millis(100),
-                "test",
-                "test",
-            )
-            .unwrap()
-        };
-        let (s1, s2, probe) = (store(), store(), store());
-        for s in [&s1, &s2, &probe] {
-            for _ in 0..100 {
-                if s.connection().is_some() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
+        let (s1, s2, probe) = (
+            connected(&redis.url()).await,
+            connected(&redis.url()).await,
+            connected(&redis.url()).await,
+        );
         let a = Arc::new(Limiter::new(Some(s1), "t:", 0.8));
         let b = Arc::new(Limiter::new(Some(s2), "t:", 0.8));
         // 6000 a minute: grants of up to 120; refills 1 per 10 ms.
