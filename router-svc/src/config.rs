@@ -358,6 +358,37 @@ pub struct ModelConfig {
     /// PII this model may not see, and what then happens.
     #[serde(default)]
     pub pii: Option<PiiPolicy>,
+    /// The APIs its backend serves besides chat and text completions: `messages` (Anthropic's
+    /// `/v1/messages`) gets Messages requests as the client sent them (`model` replaced) and its
+    /// answers relayed unchanged. Without it a Messages request is translated to chat
+    /// completions and the answer back.
+    #[serde(default)]
+    pub api: Vec<Api>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// OpenAI chat completions (every backend serves it; listing it changes nothing).
+    Chat,
+    /// Anthropic Messages, `POST /v1/messages`.
+    Messages,
+}
+
+impl Api {
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::Chat => "/v1/chat/completions",
+            Api::Messages => "/v1/messages",
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Whether its backend serves `api` itself.
+    pub fn serves(&self, api: Api) -> bool {
+        api == Api::Chat || self.api.contains(&api)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -688,8 +719,10 @@ impl Config {
                 );
             }
             for (j, e) in m.endpoints.iter().enumerate() {
-                match reqwest::Url::parse(e) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                match e.parse::<axum::http::Uri>() {
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.host().is_some_and(|h| !h.is_empty()) => {}
                     _ => {
                         return bad(
                             format!("models[{i}].endpoints[{j}]"),

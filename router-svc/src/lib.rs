@@ -50,7 +50,7 @@ pub async fn serve(
     let shared = state::Shared::new(state::Runtime::build(cfg, None)?);
     let health = tokio::spawn(upstream::health::run(shared.clone()));
     let watcher = config_path.map(|p| tokio::spawn(state::watch(shared.clone(), p, reload_every)));
-    let app = api::router(Arc::clone(&shared), metrics);
+    let app = api::app(Arc::clone(&shared), metrics);
     // Stop accepting on `shutdown`; requests in flight get `grace` to finish.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let draining = shared.clone();
@@ -89,7 +89,7 @@ pub async fn serve(
 /// kept it as long as a stream stayed open.
 async fn accept(
     listener: tokio::net::TcpListener,
-    app: axum::Router,
+    app: api::App,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut builder =

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures::StreamExt;
+use http_body_util::BodyExt;
 
 use crate::config::Pricing;
 use crate::decide::Decision;
@@ -32,32 +33,39 @@ pub struct Report<'a> {
 /// header values and numbers are written as integers: float formatting and a copy per header
 /// were ~3 % of a cache hit's instructions.
 pub fn report_headers(h: &mut HeaderMap, r: &Report) {
+    // Names made at compile time (`from_static` checks each byte when it runs).
+    const REASONING: HeaderName = HeaderName::from_static("x-vsr-selected-reasoning");
+    const CACHE_HIT: HeaderName = HeaderName::from_static("x-vsr-cache-hit");
+    const SOURCE: HeaderName = HeaderName::from_static("x-vsr-decision-source");
+    const JAILBREAK: HeaderName = HeaderName::from_static("x-vsr-jailbreak");
+    const MODEL: HeaderName = HeaderName::from_static("x-vsr-selected-model");
+    const CATEGORY: HeaderName = HeaderName::from_static("x-vsr-selected-category");
+    const CONFIDENCE: HeaderName = HeaderName::from_static("x-vsr-confidence");
+    const FAIL_REASON: HeaderName = HeaderName::from_static("x-vsr-fail-reason");
+    const ROUTE: HeaderName = HeaderName::from_static("x-vsr-selected-route");
+    const COMPLEXITY: HeaderName = HeaderName::from_static("x-vsr-selected-complexity");
+    const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
     let d = r.decision;
-    let mut fixed = |name: &'static str, v: &'static str| {
-        h.insert(HeaderName::from_static(name), HeaderValue::from_static(v));
+    h.reserve(12);
+    let mut fixed = |name: HeaderName, v: &'static str| {
+        h.insert(name, HeaderValue::from_static(v));
     };
+    fixed(REASONING, if d.use_reasoning { "on" } else { "off" });
     fixed(
-        "x-vsr-selected-reasoning",
-        if d.use_reasoning { "on" } else { "off" },
-    );
-    fixed(
-        "x-vsr-cache-hit",
+        CACHE_HIT,
         if d.source.is_cache_hit() {
             "true"
         } else {
             "false"
         },
     );
-    fixed("x-vsr-decision-source", d.source.as_str());
+    fixed(SOURCE, d.source.as_str());
     if d.jailbreak {
-        fixed(
-            "x-vsr-jailbreak",
-            if d.blocked { "blocked" } else { "flagged" },
-        );
+        fixed(JAILBREAK, if d.blocked { "blocked" } else { "flagged" });
     }
     let text = |v: &str| HeaderValue::from_str(v).ok();
     if let Some(v) = text(r.served_by).filter(|_| !r.served_by.is_empty()) {
-        h.insert(HeaderName::from_static("x-vsr-selected-model"), v);
+        h.insert(MODEL, v);
     }
     if let Some(v) = d
         .category
@@ -65,27 +73,27 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
         .filter(|c| !c.is_empty())
         .and_then(text)
     {
-        h.insert(HeaderName::from_static("x-vsr-selected-category"), v);
+        h.insert(CATEGORY, v);
     }
-    let mut set = |name: &'static str, v: String| {
+    let mut set = |name: HeaderName, v: String| {
         if v.is_empty() {
             return;
         }
         if let Ok(v) = HeaderValue::try_from(v) {
-            h.insert(HeaderName::from_static(name), v);
+            h.insert(name, v);
         }
     };
-    set("x-vsr-confidence", decimals(d.confidence as f64, 4));
+    set(CONFIDENCE, decimals(d.confidence as f64, 4));
     if let Some(reason) = &d.fail_reason {
-        set("x-vsr-fail-reason", reason.clone());
+        set(FAIL_REASON, reason.clone());
     }
     if let Some(r) = &d.route {
-        set("x-vsr-selected-route", r.clone());
+        set(ROUTE, r.clone());
     }
     if let Some(c) = &d.complexity {
-        set("x-vsr-selected-complexity", c.clone());
+        set(COMPLEXITY, c.clone());
     }
-    let mut timing = String::new();
+    let mut timing = String::with_capacity(80);
     for (name, t) in [
         ("cache", r.cache),
         ("classify", r.classify),
@@ -100,7 +108,7 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
             timing.push_str(&decimals(t.as_nanos() as f64 / 1e6, 3));
         }
     }
-    set("server-timing", timing);
+    set(SERVER_TIMING, timing);
 }
 
 /// `x` with `places` decimals (as `{:.places$}` for finite non-negative values), by integers.
@@ -153,7 +161,8 @@ pub async fn relay(
     let tokens = endpoint.tokens.clone();
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut headers = HeaderMap::new();
+    // Room for the backend's headers and the report's, so it is not grown while filling.
+    let mut headers = HeaderMap::with_capacity(response.headers().len() + 12);
     for (k, v) in response.headers() {
         if !hop_by_hop(k) {
             headers.append(k.clone(), v.clone());
@@ -202,17 +211,20 @@ pub async fn relay(
             ),
         )
     } else {
-        let bytes =
-            tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), response.bytes())
-                .await
-                .map_err(|_| Error::GatewayTimeout {
-                    model: model.clone(),
-                    detail: "body not complete within the total timeout".into(),
-                })?
-                .map_err(|e| Error::BadGateway {
-                    model: model.clone(),
-                    detail: format!("body broke off: {e}"),
-                })?;
+        let bytes = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(deadline),
+            response.into_body().collect(),
+        )
+        .await
+        .map_err(|_| Error::GatewayTimeout {
+            model: model.clone(),
+            detail: "body not complete within the total timeout".into(),
+        })?
+        .map_err(|e| Error::BadGateway {
+            model: model.clone(),
+            detail: format!("body broke off: {e}"),
+        })?
+        .to_bytes();
         drop(in_flight);
         drop(hold);
         if status.is_success() {
@@ -267,7 +279,7 @@ const STREAM_BUFFER: usize = 32;
 /// the backend connection, the endpoint's in-flight count and the admission slot in `guards`)
 /// when the backend finishes, the client goes away, or the deadline passes.
 async fn pump<G: Send>(
-    response: reqwest::Response,
+    response: crate::upstream::BackendResponse,
     tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
     deadline: tokio::time::Instant,
     model: String,
@@ -281,7 +293,7 @@ async fn pump<G: Send>(
         strip_usage,
         tokens,
     } = metering;
-    let mut upstream = response.bytes_stream();
+    let mut upstream = http_body_util::BodyDataStream::new(response.into_body());
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout_at(deadline, upstream.next()) => next,

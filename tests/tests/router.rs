@@ -484,20 +484,139 @@ except openai.NotFoundError as e:
     assert e.body["code"] == "model_not_found", e.body
 print("openai client OK")
 "#;
-    let py = dir.path().join("client.py");
+    let out = python_client(dir.path(), "openai", script, &router.base);
+    assert!(out.contains("openai client OK"), "{out}");
+}
+
+/// Runs a Python script with the router's base URL; panics with its stderr if it fails.
+fn python_client(dir: &std::path::Path, package: &str, script: &str, base: &str) -> String {
+    let py = dir.join(format!("{package}_client.py"));
     std::fs::write(&py, script).unwrap();
     let out = std::process::Command::new("python3")
         .arg(&py)
-        .arg(&router.base)
+        .arg(base)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !err.contains("No module named 'openai'"),
-        "the openai package is missing: `python3 -m pip install openai` (scripts/test.sh does)"
+        !err.contains(&format!("No module named '{package}'")),
+        "the {package} package is missing: `python3 -m pip install {package}` (scripts/test.sh does)"
     );
     assert!(out.status.success(), "{err}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("openai client OK"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_anthropic_client_through_the_messages_api_translated_and_native() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Sim::start("sim-a", Sim::fast()).await;
+    let b = Sim::start("sim-b", Sim::fast()).await;
+    // `big` speaks Messages itself; `small` (the default for `auto`) only chat.
+    let yaml = config_yaml(None, None, &[&a.url], &b.url, "")
+        .replace("  - name: big\n", "  - name: big\n    api: [messages]\n");
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let script = r#"
+import sys, anthropic
+c = anthropic.Anthropic(base_url=sys.argv[1], api_key="unused", max_retries=0)
+msgs = [{"role": "user", "content": "What is the capital of North Carolina?"}]
+
+# Translated to chat completions (auto -> small, and small by name), plain and streamed.
+for model in ("auto", "small"):
+    r = c.messages.with_raw_response.create(model=model, max_tokens=4, system="Be brief.", messages=msgs)
+    assert r.headers["x-vsr-selected-model"] == "small", r.headers
+    m = r.parse()
+    assert m.type == "message" and m.role == "assistant", m
+    assert m.content[0].type == "text" and m.content[0].text.strip() == "t0 t1 t2 t3", m
+    assert m.stop_reason == "max_tokens" and m.usage.output_tokens == 4, m
+    with c.messages.stream(model=model, max_tokens=5, messages=msgs) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text.strip() == "t0 t1 t2 t3 t4", text
+    assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 5, final
+
+# Tools: the call comes back as a tool_use block, plain and streamed; its result goes back.
+tools = [{"name": "get_weather", "description": "Weather of a city",
+          "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+m = c.messages.create(model="auto", max_tokens=16, messages=msgs, tools=tools)
+assert m.stop_reason == "tool_use", m
+use = [b for b in m.content if b.type == "tool_use"][0]
+assert use.name == "get_weather" and use.input == {"city": "Raleigh", "n": 1}, use
+with c.messages.stream(model="small", max_tokens=16, messages=msgs, tools=tools,
+                       tool_choice={"type": "tool", "name": "get_weather"}) as s:
+    final = s.get_final_message()
+use2 = [b for b in final.content if b.type == "tool_use"][0]
+assert final.stop_reason == "tool_use" and use2.input == {"city": "Raleigh", "n": 1}, final
+follow = msgs + [{"role": "assistant", "content": [b.model_dump() for b in m.content]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]}]
+m = c.messages.create(model="small", max_tokens=3, messages=follow, tools=tools)
+assert m.stop_reason == "max_tokens" and m.content[0].text.strip() == "t0 t1 t2", m
+
+# A backend that speaks Messages gets the request as sent; its answer comes back as it was.
+r = c.messages.with_raw_response.create(model="big", max_tokens=3, messages=msgs)
+assert r.headers["x-sim-backend"] == "sim-b", r.headers
+m = r.parse()
+assert m.id.startswith("msg_sim") and m.content[0].text.strip() == "t0 t1 t2", m
+with c.messages.stream(model="big", max_tokens=2, messages=msgs) as s:
+    assert "".join(s.text_stream).strip() == "t0 t1"
+
+# Errors in Anthropic's format.
+try:
+    c.messages.create(model="gpt-9", max_tokens=4, messages=msgs)
+    raise SystemExit("expected NotFoundError")
+except anthropic.NotFoundError as e:
+    assert e.body["type"] == "error" and e.body["error"]["type"] == "not_found_error", e.body
+try:
+    c.messages.create(model="small", max_tokens=0, messages=msgs)
+    raise SystemExit("expected BadRequestError")
+except anthropic.BadRequestError as e:
+    assert e.body["error"]["type"] == "invalid_request_error", e.body
+print("anthropic client OK")
+"#;
+    let out = python_client(dir.path(), "anthropic", script, &router.base);
+    assert!(out.contains("anthropic client OK"), "{out}");
+    // What the backends received: chat with the system prompt first for `small`; the
+    // Messages body itself, model replaced, for `big`.
+    let c = reqwest::Client::new();
+    let seen_a: Vec<Value> = c
+        .get(format!("{}/sim/requests", a.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = &seen_a[0];
+    assert_eq!(
+        first["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(first["model"], "small");
+    let tool_turn = seen_a
+        .iter()
+        .find(|r| {
+            r["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))
+        })
+        .expect("the tool result reached the backend");
+    assert_eq!(
+        tool_turn["messages"][1]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let seen_b: Vec<Value> = c
+        .get(format!("{}/sim/requests", b.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen_b[0]["model"], "big");
+    assert_eq!(
+        seen_b[0]["messages"][0]["content"],
+        "What is the capital of North Carolina?"
+    );
+    assert!(seen_b[0].get("max_tokens").is_some() && seen_b[0].get("stream_options").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

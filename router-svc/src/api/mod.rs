@@ -1,6 +1,7 @@
 //! The HTTP face: OpenAI-compatible routes, thin handlers over one road:
 //! admit -> read body -> parse -> decide -> forward -> relay. Health, readiness and metrics too.
 
+pub mod anthropic;
 pub mod candidates;
 pub mod openai;
 
@@ -9,15 +10,20 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tower::ServiceBuilder;
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestId, PropagateRequestIdLayer, RequestId, SetRequestId,
+    SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnFailure, Trace, TraceLayer};
 
 use crate::config::ms;
 use crate::decide::{self, Decision};
@@ -42,6 +48,53 @@ impl AppState {
     }
 }
 
+/// The whole HTTP service: the routes inside, the cross-cutting layers (request id, trace)
+/// around the router once. Added with `Router::layer` each was boxed per route and its box
+/// cloned per request (a cache hit's ~4 allocations).
+pub type App = SetRequestId<
+    Trace<PropagateRequestId<Router>, SharedClassifier<ServerErrorsAsFailures>>,
+    RequestIds,
+>;
+
+pub fn app(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> App {
+    let x_request_id = header::HeaderName::from_static("x-request-id");
+    ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(x_request_id.clone(), RequestIds))
+        // Method and path only: no bodies, no prompt text.
+        // 5xx answers (a draining /readyz, a dead backend) are counted in metrics and `events`;
+        // the trace layer logging each at ERROR would be a line per request.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(PropagateRequestIdLayer::new(x_request_id))
+        .service(router(shared, metrics))
+}
+
+/// Request ids for requests that come without one: UUID v4 text from the thread's RNG.
+/// (tower-http's `MakeRequestUuid` asked the kernel for 16 random bytes per request.)
+#[derive(Clone, Copy, Default)]
+pub struct RequestIds;
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let r: u128 = rand::random();
+        // Version 4, variant 10xx.
+        let r = (r & !(0xf_u128 << 76) | (0x4_u128 << 76)) & !(0x3_u128 << 62) | (0x2_u128 << 62);
+        let mut id = [b'-'; 36];
+        let mut digit = 0;
+        for (i, c) in id.iter_mut().enumerate() {
+            if !matches!(i, 8 | 13 | 18 | 23) {
+                *c = HEX[((r >> (124 - 4 * digit)) & 0xf) as usize];
+                digit += 1;
+            }
+        }
+        HeaderValue::from_bytes(&id).ok().map(RequestId::new)
+    }
+}
+
+/// The routes (no layers: `app` puts those around them).
 pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router {
     let state = Arc::new(AppState {
         shared,
@@ -51,10 +104,12 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
             |k| metrics::histogram!("router_request_duration_seconds", "endpoint" => k.path()),
         ),
     });
-    let x_request_id = header::HeaderName::from_static("x-request-id");
+    // Bodies are read by `read_body` with the configured limit (413 in OpenAI format); no
+    // extractor here applies axum's default one.
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(messages))
         .route("/v1/route", post(route))
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
@@ -62,17 +117,6 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Our own limit answers 413 in OpenAI format.
-        .layer(DefaultBodyLimit::disable())
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        // Method and path only: no bodies, no prompt text.
-        // 5xx answers (a draining /readyz, a dead backend) are counted in metrics and `events`;
-        // the trace layer logging each at ERROR would be a line per request.
-        .layer(
-            TraceLayer::new_for_http()
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        )
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .with_state(state)
 }
 
@@ -121,12 +165,56 @@ async fn decide_for(rt: &Runtime, req: &openai::Parsed) -> Result<decide::Outcom
 }
 
 // The road's future is large; boxed, the layers above move a pointer, not its state.
-async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    Box::pin(proxy(&s, Kind::Chat, headers, body)).await
+// The request whole, not `HeaderMap` + `Body`: that extractor copies the headers.
+async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    Box::pin(proxy(&s, Kind::Chat, parts.headers, body, None)).await
 }
 
-async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    Box::pin(proxy(&s, Kind::Completion, headers, body)).await
+async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    Box::pin(proxy(&s, Kind::Completion, parts.headers, body, None)).await
+}
+
+/// Anthropic Messages: translated to chat for the road (or sent as it is to a model whose
+/// backend speaks Messages), the answer translated back; errors in Anthropic's format.
+async fn messages(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    Box::pin(messages_road(&s, parts.headers, body)).await
+}
+
+async fn messages_road(s: &AppState, mut headers: HeaderMap, body: Body) -> Response {
+    let rt = s.shared.current();
+    let raw = match read_body(&headers, body, &rt.cfg.server).await {
+        Ok(b) => b,
+        Err(e) => return anthropic::error_response(&e),
+    };
+    let chat = match anthropic::to_chat(&raw) {
+        Ok(c) => bytes::Bytes::from(serde_json::to_vec(&c).unwrap_or_default()),
+        Err(e) => return anthropic::error_response(&e),
+    };
+    // Anthropic clients send their key as `x-api-key`; chat backends take it as a bearer token.
+    if !headers.contains_key(header::AUTHORIZATION) {
+        if let Some(v) = headers
+            .get("x-api-key")
+            .and_then(|k| HeaderValue::from_str(&format!("Bearer {}", k.to_str().ok()?)).ok())
+        {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    let native = Native {
+        api: crate::config::Api::Messages,
+        raw,
+    };
+    let resp = proxy(s, Kind::Chat, headers, Body::from(chat), Some(&native)).await;
+    let served_natively = resp
+        .headers()
+        .get("x-vsr-selected-model")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|m| rt.cfg.model(m))
+        .is_some_and(|m| m.serves(native.api));
+    anthropic::answer(resp, served_natively).await
 }
 
 /// One admission slot per request, held until its response body ends.
@@ -178,13 +266,27 @@ async fn read_body(
         })
 }
 
+/// A request in another API's format (Anthropic Messages), translated to chat for the road; a
+/// model whose backend serves that API gets `raw` instead.
+pub struct Native {
+    pub api: crate::config::Api,
+    /// The client's body.
+    pub raw: bytes::Bytes,
+}
+
 /// The road of a request.
-async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Response {
+async fn proxy(
+    s: &AppState,
+    kind: Kind,
+    headers: HeaderMap,
+    body: Body,
+    native: Option<&Native>,
+) -> Response {
     let started = Instant::now();
     let rt = s.shared.current();
-    let endpoint = kind.path();
+    let endpoint = native.map_or(kind.path(), |n| n.api.path());
     let mut tenant = TenantReport::default();
-    let result = road(s, &rt, kind, &headers, body, started, &mut tenant).await;
+    let result = road(s, &rt, kind, &headers, body, started, &mut tenant, native).await;
     let (mut resp, model, category) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -216,6 +318,7 @@ async fn proxy(s: &AppState, kind: Kind, headers: HeaderMap, body: Body) -> Resp
     resp
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn road(
     s: &AppState,
     rt: &Runtime,
@@ -224,6 +327,7 @@ async fn road(
     body: Body,
     started: Instant,
     tenant: &mut TenantReport,
+    native: Option<&Native>,
 ) -> Result<(Response, String, String), Error> {
     let cfg = &rt.cfg;
     // 1. admit, authenticate (keyed set-ups), parse, check the key's limits and budget
@@ -284,10 +388,12 @@ async fn road(
         &cands.models,
         |m| {
             let mask = cands.masks.get(&m.name).map(|k| (k, &cands.scan));
-            openai::body_for(&req, cfg, m, d, mask)
+            match native.filter(|n| m.serves(n.api)) {
+                Some(n) => (n.api.path(), openai::native_body(&n.raw, m, mask)),
+                None => (kind.path(), openai::body_for(&req, cfg, m, d, mask)),
+            }
         },
         Outgoing {
-            path: kind.path(),
             headers: &forwarded_headers(headers, caller.is_none()),
             keys: &rt.api_keys,
             headers_by,
@@ -496,5 +602,32 @@ async fn render_metrics(State(s): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4_text_and_differ() {
+        let req = axum::http::Request::new(());
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = RequestIds.make_request_id(&req).unwrap();
+            let s = id.header_value().to_str().unwrap().to_string();
+            let groups: Vec<&str> = s.split('-').collect();
+            assert_eq!(
+                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{s}"
+            );
+            assert!(s
+                .bytes()
+                .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert_eq!(&groups[2][..1], "4", "version nibble: {s}");
+            assert!("89ab".contains(&groups[3][..1]), "variant: {s}");
+            assert!(ids.insert(s));
+        }
     }
 }

@@ -204,33 +204,68 @@ impl Parsed {
 /// Calls `f` on every text a model reads: message contents (strings, string parts, the `text`
 /// of parts), prompts (a string or strings).
 fn each_text(body: &mut Map<String, Value>, f: &mut impl FnMut(&mut String)) {
-    let mut visit = |v: &mut Value| match v {
-        Value::String(s) => f(s),
-        Value::Array(parts) => {
-            for p in parts {
-                match p {
-                    Value::String(s) => f(s),
-                    Value::Object(o) => {
-                        if let Some(Value::String(t)) = o.get_mut("text") {
-                            f(t);
+    // A string, or parts/blocks with `text` (and, in a Messages tool result, `content`).
+    fn visit(v: &mut Value, f: &mut impl FnMut(&mut String)) {
+        match v {
+            Value::String(s) => f(s),
+            Value::Array(parts) => {
+                for p in parts {
+                    match p {
+                        Value::String(s) => f(s),
+                        Value::Object(o) => {
+                            if let Some(Value::String(t)) = o.get_mut("text") {
+                                f(t);
+                            }
+                            if let Some(c) = o.get_mut("content") {
+                                visit(c, f);
+                            }
                         }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
+            _ => {}
         }
-        _ => {}
-    };
+    }
     if let Some(Value::Array(msgs)) = body.get_mut("messages") {
         for m in msgs {
             if let Some(c) = m.get_mut("content") {
-                visit(c);
+                visit(c, f);
             }
         }
     }
-    if let Some(p) = body.get_mut("prompt") {
-        visit(p);
+    // Anthropic Messages' top-level system prompt.
+    if let Some(s) = body.get_mut("system") {
+        visit(s, f);
     }
+    if let Some(p) = body.get_mut("prompt") {
+        visit(p, f);
+    }
+}
+
+/// A body in the backend's own API (Anthropic Messages) for `model`: as the client sent it with
+/// `model` replaced, and PII of `mask` kinds replaced in its texts.
+pub fn native_body(
+    raw: &Bytes,
+    model: &ModelConfig,
+    mask: Option<(&BTreeSet<PiiType>, &PiiScan)>,
+) -> Bytes {
+    let mask = mask.filter(|(k, _)| !k.is_empty());
+    if mask.is_none() {
+        if let Some(b) = splice(raw, &model.name, None) {
+            return b;
+        }
+    }
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(raw) else {
+        return raw.clone();
+    };
+    if let Some((kinds, scan)) = mask {
+        each_text(&mut body, &mut |s| {
+            *s = pii::mask_spans(s, &scan.spans(s), kinds)
+        });
+    }
+    body.insert("model".into(), Value::String(model.name.clone()));
+    Bytes::from(serde_json::to_vec(&body).expect("JSON value serialises"))
 }
 
 impl Parsed {
@@ -279,6 +314,25 @@ pub fn body_for(
             return raw.clone();
         }
     }
+    let routed = d.source != crate::decide::Source::Explicit;
+    let system_prompt = routed
+        .then(|| system_prompt(cfg, d, model))
+        .flatten()
+        .filter(|_| p.kind == Kind::Chat);
+    if let Some(raw) = p
+        .raw
+        .as_ref()
+        .filter(|_| unmasked && system_prompt.is_none())
+    {
+        let reasoning = if routed && p.kind == Kind::Chat {
+            reasoning_fields(model, d.use_reasoning)
+        } else {
+            None
+        };
+        if let Some(b) = splice(raw, &model.name, reasoning.as_ref().map(|(k, v)| (*k, v))) {
+            return b;
+        }
+    }
     let mut body = p.body.clone();
     if let Some((kinds, scan)) = mask.filter(|(k, _)| !k.is_empty()) {
         each_text(&mut body, &mut |s| {
@@ -286,7 +340,6 @@ pub fn body_for(
         });
     }
     body.insert("model".into(), Value::String(model.name.clone()));
-    let routed = d.source != crate::decide::Source::Explicit;
     if routed && p.kind == Kind::Chat {
         if let Some((path, value)) = reasoning_fields(model, d.use_reasoning) {
             match path.split_once('.') {
@@ -304,23 +357,8 @@ pub fn body_for(
                 }
             }
         }
-        let route_prompt = d.route.as_ref().and_then(|name| {
-            cfg.routing
-                .routes
-                .iter()
-                .find(|r| r.name == *name)
-                .map(|r| r.system_prompt.as_ref())
-        });
-        let prompt = match route_prompt {
-            Some(p) => p,
-            None => d
-                .category
-                .as_ref()
-                .and_then(|c| cfg.routing.categories.get(c))
-                .and_then(|r| r.system_prompt.as_ref()),
-        }
-        .filter(|_| model.name == d.model);
-        if let (Some(prompt), Some(Value::Array(msgs))) = (prompt, body.get_mut("messages")) {
+        if let (Some(prompt), Some(Value::Array(msgs))) = (system_prompt, body.get_mut("messages"))
+        {
             let first_system = msgs
                 .first()
                 .is_some_and(|m| m.get("role").and_then(Value::as_str) == Some("system"));
@@ -331,6 +369,94 @@ pub fn body_for(
         }
     }
     Bytes::from(serde_json::to_vec(&body).expect("JSON value serialises"))
+}
+
+/// The system prompt of the decision's route or category, for the model it chose.
+fn system_prompt<'c>(cfg: &'c Config, d: &Decision, model: &ModelConfig) -> Option<&'c String> {
+    let route_prompt = d.route.as_ref().and_then(|name| {
+        cfg.routing
+            .routes
+            .iter()
+            .find(|r| r.name == *name)
+            .map(|r| r.system_prompt.as_ref())
+    });
+    match route_prompt {
+        Some(p) => p,
+        None => d
+            .category
+            .as_ref()
+            .and_then(|c| cfg.routing.categories.get(c))
+            .and_then(|r| r.system_prompt.as_ref()),
+    }
+    .filter(|_| model.name == d.model)
+}
+
+/// The client's bytes with `model` replaced and, when the client did not set it, the reasoning
+/// field added: the body of a routed request without building its tree again and writing it
+/// (a cache hit's ~8 % of instructions). Every other member goes as the client wrote it (the
+/// order changes: `model` comes first). None, for the tree path, when a key has escapes or the
+/// field to add belongs in an object the client already sent.
+fn splice(raw: &[u8], model: &str, reasoning: Option<(&str, &Value)>) -> Option<Bytes> {
+    let Members(members) = serde_json::from_slice(raw).ok()?;
+    let mut add = None;
+    if let Some((path, value)) = reasoning {
+        let (outer, inner) = match path.split_once('.') {
+            Some((o, i)) => (o, Some(i)),
+            None => (path, None),
+        };
+        match (members.iter().find(|(k, _)| *k == outer), inner) {
+            // Set by the client at the top: theirs stands.
+            (Some(_), None) => {}
+            // An object of the client's to merge into: the tree path does that.
+            (Some(_), Some(_)) => return None,
+            (None, None) => add = Some((outer, value.clone())),
+            (None, Some(i)) => add = Some((outer, json!({ i: value }))),
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    out.extend_from_slice(b"{\"model\":");
+    serde_json::to_writer(&mut out, model).ok()?;
+    if let Some((k, v)) = add {
+        out.push(b',');
+        serde_json::to_writer(&mut out, k).ok()?;
+        out.push(b':');
+        serde_json::to_writer(&mut out, &v).ok()?;
+    }
+    for (k, v) in members.iter().filter(|(k, _)| *k != "model") {
+        out.push(b',');
+        serde_json::to_writer(&mut out, k).ok()?;
+        out.push(b':');
+        out.extend_from_slice(v.get().as_bytes());
+    }
+    out.push(b'}');
+    Some(Bytes::from(out))
+}
+
+/// A JSON object's members as borrowed key and raw value text; fails on a key with escapes
+/// (which cannot be borrowed).
+struct Members<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some(k) = m.next_key::<&'de str>()? {
+                    out.push((k, m.next_value()?));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 fn now_secs() -> u64 {
@@ -482,6 +608,60 @@ mod tests {
         p.ask_for_stream_usage();
         let out: Value = serde_json::from_slice(&body_for(&p, &cfg, m, &e, None)).unwrap();
         assert_eq!(out["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn a_routed_body_spliced_from_its_bytes_reads_as_the_tree_written_again() {
+        let bodies: &[&str] = &[
+            r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":16}"#,
+            r#" { "messages" : [{"role":"user","content":"caf\u00e9 \"q\" ü"}], "model":"auto",
+                 "guided_json":{"type":"object","properties":{"a":[1,2.5e3,null,true]}},
+                 "stream":false, "n":1 } "#,
+            r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"reasoning_effort":"high"}"#,
+            r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"x":1}}"#,
+            r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"chat_template_kwargs":null}"#,
+            r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"we\u0069rd":1}"#,
+        ];
+        let mut cfg = cfg();
+        for family in [
+            Some(ReasoningFamily::Qwen3),
+            Some(ReasoningFamily::GptOss),
+            None,
+        ] {
+            cfg.models[1].reasoning_family = family;
+            let m = cfg.models[1].clone();
+            for on in [true, false] {
+                let mut d = Decision::default_model(&cfg, Source::Classified);
+                d.model = m.name.clone();
+                d.use_reasoning = on;
+                for body in bodies {
+                    let mut p = parse(Kind::Chat, body.as_bytes()).unwrap();
+                    let tree: Value =
+                        serde_json::from_slice(&body_for(&p, &cfg, &m, &d, None)).unwrap();
+                    p.raw = Some(Bytes::copy_from_slice(body.as_bytes()));
+                    let spliced = body_for(&p, &cfg, &m, &d, None);
+                    let spliced: Value = serde_json::from_slice(&spliced).unwrap();
+                    assert_eq!(spliced, tree, "{family:?} {on} {body}");
+                }
+            }
+        }
+        // The splice itself: model replaced, the field added only where the client set none.
+        let raw = br#"{"model":"auto","messages":[],"chat_template_kwargs":{"x":1}}"#;
+        assert!(splice(
+            raw,
+            "m",
+            Some(("chat_template_kwargs.enable_thinking", &json!(true)))
+        )
+        .is_none());
+        let out = splice(raw, "m", Some(("reasoning_effort", &json!("low")))).unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{"model":"m","reasoning_effort":"low","messages":[],"chat_template_kwargs":{"x":1}}"#
+        );
+        assert!(
+            splice(br#"{"a\n":1}"#, "m", None).is_none(),
+            "escaped key: tree path"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use http_body_util::{BodyExt, Full};
 
 use crate::config::ms;
 use crate::state::Shared;
@@ -18,13 +19,20 @@ pub async fn run(shared: Arc<Shared>) {
         let client = rt.upstream.client().clone();
         let timeout = ms(cfg.health_timeout_ms);
         let checks = rt.pools.all().map(|ep| {
-            let url = format!("{}{}", ep.url, cfg.health_path);
+            let uri = ep.health_uri(&cfg.health_path);
             let client = client.clone();
             async move {
-                let ok = matches!(
-                    tokio::time::timeout(timeout, client.get(&url).send()).await,
-                    Ok(Ok(r)) if r.status().is_success()
-                );
+                let check = async {
+                    let req = axum::http::Request::get(uri.ok()?)
+                        .body(Full::default())
+                        .ok()?;
+                    let resp = client.request(req).await.ok()?;
+                    // Read to the end, so the connection goes back to the pool.
+                    let ok = resp.status().is_success();
+                    resp.into_body().collect().await.ok()?;
+                    Some(ok)
+                };
+                let ok = matches!(tokio::time::timeout(timeout, check).await, Ok(Some(true)));
                 ep.set_healthy(ok);
             }
         });

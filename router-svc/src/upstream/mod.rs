@@ -10,8 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Request, Uri};
 use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{ms, Config, ModelConfig, UpstreamConfig};
 use crate::error::Error;
@@ -38,7 +42,7 @@ pub struct Endpoint {
     ejected_until_ms: AtomicU64,
     /// The forwarded paths' URLs, parsed once: parsing one per request cost a cache hit ~4 % of
     /// its CPU.
-    targets: Vec<(&'static str, reqwest::Url)>,
+    targets: Vec<(&'static str, Uri)>,
     /// `router_upstream_in_flight` for this endpoint, registered once.
     in_flight_gauge: metrics::Gauge,
     /// `router_upstream_requests_total{outcome}` and `router_upstream_ttfb_seconds` of its
@@ -63,14 +67,14 @@ const OUTCOMES: [&str; 6] = [
 ];
 
 /// The paths requests are forwarded to.
-const FORWARDED_PATHS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
+const FORWARDED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/messages"];
 
 impl Endpoint {
     fn new(model: &str, url: &str) -> Self {
         let url = url.trim_end_matches('/').to_string();
         let targets = FORWARDED_PATHS
             .iter()
-            .filter_map(|p| Some((*p, reqwest::Url::parse(&format!("{url}{p}")).ok()?)))
+            .filter_map(|p| Some((*p, format!("{url}{p}").parse().ok()?)))
             .collect();
         let ep = Self {
             model: model.to_string(),
@@ -98,14 +102,20 @@ impl Endpoint {
     }
 
     /// The URL of `path` on this endpoint.
-    fn target(&self, path: &str) -> Result<reqwest::Url, String> {
+    fn target(&self, path: &str) -> Result<Uri, String> {
         match self.targets.iter().find(|(p, _)| *p == path) {
             Some((_, u)) => Ok(u.clone()),
             None => {
                 let u = format!("{}{path}", self.url);
-                reqwest::Url::parse(&u).map_err(|e| format!("{u}: {e}"))
+                u.parse().map_err(|e| format!("{u}: {e}"))
             }
         }
+    }
+
+    /// `GET <url><path>` for the health check.
+    pub fn health_uri(&self, path: &str) -> Result<Uri, String> {
+        let u = format!("{}{path}", self.url);
+        u.parse().map_err(|e| format!("{u}: {e}"))
     }
 
     fn outcome(&self, outcome: &str) {
@@ -275,15 +285,35 @@ fn pick(eps: &[Arc<Endpoint>], tried: &[usize]) -> Option<usize> {
     )
 }
 
+/// The backend client: hyper's pooled HTTP/1.1 client, http and https (rustls). hyper directly,
+/// not reqwest over it: reqwest's redirect, proxy and URL layers ran per request for nothing a
+/// proxy uses (README, "The hop").
+pub type Client =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A backend's response head, its body still to come.
+pub type BackendResponse = axum::http::Response<hyper::body::Incoming>;
+
+/// rustls on the ring provider (named, not the process default, which panics when another
+/// crate enables a second provider) with the Mozilla roots.
+fn rustls_config() -> anyhow::Result<rustls::ClientConfig> {
+    use hyper_rustls::ConfigBuilderExt;
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_webpki_roots()
+    .with_no_client_auth())
+}
+
 /// HTTP client for backends (pooled keep-alive connections) and the timeouts.
 pub struct Upstream {
-    client: reqwest::Client,
+    client: Client,
     cfg: UpstreamConfig,
 }
 
 /// What to send besides the body.
 pub struct Outgoing<'a> {
-    pub path: &'a str,
     /// Client headers that go along (credentials, request id).
     pub headers: &'a HeaderMap,
     /// model -> its own backend key (replaces the client's authorization).
@@ -295,7 +325,7 @@ pub struct Outgoing<'a> {
 
 /// A backend response whose headers arrived; the body is still to be relayed.
 pub struct Answered {
-    pub response: reqwest::Response,
+    pub response: BackendResponse,
     /// The model that actually served (may be an alternative or the fallback).
     pub model: String,
     pub endpoint: Arc<Endpoint>,
@@ -307,14 +337,23 @@ pub struct Answered {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(ms(cfg.connect_timeout_ms))
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(ms(cfg.connect_timeout_ms)));
+        http.set_nodelay(true);
+        // https needs the connector to accept the scheme; http stays plain.
+        http.enforce_http(false);
+        let tls = rustls_config()?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        // Redirects are relayed to the client, never followed (hyper's client follows none).
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(cfg.max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(90))
-            // A proxy relays a redirect; it does not follow one with the client's body.
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .build()?;
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Ok(Self {
             client,
             cfg: cfg.clone(),
@@ -325,23 +364,23 @@ impl Upstream {
         &self.cfg
     }
 
-    pub fn client(&self) -> &reqwest::Client {
+    pub fn client(&self) -> &Client {
         &self.client
     }
 
     /// Sends `path` to the first model of `models` that answers, trying up to `max_attempts`
-    /// endpoints of each. `body_for` writes the body for a model (its name, reasoning fields);
+    /// endpoints of each. `body_for` writes the path and body for a model (its name, reasoning
+    /// fields; the API its backend speaks);
     /// `forward_headers` go as they are (the client's authorization, x-request-id), except that a
     /// model's own API key replaces the client's authorization.
     pub async fn send(
         &self,
         pools: &Pools,
         models: &[&ModelConfig],
-        body_for: impl Fn(&ModelConfig) -> Bytes,
+        body_for: impl Fn(&ModelConfig) -> (&'static str, Bytes),
         out: Outgoing<'_>,
     ) -> Result<Answered, Error> {
         let Outgoing {
-            path,
             headers: forward_headers,
             keys,
             headers_by,
@@ -360,7 +399,7 @@ impl Upstream {
                     .increment(1);
                 tracing::debug!(model = %model.name, "trying the next model after failures");
             }
-            let body = body_for(model);
+            let (path, body) = body_for(model);
             let mut tried = Vec::new();
             while tried.len() < self.cfg.max_attempts.min(eps.len()) {
                 let Some(i) = pick(eps, &tried) else { break };
@@ -383,14 +422,17 @@ impl Upstream {
                         continue;
                     }
                 };
-                let mut req = self
-                    .client
-                    .post(url)
-                    .headers(forward_headers.clone())
-                    .header("content-type", "application/json")
-                    .body(body.clone());
+                let mut req = Request::post(url)
+                    .body(Full::new(body.clone()))
+                    .map_err(|e| Error::BadGateway {
+                        model: model.name.clone(),
+                        detail: format!("cannot build the backend request: {e}"),
+                    })?;
+                let h = req.headers_mut();
+                *h = forward_headers.clone();
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 if let Some(k) = keys.get(&model.name) {
-                    req = req.header("authorization", k.clone());
+                    h.insert(AUTHORIZATION, k.clone());
                 }
                 let t0 = Instant::now();
                 // Only worth giving up on this endpoint if another one may take the request
@@ -405,7 +447,7 @@ impl Upstream {
                     }
                 };
                 let out = tokio::select! {
-                    r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), req.send()) => Some(r),
+                    r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), self.client.request(req)) => Some(r),
                     () = health_lost => None,
                 };
                 // The endpoint failed its health check while this request waited for a response
