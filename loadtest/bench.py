@@ -703,11 +703,12 @@ def write_report(path, args, res, started):
         w(f"| max sustainable rate ≥ 50 × LiteLLM's | {best_router} vs {best_lite} req/s = {ratio:.0f} × | {verdict(ratio >= 50)} |")
     if "hop" in res:
         h = res["hop"]
-        for path, limit in (("explicit", 1.5), ("auto", 2.0)):
-            rs = hop_ratios(h, path)
+        # (Not `path`: that is the report's file.)
+        for hop_path, limit in (("explicit", 1.5), ("auto", 2.0)):
+            rs = hop_ratios(h, hop_path)
             if rs:
                 mean = sum(rs) / len(rs)
-                label = "explicit model" if path == "explicit" else "`auto`, decision-cache hit"
+                label = "explicit model" if hop_path == "explicit" else "`auto`, decision-cache hit"
                 w(f"| CPU per request, {label} ≤ {limit:g} × nginx's | {mean:.2f} × (mean over "
                   f"{len(rs)} rates: {', '.join(f'{r:.2f}' for r in rs)}) | {verdict(mean <= limit)} |")
         bn, ba = h["best"].get("nginx") or 0, h["best"].get("auto") or 0
