@@ -1,7 +1,7 @@
 //! router-svc binary. The road a request takes (src/api/mod.rs `road`):
 //!
 //! ```text
-//! POST /v1/chat/completions | /v1/completions
+//! POST /v1/chat/completions | /v1/completions | /v1/messages (api/anthropic.rs: to chat and back)
 //!   -> tenant::Tenants           auth.mode keys: the key (401), its models (403), rpm/tpm and
 //!                                budget in one Redis trip (429, or a budget downgrade)
 //!   -> api::openai::parse        checked JSON, unknown fields kept (400/413/429 in OpenAI format)
