@@ -1,6 +1,6 @@
 //! A vLLM stand-in: OpenAI-compatible chat and text completions, plain or streamed (SSE) at a set
 //! token rate after a set time to first token, with a tool call when tools are offered, and
-//! Anthropic Messages (`/v1/messages`) natively; echoes the model it was asked for; exposes vLLM's
+//! Anthropic Messages (`/v1/messages`) and OpenAI Responses (`/v1/responses`) natively; echoes the model it was asked for; exposes vLLM's
 //! `/metrics` gauges; fails, hangs or slows down on command (`/sim/control`, or per request with
 //! the `x-sim-mode` header). Every response carries `x-sim-backend` so tests see who answered.
 
@@ -120,6 +120,7 @@ pub fn router(cfg: SimConfig) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -504,6 +505,57 @@ async fn messages(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) 
             "usage": {"output_tokens": n}}),
     );
     out += &ev("message_stop", json!({"type": "message_stop"}));
+    let mut resp = Response::new(Body::from(out));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    with_backend(&sim, resp)
+}
+
+/// OpenAI Responses, natively (for a router model with `api: [responses]`): a text answer of
+/// `max_output_tokens` tokens, whole or as the Responses stream events; `previous_response_id`
+/// is echoed (the simulator stores nothing).
+async fn responses(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
+    let Ok(req @ Value::Object(_)) = serde_json::from_slice::<Value>(&body) else {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid JSON body",
+            "invalid_request_error",
+        );
+    };
+    {
+        let mut log = sim.log.lock().expect("log lock");
+        if log.len() == LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(req.clone());
+    }
+    let n = req["max_output_tokens"].as_u64().unwrap_or(16).max(1) as usize;
+    let id = format!("resp_sim{}", sim.ids.fetch_add(1, Ordering::Relaxed));
+    let text: String = (0..n).map(token).collect();
+    let item = json!({"type": "message", "id": format!("msg_{id}"), "status": "completed",
+        "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]});
+    let full = json!({"id": id, "object": "response", "created_at": 0, "status": "completed",
+        "model": req["model"], "output": [item], "previous_response_id": req["previous_response_id"],
+        "usage": {"input_tokens": prompt_tokens(&req), "output_tokens": n,
+            "total_tokens": prompt_tokens(&req) + n}});
+    if !req["stream"].as_bool().unwrap_or(false) {
+        return with_backend(&sim, Json(full).into_response());
+    }
+    let mut seq = 0;
+    let mut ev = |v: Value| {
+        let mut v = v;
+        v["sequence_number"] = json!(seq);
+        seq += 1;
+        format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap_or(""))
+    };
+    let mut out = ev(json!({"type": "response.created", "response": full}));
+    out += &ev(
+        json!({"type": "response.output_text.delta", "item_id": format!("msg_{id}"),
+        "output_index": 0, "content_index": 0, "delta": text}),
+    );
+    out += &ev(json!({"type": "response.completed", "response": full}));
     let mut resp = Response::new(Body::from(out));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -359,9 +359,9 @@ pub struct ModelConfig {
     #[serde(default)]
     pub pii: Option<PiiPolicy>,
     /// The APIs its backend serves besides chat and text completions: `messages` (Anthropic's
-    /// `/v1/messages`) gets Messages requests as the client sent them (`model` replaced) and its
-    /// answers relayed unchanged. Without it a Messages request is translated to chat
-    /// completions and the answer back.
+    /// `/v1/messages`), `responses` (OpenAI's `/v1/responses`). Such requests go to it as the
+    /// client sent them (`model` replaced) and its answers are relayed unchanged; without it
+    /// they are translated to chat completions and the answer back.
     #[serde(default)]
     pub api: Vec<Api>,
 }
@@ -373,6 +373,8 @@ pub enum Api {
     Chat,
     /// Anthropic Messages, `POST /v1/messages`.
     Messages,
+    /// OpenAI Responses, `POST /v1/responses` (vLLM serves it; stored responses live there).
+    Responses,
 }
 
 impl Api {
@@ -380,6 +382,7 @@ impl Api {
         match self {
             Api::Chat => "/v1/chat/completions",
             Api::Messages => "/v1/messages",
+            Api::Responses => "/v1/responses",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! router-svc binary. The road a request takes (src/api/mod.rs `road`):
 //!
 //! ```text
-//! POST /v1/chat/completions | /v1/completions | /v1/messages (api/anthropic.rs: to chat and back)
+//! POST /v1/chat/completions | /v1/completions
+//!      /v1/messages | /v1/responses: api/dialect.rs, translated to chat and back (or native)
 //!   -> tenant::Tenants           auth.mode keys: the key (401), its models (403), rpm/tpm and
 //!                                budget in one Redis trip (429, or a budget downgrade)
 //!   -> api::openai::parse        checked JSON, unknown fields kept (400/413/429 in OpenAI format)

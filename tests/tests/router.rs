@@ -620,6 +620,133 @@ print("anthropic client OK")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_openai_client_through_the_responses_api_translated_and_native() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Sim::start("sim-a", Sim::fast()).await;
+    let b = Sim::start("sim-b", Sim::fast()).await;
+    // `big` serves /v1/responses itself; `small` (the default for `auto`) only chat.
+    let yaml = config_yaml(None, None, &[&a.url], &b.url, "")
+        .replace("  - name: big\n", "  - name: big\n    api: [responses]\n");
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let script = r#"
+import sys, json, openai
+c = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused", max_retries=0)
+
+# Translated to chat completions, plain and streamed (vllm-sim stops by length: `incomplete`).
+for model in ("auto", "small"):
+    r = c.responses.with_raw_response.create(model=model, input="What is the capital of North Carolina?",
+                                             instructions="Be brief.", max_output_tokens=4)
+    assert r.headers["x-vsr-selected-model"] == "small", r.headers
+    resp = r.parse()
+    assert resp.object == "response" and resp.output_text.strip() == "t0 t1 t2 t3", resp
+    assert resp.usage.output_tokens == 4 and resp.status == "incomplete", resp
+    assert resp.incomplete_details.reason == "max_output_tokens", resp
+    types, text = [], ""
+    for ev in c.responses.create(model=model, max_output_tokens=3, stream=True,
+                                 input=[{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]):
+        types.append(ev.type)
+        if ev.type == "response.output_text.delta":
+            text += ev.delta
+        last = ev
+    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"], types
+    assert types[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.incomplete"], types
+    assert text.strip() == "t0 t1 t2" and last.response.output_text.strip() == "t0 t1 t2", last
+
+# Tools: a function_call item, plain and with the SDK's stream helper; its output goes back.
+tools = [{"type": "function", "name": "get_weather", "description": "Weather of a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+resp = c.responses.create(model="auto", input="Weather in Raleigh?", tools=tools)
+call = [o for o in resp.output if o.type == "function_call"][0]
+assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Raleigh", "n": 1}, resp
+assert resp.status == "completed", resp
+with c.responses.stream(model="small", input="Weather in Raleigh?", tools=tools,
+                        tool_choice={"type": "function", "name": "get_weather"}) as s:
+    for _ in s:
+        pass
+    final = s.get_final_response()
+call2 = [o for o in final.output if o.type == "function_call"][0]
+assert call2.name == "get_weather" and json.loads(call2.arguments) == {"city": "Raleigh", "n": 1}, final
+resp = c.responses.create(model="small", max_output_tokens=2, tools=tools, input=[
+    {"role": "user", "content": "Weather in Raleigh?"},
+    {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+    {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+assert resp.output_text.strip() == "t0 t1", resp
+
+# Structured output kept under auto-routing.
+schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+          "additionalProperties": False}
+c.responses.create(model="auto", input="The capital of NC as JSON", max_output_tokens=2,
+                   text={"format": {"type": "json_schema", "name": "capital", "schema": schema, "strict": True}})
+
+# A backend that serves /v1/responses gets the request as sent (stored responses included).
+r = c.responses.with_raw_response.create(model="big", input="hi", max_output_tokens=2,
+                                         previous_response_id="resp_prev1")
+assert r.headers["x-sim-backend"] == "sim-b", r.headers
+resp = r.parse()
+assert resp.id.startswith("resp_sim") and resp.previous_response_id == "resp_prev1", resp
+assert resp.output_text.strip() == "t0 t1", resp
+types = [ev.type for ev in c.responses.create(model="big", input="hi", max_output_tokens=2, stream=True)]
+assert types[-1] == "response.completed", types
+
+# What cannot be translated is refused clearly.
+try:
+    c.responses.create(model="auto", input="hi", previous_response_id="resp_prev1")
+    raise SystemExit("expected BadRequestError")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "previous_response_id", e.body
+try:
+    c.responses.create(model="small", input="hi", tools=[{"type": "web_search"}])
+    raise SystemExit("expected BadRequestError")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "tools", e.body
+try:
+    c.responses.create(model="gpt-9", input="hi")
+    raise SystemExit("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert e.body["code"] == "model_not_found", e.body
+print("responses client OK")
+"#;
+    let out = python_client(dir.path(), "openai", script, &router.base);
+    assert!(out.contains("responses client OK"), "{out}");
+    let c = reqwest::Client::new();
+    let seen_a: Vec<Value> = c
+        .get(format!("{}/sim/requests", a.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen_a[0]["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    let structured = seen_a
+        .iter()
+        .find(|r| r.get("response_format").is_some())
+        .expect("the json_schema format reached the backend");
+    assert_eq!(structured["model"], "small");
+    assert_eq!(
+        structured["response_format"]["json_schema"]["name"],
+        "capital"
+    );
+    assert_eq!(structured["response_format"]["json_schema"]["strict"], true);
+    let seen_b: Vec<Value> = c
+        .get(format!("{}/sim/requests", b.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen_b[0]["model"], "big");
+    assert_eq!(seen_b[0]["input"], "hi");
+    assert_eq!(seen_b[0]["previous_response_id"], "resp_prev1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degrades_when_redis_classifier_or_a_backend_fails() {
     let dir = tempfile::tempdir().unwrap();
     let mut cls = Classifier::start(dir.path());

@@ -7,107 +7,29 @@
 //! speaks Messages itself (`api: [messages]`) gets the client's body as it was sent, `model`
 //! replaced, and its answer unchanged.
 
-use axum::body::Body;
-use axum::http::{header, HeaderValue};
-use axum::response::Response;
-use bytes::Bytes;
-use futures::StreamExt;
-use http_body_util::BodyExt;
 use serde_json::{json, Map, Value};
 
+use super::dialect::{event, Dialect, Events};
+use crate::config::Api;
 use crate::error::Error;
 
-/// An error of the router's in Anthropic's format, with its status (and `retry-after`).
-pub fn error_response(e: &Error) -> Response {
-    let status = e.status();
-    let mut resp = Response::new(Body::from(
-        serde_json::to_vec(&error_body(status.as_u16(), &e.to_string())).unwrap_or_default(),
-    ));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
+/// The Messages API as a dialect of the chat road.
+pub struct Messages;
 
-/// Largest error body read to translate it.
-const MAX_ERROR_BODY: usize = 1 << 20;
-
-/// The road's answer in Messages form: errors in Anthropic's format (the status and headers
-/// kept), a chat answer translated (JSON whole, SSE event by event), a backend's own Messages
-/// answer (`native`) as it came.
-pub async fn answer(resp: Response, native: bool) -> Response {
-    let (mut parts, body) = resp.into_parts();
-    let sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    // A Messages backend's answer is already in this format (its errors too: kept below).
-    if native && parts.status.is_success() {
-        return Response::from_parts(parts, body);
+impl Dialect for Messages {
+    const API: Api = Api::Messages;
+    type Stream = StreamTranslator;
+    fn to_chat(raw: &[u8]) -> Result<Value, Error> {
+        to_chat(raw)
     }
-    parts.headers.remove(header::CONTENT_LENGTH);
-    if !parts.status.is_success() {
-        let bytes = match http_body_util::Limited::new(body, MAX_ERROR_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => Bytes::new(),
-        };
-        let already = serde_json::from_slice::<Value>(&bytes)
-            .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("error"));
-        let out = if already {
-            bytes
-        } else {
-            Bytes::from(error_from_openai(parts.status.as_u16(), &bytes))
-        };
-        parts.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return Response::from_parts(parts, Body::from(out));
+    fn from_chat(chat: &[u8]) -> Option<Vec<u8>> {
+        message_from_chat(chat)
     }
-    if sse {
-        let events = futures::stream::unfold(
-            (body.into_data_stream(), StreamTranslator::default(), false),
-            |(mut upstream, mut tr, done)| async move {
-                if done {
-                    return None;
-                }
-                let (out, done) = match upstream.next().await {
-                    Some(Ok(chunk)) => (tr.push(&chunk), false),
-                    // The relay ends a broken stream with an error event; this is the client
-                    // side of it going away.
-                    Some(Err(_)) | None => (tr.finish(), true),
-                };
-                Some((Ok::<_, std::io::Error>(out), (upstream, tr, done)))
-            },
-        )
-        .filter(|r| std::future::ready(!matches!(r, Ok(b) if b.is_empty())));
-        return Response::from_parts(parts, Body::from_stream(events));
+    fn error_body(status: u16, message: &str) -> Value {
+        error_body(status, message)
     }
-    let bytes = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error_response(&Error::BadGateway {
-                model: String::new(),
-                detail: format!("body broke off: {e}"),
-            })
-        }
-    };
-    match message_from_chat(&bytes) {
-        Some(m) => Response::from_parts(parts, Body::from(m)),
-        None => {
-            let mut resp = error_response(&Error::BadGateway {
-                model: String::new(),
-                detail: "the backend's answer is not a chat completion".into(),
-            });
-            *resp.status_mut() = axum::http::StatusCode::BAD_GATEWAY;
-            resp
-        }
+    fn is_error_body(v: &Value) -> bool {
+        v.get("type").and_then(Value::as_str) == Some("error")
     }
 }
 
@@ -469,19 +391,6 @@ pub fn message_from_chat(chat: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec(&out).ok()
 }
 
-/// An OpenAI-format error body as Anthropic's `{"type": "error", "error": {type, message}}`.
-pub fn error_from_openai(status: u16, body: &[u8]) -> Vec<u8> {
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    serde_json::to_vec(&error_body(status, &message)).unwrap_or_default()
-}
-
 pub fn error_body(status: u16, message: &str) -> Value {
     let kind = match status {
         400 => "invalid_request_error",
@@ -518,40 +427,21 @@ enum Block {
     Tool(u64),
 }
 
-fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
+impl Events for StreamTranslator {
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    fn data(&mut self, data: &str, out: &mut Vec<u8>) {
+        self.chunk(data, out)
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        self.end(out)
+    }
 }
 
 impl StreamTranslator {
-    /// Feeds backend bytes; returns the events they complete.
-    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        self.buf.extend_from_slice(chunk);
-        let mut out = Vec::new();
-        while let Some(end) = find_event_end(&self.buf) {
-            let ev: Vec<u8> = self.buf.drain(..end.1).collect();
-            let text = String::from_utf8_lossy(&ev[..end.0]).into_owned();
-            for line in text.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    self.data(data.trim_start(), &mut out);
-                }
-            }
-        }
-        Bytes::from(out)
-    }
-
-    /// The closing events, once the backend stream ended (none if already sent).
-    pub fn finish(&mut self) -> Bytes {
-        let mut out = Vec::new();
-        if !self.finished {
-            self.close(&mut out);
-        }
-        Bytes::from(out)
-    }
-
     fn start(&mut self, chunk: &Value, out: &mut Vec<u8>) {
         if self.started {
             return;
@@ -591,9 +481,9 @@ impl StreamTranslator {
         i
     }
 
-    fn data(&mut self, data: &str, out: &mut Vec<u8>) {
+    fn chunk(&mut self, data: &str, out: &mut Vec<u8>) {
         if data == "[DONE]" {
-            self.close(out);
+            self.end(out);
             return;
         }
         let Ok(chunk) = serde_json::from_str::<Value>(data) else {
@@ -675,7 +565,7 @@ impl StreamTranslator {
         }
     }
 
-    fn close(&mut self, out: &mut Vec<u8>) {
+    fn end(&mut self, out: &mut Vec<u8>) {
         if self.finished {
             return;
         }
@@ -701,26 +591,10 @@ impl StreamTranslator {
     }
 }
 
-/// Where the first complete event of `buf` ends: (end of its text, end including the blank
-/// line). Accepts LF and CRLF line ends.
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map(|p| (p, p + 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, p + 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::dialect::Events;
 
     #[test]
     fn a_messages_request_becomes_chat() {
@@ -830,7 +704,7 @@ mod tests {
         assert_eq!(m["stop_reason"], "tool_use");
         assert_eq!(m["usage"], json!({"input_tokens": 9, "output_tokens": 4}));
         assert!(message_from_chat(b"{\"error\":{}}").is_none());
-        let e: Value = serde_json::from_slice(&error_from_openai(
+        let e: Value = serde_json::from_slice(&crate::api::dialect::error_from_openai::<Messages>(
             429,
             br#"{"error":{"message":"slow down"}}"#,
         ))

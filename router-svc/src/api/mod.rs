@@ -3,7 +3,9 @@
 
 pub mod anthropic;
 pub mod candidates;
+pub mod dialect;
 pub mod openai;
+pub mod responses;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -110,6 +112,7 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses_api))
         .route("/v1/route", post(route))
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
@@ -180,41 +183,23 @@ async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
 /// backend speaks Messages), the answer translated back; errors in Anthropic's format.
 async fn messages(State(s): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    Box::pin(messages_road(&s, parts.headers, body)).await
+    Box::pin(dialect::road::<anthropic::Messages>(
+        &s,
+        parts.headers,
+        body,
+    ))
+    .await
 }
 
-async fn messages_road(s: &AppState, mut headers: HeaderMap, body: Body) -> Response {
-    let rt = s.shared.current();
-    let raw = match read_body(&headers, body, &rt.cfg.server).await {
-        Ok(b) => b,
-        Err(e) => return anthropic::error_response(&e),
-    };
-    let chat = match anthropic::to_chat(&raw) {
-        Ok(c) => bytes::Bytes::from(serde_json::to_vec(&c).unwrap_or_default()),
-        Err(e) => return anthropic::error_response(&e),
-    };
-    // Anthropic clients send their key as `x-api-key`; chat backends take it as a bearer token.
-    if !headers.contains_key(header::AUTHORIZATION) {
-        if let Some(v) = headers
-            .get("x-api-key")
-            .and_then(|k| HeaderValue::from_str(&format!("Bearer {}", k.to_str().ok()?)).ok())
-        {
-            headers.insert(header::AUTHORIZATION, v);
-        }
-    }
-    headers.remove(header::CONTENT_LENGTH);
-    let native = Native {
-        api: crate::config::Api::Messages,
-        raw,
-    };
-    let resp = proxy(s, Kind::Chat, headers, Body::from(chat), Some(&native)).await;
-    let served_natively = resp
-        .headers()
-        .get("x-vsr-selected-model")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|m| rt.cfg.model(m))
-        .is_some_and(|m| m.serves(native.api));
-    anthropic::answer(resp, served_natively).await
+/// OpenAI Responses: the same, for `client.responses` and the agents that speak it.
+async fn responses_api(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    Box::pin(dialect::road::<responses::Responses>(
+        &s,
+        parts.headers,
+        body,
+    ))
+    .await
 }
 
 /// One admission slot per request, held until its response body ends.

@@ -67,7 +67,12 @@ const OUTCOMES: [&str; 6] = [
 ];
 
 /// The paths requests are forwarded to.
-const FORWARDED_PATHS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/messages"];
+const FORWARDED_PATHS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/messages",
+    "/v1/responses",
+];
 
 impl Endpoint {
     fn new(model: &str, url: &str) -> Self {
