@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod relay;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod tenant;
 pub mod upstream;
 

@@ -19,23 +19,39 @@ use semroute_router::config::{Cli, Config};
 // (its arenas and per-thread pages) and ~71 MB on glibc's malloc, at the same CPU per request
 // (README, "Performance report").
 
-fn init_tracing(json: bool) {
+/// Logs to stderr (RUST_LOG, text or JSON) and, when OTEL_EXPORTER_OTLP_ENDPOINT is set, spans
+/// to an OTLP collector (`telemetry.rs`). The guard flushes the last spans when dropped.
+fn init_tracing(json: bool) -> anyhow::Result<Option<semroute_router::telemetry::Telemetry>> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json().boxed()
     } else {
-        builder.init();
+        fmt.boxed()
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    match semroute_router::telemetry::init()? {
+        Some((guard, layer)) => {
+            // The road's spans only, whatever RUST_LOG says.
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target("semroute_router", tracing::Level::INFO);
+            registry.with(layer.with_filter(spans)).init();
+            tracing::info!("OpenTelemetry traces on (OTLP)");
+            Ok(Some(guard))
+        }
+        None => {
+            registry.init();
+            Ok(None)
+        }
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    let _telemetry = init_tracing(cli.log_json)?;
     let cfg = Config::load(cli.config.as_deref())?;
     if let Some(semroute_router::config::Command::Keys(cmd)) = cli.command {
         return semroute_router::tenant::cli::run(cmd, &cfg).await;

@@ -5,6 +5,8 @@
 //! The binaries come from the workspace's target dir (`scripts/test.sh` builds them first with
 //! `cargo build --workspace --bins`).
 
+pub mod otlp;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -746,6 +746,133 @@ print("responses client OK")
     assert_eq!(seen_b[0]["previous_response_id"], "resp_prev1");
 }
 
+/// A chat backend that answers at once and keeps the `traceparent` of each request.
+async fn traceparent_backend() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(move |h: axum::http::HeaderMap| {
+                let s2 = s2.clone();
+                async move {
+                    let tp = h.get("traceparent").and_then(|v| v.to_str().ok());
+                    s2.lock().unwrap().push(tp.unwrap_or("").to_string());
+                    axum::Json(
+                        json!({"id": "chatcmpl-1", "object": "chat.completion", "model": "small",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                            "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 1}}),
+                    )
+                }
+            }),
+        )
+        .route("/health", axum::routing::get(|| async { "ok" }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_otlp_collector_over_grpc_and_http_under_the_clients_traceparent() {
+    let rx = e2e::otlp::Receiver::start().await;
+    let (backend, seen) = traceparent_backend().await;
+    let c = reqwest::Client::new();
+    for (i, (protocol, endpoint)) in [
+        ("grpc", rx.grpc.clone()),
+        ("http/protobuf", rx.http.clone()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = config_yaml(None, None, &[&backend], &backend, "");
+        let router = Router::start(
+            dir.path(),
+            &yaml,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_SERVICE_NAME", "router-test"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ],
+        );
+        let trace_id = format!("4bf92f3577b34da6a3ce929d0e0e47{i:02x}");
+        let parent = "00f067aa0ba902b7";
+        let secret = "my secret prompt 12345";
+        let resp = c
+            .post(format!("{}/v1/chat/completions", router.base))
+            .header("traceparent", format!("00-{trace_id}-{parent}-01"))
+            .json(&chat("auto", secret))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{protocol}");
+        let spans = rx.wait_trace(&trace_id, 5, Duration::from_secs(15)).await;
+        let by_name = |n: &str| {
+            spans
+                .iter()
+                .find(|s| s.name == n)
+                .unwrap_or_else(|| panic!("{protocol}: no {n} span in {spans:#?}"))
+        };
+        let root = by_name("router.request");
+        assert_eq!(
+            root.parent_span_id, parent,
+            "{protocol}: the client's span is the parent"
+        );
+        assert_eq!(root.service, "router-test");
+        assert_eq!(root.attr("semroute.model"), Some("small"), "{root:?}");
+        assert_eq!(root.attr("http.response.status_code"), Some("200"));
+        let decide = by_name("decide");
+        assert_eq!(decide.parent_span_id, root.span_id);
+        assert!(
+            decide.attr("semroute.decision_source").is_some(),
+            "{decide:?}"
+        );
+        assert!(decide.attr("semroute.cache_layer").is_some(), "{decide:?}");
+        let attempt = by_name("upstream.attempt");
+        assert_eq!(attempt.attr("semroute.outcome"), Some("ok"));
+        for n in ["parse", "relay"] {
+            by_name(n);
+        }
+        for s in &spans {
+            for (k, v) in &s.attributes {
+                assert!(
+                    !v.contains("secret prompt"),
+                    "prompt text in {}.{k}",
+                    s.name
+                );
+            }
+        }
+        // The backend was called under the attempt's span.
+        let tp = seen.lock().unwrap().last().cloned().unwrap_or_default();
+        assert_eq!(
+            tp,
+            format!("00-{trace_id}-{}-01", attempt.span_id),
+            "{protocol}: traceparent sent to the backend"
+        );
+        drop(router);
+    }
+    // Without the OTLP settings nothing is exported and no traceparent is made up.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config_yaml(None, None, &[&backend], &backend, "");
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let before = rx.spans().len();
+    let resp = c
+        .post(format!("{}/v1/chat/completions", router.base))
+        .json(&chat("small", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rx.spans().len(), before);
+    assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some(""));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degrades_when_redis_classifier_or_a_backend_fails() {
     let dir = tempfile::tempdir().unwrap();

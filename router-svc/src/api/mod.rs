@@ -26,12 +26,14 @@ use tower_http::request_id::{
     SetRequestIdLayer,
 };
 use tower_http::trace::{DefaultOnFailure, Trace, TraceLayer};
+use tracing::Instrument;
 
 use crate::config::ms;
 use crate::decide::{self, Decision};
 use crate::error::Error;
 use crate::relay::{self, Report};
 use crate::state::{Runtime, Shared};
+use crate::telemetry;
 use crate::tenant::{Caller, TenantReport};
 use crate::upstream::Outgoing;
 use openai::Kind;
@@ -271,7 +273,10 @@ async fn proxy(
     let rt = s.shared.current();
     let endpoint = native.map_or(kind.path(), |n| n.api.path());
     let mut tenant = TenantReport::default();
-    let result = road(s, &rt, kind, &headers, body, started, &mut tenant, native).await;
+    let span = telemetry::request_span(endpoint, &headers);
+    let result = road(s, &rt, kind, &headers, body, started, &mut tenant, native)
+        .instrument(span.clone())
+        .await;
     let (mut resp, model, category) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -284,6 +289,11 @@ async fn proxy(
         }
     };
     tenant.apply(resp.headers_mut());
+    if !span.is_none() {
+        span.record("semroute.model", model.as_str());
+        span.record("semroute.category", category.as_str());
+        span.record("http.response.status_code", resp.status().as_u16());
+    }
     let status = resp.status().as_u16().to_string();
     metrics::counter!("router_requests_total", "endpoint" => endpoint, "model" => model.clone(),
         "category" => category.clone(), "status" => status)
@@ -318,8 +328,13 @@ async fn road(
     // 1. admit, authenticate (keyed set-ups), parse, check the key's limits and budget
     let admitted = admit(s, cfg.server.max_in_flight)?;
     let caller = authenticate(rt, headers, tenant).await?;
-    let bytes = read_body(headers, body, &cfg.server).await?;
-    let mut req = openai::parse(kind, &bytes)?;
+    let (bytes, mut req) = async {
+        let bytes = read_body(headers, body, &cfg.server).await?;
+        let req = openai::parse(kind, &bytes)?;
+        Ok::<_, Error>((bytes, req))
+    }
+    .instrument(telemetry::step("parse"))
+    .await?;
     req.raw = Some(bytes.clone());
     // A keyed stream is metered by its usage: the backend is asked for it, and the relay drops
     // the usage event the client did not ask for.
@@ -336,11 +351,26 @@ async fn road(
     };
 
     // 2. decide (cache, classify, policy), within what the key may use
-    let mut outcome = decide_for(rt, &req).await?;
+    let decide_span = telemetry::step("decide");
+    let mut outcome = decide_for(rt, &req).instrument(decide_span.clone()).await?;
     if let (Some(c), Some(a)) = (&caller, &admission) {
         c.confine(cfg, &mut outcome.decision, a.downgrade);
     }
     let d = &outcome.decision;
+    if !decide_span.is_none() {
+        let layer = match d.source {
+            decide::Source::CacheLocal => "local",
+            decide::Source::CacheRedis => "redis",
+            decide::Source::Coalesced => "coalesced",
+            _ => "none",
+        };
+        for span in [&decide_span, &tracing::Span::current()] {
+            span.record("semroute.model", d.model.as_str());
+            span.record("semroute.category", d.category.as_deref().unwrap_or(""));
+            span.record("semroute.decision_source", d.source.as_str());
+            span.record("semroute.cache_layer", layer);
+        }
+    }
     let category = d.category.clone().unwrap_or_default();
     if d.jailbreak {
         let action = if d.blocked { "blocked" } else { "flagged" };
@@ -393,21 +423,24 @@ async fn road(
         .map(|m| m.pricing.clone())
         .unwrap_or_default();
     let ttfb = answered.ttfb;
-    let mut resp = Box::pin(relay::relay(
-        answered,
-        &Report {
-            decision: d,
-            served_by: &served,
-            classify: outcome.classify,
-            cache: outcome.cache,
-            upstream: Some(ttfb),
-        },
-        deadline,
-        &pricing,
-        admitted,
-        admission.map(|a| a.meter),
-        strip_usage,
-    ))
+    let mut resp = Box::pin(
+        relay::relay(
+            answered,
+            &Report {
+                decision: d,
+                served_by: &served,
+                classify: outcome.classify,
+                cache: outcome.cache,
+                upstream: Some(ttfb),
+            },
+            deadline,
+            &pricing,
+            admitted,
+            admission.map(|a| a.meter),
+            strip_usage,
+        )
+        .instrument(telemetry::step("relay")),
+    )
     .await?;
     cands.report(&served, resp.headers_mut());
     Ok((resp, served, category))

@@ -431,6 +431,12 @@ impl Classifier {
             include_embedding: with_embedding,
         });
         req.set_timeout(budget);
+        // The trace goes on to classifier-svc (W3C traceparent in the gRPC metadata).
+        if let Some(tp) =
+            crate::telemetry::traceparent(&tracing::Span::current()).and_then(|t| t.parse().ok())
+        {
+            req.metadata_mut().insert("traceparent", tp);
+        }
         struct InFlight<'a>(&'a AtomicUsize);
         impl Drop for InFlight<'_> {
             fn drop(&mut self) {

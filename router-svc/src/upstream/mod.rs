@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tracing::Instrument;
 
 use crate::config::{ms, Config, ModelConfig, UpstreamConfig};
 use crate::error::Error;
@@ -433,8 +434,10 @@ impl Upstream {
                         model: model.name.clone(),
                         detail: format!("cannot build the backend request: {e}"),
                     })?;
+                let attempt = crate::telemetry::attempt_span(&model.name, &ep.url, attempts);
                 let h = req.headers_mut();
                 *h = forward_headers.clone();
+                crate::telemetry::inject(&attempt, h);
                 h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 if let Some(k) = keys.get(&model.name) {
                     h.insert(AUTHORIZATION, k.clone());
@@ -451,15 +454,20 @@ impl Upstream {
                         std::future::pending().await
                     }
                 };
-                let out = tokio::select! {
-                    r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), self.client.request(req)) => Some(r),
-                    () = health_lost => None,
-                };
+                let out = async {
+                    tokio::select! {
+                        r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), self.client.request(req)) => Some(r),
+                        () = health_lost => None,
+                    }
+                }
+                .instrument(attempt.clone())
+                .await;
                 // The endpoint failed its health check while this request waited for a response
                 // head (a hung or dying backend): nothing came back, so another endpoint may
                 // take it.
                 let Some(out) = out else {
                     ep.outcome("health_lost");
+                    attempt.record("semroute.outcome", "health_lost");
                     last_error = Some(Error::BadGateway {
                         model: model.name.clone(),
                         detail: "the endpoint failed its health check while the request waited"
@@ -475,6 +483,7 @@ impl Upstream {
                     Ok(Ok(_)) => "ok",
                 };
                 ep.outcome(outcome);
+                attempt.record("semroute.outcome", outcome);
                 match out {
                     Err(_) => {
                         // Not retried (the request may be running there; a retry could double

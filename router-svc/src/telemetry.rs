@@ -1,0 +1,221 @@
+//! OpenTelemetry traces, configured the standard way and off by default. On when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and
+//! `OTEL_SDK_DISABLED` is not `true`; the exporter speaks `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`,
+//! or `http/protobuf`); `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` / `_ARG` (e.g.
+//! `parentbased_traceidratio` and `0.01`) and `OTEL_BSP_*` as the SDK reads them. A client's W3C
+//! `traceparent` is the parent of the request's span, and goes on to the backend and to
+//! classifier-svc. Spans carry the decision (model, category, source, cache layer), never the
+//! prompt. Off, the road makes no span at all (`on()` is one relaxed load).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// Whether requests are traced.
+pub fn on() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// Flushes and stops the exporter when dropped (at the end of `main`).
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("OpenTelemetry: flushing the last spans failed: {e}");
+        }
+    }
+}
+
+/// Whether the environment asks for traces.
+pub fn configured() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// The exporter and the tracing layer that feeds it, when configured. Call inside the tokio
+/// runtime (the gRPC exporter's channel lives there).
+pub fn init<S>() -> anyhow::Result<
+    Option<(
+        Telemetry,
+        tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>,
+    )>,
+>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    if !configured() {
+        return Ok(None);
+    }
+    let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|_| "http/protobuf".into());
+    use opentelemetry_otlp::WithHttpConfig;
+    let exporter = match protocol.trim() {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(OnRuntime {
+                inner: Arc::new(
+                    opentelemetry_http::hyper::HyperClient::with_default_connector(
+                        std::time::Duration::from_secs(10),
+                        None,
+                    ),
+                ),
+                rt: tokio::runtime::Handle::current(),
+            })
+            .build(),
+        other => anyhow::bail!(
+            "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: router-svc exports `grpc` or `http/protobuf`"
+        ),
+    }
+    .map_err(|e| anyhow::anyhow!("OpenTelemetry exporter: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(
+            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "router-svc".into()),
+        )
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("router-svc");
+    ON.store(true, Ordering::Relaxed);
+    Ok(Some((
+        Telemetry { provider },
+        tracing_opentelemetry::layer().with_tracer(tracer),
+    )))
+}
+
+/// The HTTP exporter's client, run on the router's tokio runtime: the SDK's batch processor
+/// exports from a thread of its own, where hyper's client finds no reactor.
+#[derive(Debug)]
+struct OnRuntime {
+    inner: Arc<opentelemetry_http::hyper::HyperClient>,
+    rt: tokio::runtime::Handle,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_http::HttpClient for OnRuntime {
+    async fn send_bytes(
+        &self,
+        request: axum::http::Request<bytes::Bytes>,
+    ) -> Result<axum::http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let inner = self.inner.clone();
+        self.rt
+            .spawn(async move { inner.send_bytes(request).await })
+            .await
+            .map_err(|e| Box::new(e) as opentelemetry_http::HttpError)?
+    }
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeadersMut<'a>(&'a mut HeaderMap);
+
+impl Injector for HeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+/// The request's root span, child of the client's `traceparent` when it sent one.
+pub fn request_span(endpoint: &'static str, headers: &HeaderMap) -> tracing::Span {
+    if !on() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "router.request",
+        otel.kind = "server",
+        http.route = endpoint,
+        semroute.model = tracing::field::Empty,
+        semroute.category = tracing::field::Empty,
+        semroute.decision_source = tracing::field::Empty,
+        semroute.cache_layer = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// A step's span (parse, decide, relay), under the current one.
+pub fn step(name: &'static str) -> tracing::Span {
+    if !on() {
+        return tracing::Span::none();
+    }
+    match name {
+        "parse" => tracing::info_span!("parse"),
+        "decide" => tracing::info_span!(
+            "decide",
+            semroute.model = tracing::field::Empty,
+            semroute.category = tracing::field::Empty,
+            semroute.decision_source = tracing::field::Empty,
+            semroute.cache_layer = tracing::field::Empty,
+        ),
+        "relay" => tracing::info_span!("relay"),
+        _ => tracing::info_span!("step", name),
+    }
+}
+
+/// One upstream attempt's span.
+pub fn attempt_span(model: &str, endpoint: &str, attempt: u32) -> tracing::Span {
+    if !on() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "upstream.attempt",
+        otel.kind = "client",
+        semroute.model = model,
+        server.address = endpoint,
+        semroute.attempt = attempt,
+        semroute.outcome = tracing::field::Empty,
+    )
+}
+
+/// Puts `span`'s context into `headers` as `traceparent` (for the backend).
+pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    if !on() {
+        return;
+    }
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(headers));
+}
+
+/// The `traceparent` of `span`, for gRPC metadata (classifier-svc).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if !on() {
+        return None;
+    }
+    let mut h = HeaderMap::new();
+    inject(span, &mut h);
+    h.get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
