@@ -2,12 +2,12 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and
 //! `OTEL_SDK_DISABLED` is not `true`; the exporter speaks `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`,
 //! or `http/protobuf`); `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` / `_ARG` (e.g.
-//! `parentbased_traceidratio` and `0.01`) and `OTEL_BSP_*` as the SDK reads them. A client's W3C
-//! `traceparent` is the parent of the request's span, and goes on to the backend and to
+//! `parentbased_traceidratio` and `0.01`: decided here, before a span is made) and
+//! `OTEL_BSP_*`. A client's W3C `traceparent` is the parent of the request's span, and goes on to the backend and to
 //! classifier-svc. Spans carry the decision (model, category, source, cache layer), never the
 //! prompt. Off, the road makes no span at all (`on()` is one relaxed load).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -18,6 +18,44 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 static ON: AtomicBool = AtomicBool::new(false);
+/// The head sampler (OTEL_TRACES_SAMPLER / _ARG), decided here before any span is made: an
+/// unsampled request then costs no span at all (made and dropped by the SDK, they cost a cache
+/// hit ~65 % more instructions at 1 % sampling).
+static RATIO_BITS: AtomicU64 = AtomicU64::new(0);
+static PARENT_BASED: AtomicBool = AtomicBool::new(true);
+
+/// (ratio, parent-based) from the standard variables; unknown samplers fall back to the
+/// default, parentbased_always_on.
+fn sampler_from_env() -> (f64, bool) {
+    let arg = || {
+        std::env::var("OTEL_TRACES_SAMPLER_ARG")
+            .ok()
+            .and_then(|a| a.trim().parse::<f64>().ok())
+            .filter(|r| (0.0..=1.0).contains(r))
+            .unwrap_or(1.0)
+    };
+    match std::env::var("OTEL_TRACES_SAMPLER")
+        .as_deref()
+        .map(str::trim)
+    {
+        Ok("always_on") => (1.0, false),
+        Ok("always_off") => (0.0, false),
+        Ok("traceidratio") => (arg(), false),
+        Ok("parentbased_always_off") => (0.0, true),
+        Ok("parentbased_traceidratio") => (arg(), true),
+        _ => (1.0, true),
+    }
+}
+
+fn sampled(parent: &opentelemetry::Context) -> bool {
+    use opentelemetry::trace::TraceContextExt;
+    let sc = parent.span().span_context().clone();
+    if PARENT_BASED.load(Ordering::Relaxed) && sc.is_valid() {
+        return sc.is_sampled();
+    }
+    let ratio = f64::from_bits(RATIO_BITS.load(Ordering::Relaxed));
+    ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio)
+}
 
 /// Whether requests are traced.
 pub fn on() -> bool {
@@ -88,7 +126,12 @@ where
             std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "router-svc".into()),
         )
         .build();
+    let (ratio, parent_based) = sampler_from_env();
+    RATIO_BITS.store(ratio.to_bits(), Ordering::Relaxed);
+    PARENT_BASED.store(parent_based, Ordering::Relaxed);
     let provider = SdkTracerProvider::builder()
+        // Sampled in `request_span` already.
+        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build();
@@ -151,6 +194,10 @@ pub fn request_span(endpoint: &'static str, headers: &HeaderMap) -> tracing::Spa
     if !on() {
         return tracing::Span::none();
     }
+    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    if !sampled(&parent) {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "router.request",
         otel.kind = "server",
@@ -161,14 +208,31 @@ pub fn request_span(endpoint: &'static str, headers: &HeaderMap) -> tracing::Spa
         semroute.cache_layer = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
-    let parent = TraceContextPropagator::new().extract(&Headers(headers));
     let _ = span.set_parent(parent);
     span
 }
 
+/// `fut` in `span` when tracing is on; as it is otherwise (no span to enter at each poll).
+pub fn traced<F: std::future::Future>(
+    span: tracing::Span,
+    fut: F,
+) -> futures::future::Either<tracing::instrument::Instrumented<F>, F> {
+    use tracing::Instrument;
+    if span.is_none() {
+        futures::future::Either::Right(fut)
+    } else {
+        futures::future::Either::Left(fut.instrument(span))
+    }
+}
+
+/// Whether the request being served has a span (tracing on and the request sampled).
+fn traced_request() -> bool {
+    on() && !tracing::Span::current().is_none()
+}
+
 /// A step's span (parse, decide, relay), under the current one.
 pub fn step(name: &'static str) -> tracing::Span {
-    if !on() {
+    if !traced_request() {
         return tracing::Span::none();
     }
     match name {
@@ -187,7 +251,7 @@ pub fn step(name: &'static str) -> tracing::Span {
 
 /// One upstream attempt's span.
 pub fn attempt_span(model: &str, endpoint: &str, attempt: u32) -> tracing::Span {
-    if !on() {
+    if !traced_request() {
         return tracing::Span::none();
     }
     tracing::info_span!(
@@ -202,7 +266,7 @@ pub fn attempt_span(model: &str, endpoint: &str, attempt: u32) -> tracing::Span 
 
 /// Puts `span`'s context into `headers` as `traceparent` (for the backend).
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    if !on() {
+    if !on() || span.is_none() {
         return;
     }
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(headers));
@@ -210,7 +274,7 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
 
 /// The `traceparent` of `span`, for gRPC metadata (classifier-svc).
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
-    if !on() {
+    if !on() || span.is_none() {
         return None;
     }
     let mut h = HeaderMap::new();

@@ -26,7 +26,6 @@ use tower_http::request_id::{
     SetRequestIdLayer,
 };
 use tower_http::trace::{DefaultOnFailure, Trace, TraceLayer};
-use tracing::Instrument;
 
 use crate::config::ms;
 use crate::decide::{self, Decision};
@@ -274,9 +273,11 @@ async fn proxy(
     let endpoint = native.map_or(kind.path(), |n| n.api.path());
     let mut tenant = TenantReport::default();
     let span = telemetry::request_span(endpoint, &headers);
-    let result = road(s, &rt, kind, &headers, body, started, &mut tenant, native)
-        .instrument(span.clone())
-        .await;
+    let result = telemetry::traced(
+        span.clone(),
+        road(s, &rt, kind, &headers, body, started, &mut tenant, native),
+    )
+    .await;
     let (mut resp, model, category) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -328,12 +329,11 @@ async fn road(
     // 1. admit, authenticate (keyed set-ups), parse, check the key's limits and budget
     let admitted = admit(s, cfg.server.max_in_flight)?;
     let caller = authenticate(rt, headers, tenant).await?;
-    let (bytes, mut req) = async {
+    let (bytes, mut req) = telemetry::traced(telemetry::step("parse"), async {
         let bytes = read_body(headers, body, &cfg.server).await?;
         let req = openai::parse(kind, &bytes)?;
         Ok::<_, Error>((bytes, req))
-    }
-    .instrument(telemetry::step("parse"))
+    })
     .await?;
     req.raw = Some(bytes.clone());
     // A keyed stream is metered by its usage: the backend is asked for it, and the relay drops
@@ -352,7 +352,7 @@ async fn road(
 
     // 2. decide (cache, classify, policy), within what the key may use
     let decide_span = telemetry::step("decide");
-    let mut outcome = decide_for(rt, &req).instrument(decide_span.clone()).await?;
+    let mut outcome = telemetry::traced(decide_span.clone(), decide_for(rt, &req)).await?;
     if let (Some(c), Some(a)) = (&caller, &admission) {
         c.confine(cfg, &mut outcome.decision, a.downgrade);
     }
@@ -423,7 +423,8 @@ async fn road(
         .map(|m| m.pricing.clone())
         .unwrap_or_default();
     let ttfb = answered.ttfb;
-    let mut resp = Box::pin(
+    let mut resp = Box::pin(telemetry::traced(
+        telemetry::step("relay"),
         relay::relay(
             answered,
             &Report {
@@ -438,9 +439,8 @@ async fn road(
             admitted,
             admission.map(|a| a.meter),
             strip_usage,
-        )
-        .instrument(telemetry::step("relay")),
-    )
+        ),
+    ))
     .await?;
     cands.report(&served, resp.headers_mut());
     Ok((resp, served, category))
@@ -481,6 +481,13 @@ fn forwarded_headers(h: &HeaderMap, with_credentials: bool) -> HeaderMap {
     let id = header::HeaderName::from_static("x-request-id");
     if let Some(v) = h.get(&id) {
         out.insert(id, v.clone());
+    }
+    // The client's trace context goes on as it came (replaced by the attempt's own
+    // `traceparent` when the router traces this request).
+    for name in ["traceparent", "tracestate"] {
+        if let Some(v) = h.get(name) {
+            out.insert(header::HeaderName::from_static(name), v.clone());
+        }
     }
     if with_credentials {
         if let Some(v) = h.get(header::AUTHORIZATION) {

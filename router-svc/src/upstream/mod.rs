@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tracing::Instrument;
 
 use crate::config::{ms, Config, ModelConfig, UpstreamConfig};
 use crate::error::Error;
@@ -454,13 +453,12 @@ impl Upstream {
                         std::future::pending().await
                     }
                 };
-                let out = async {
+                let out = crate::telemetry::traced(attempt.clone(), async {
                     tokio::select! {
                         r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), self.client.request(req)) => Some(r),
                         () = health_lost => None,
                     }
-                }
-                .instrument(attempt.clone())
+                })
                 .await;
                 // The endpoint failed its health check while this request waited for a response
                 // head (a hung or dying backend): nothing came back, so another endpoint may
