@@ -576,15 +576,7 @@ print("anthropic client OK")
     assert!(out.contains("anthropic client OK"), "{out}");
     // What the backends received: chat with the system prompt first for `small`; the
     // Messages body itself, model replaced, for `big`.
-    let c = reqwest::Client::new();
-    let seen_a: Vec<Value> = c
-        .get(format!("{}/sim/requests", a.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen_a: Vec<Value> = a.requests().await;
     let first = &seen_a[0];
     assert_eq!(
         first["messages"][0],
@@ -603,14 +595,7 @@ print("anthropic client OK")
         tool_turn["messages"][1]["tool_calls"][0]["function"]["name"],
         "get_weather"
     );
-    let seen_b: Vec<Value> = c
-        .get(format!("{}/sim/requests", b.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen_b: Vec<Value> = b.requests().await;
     assert_eq!(seen_b[0]["model"], "big");
     assert_eq!(
         seen_b[0]["messages"][0]["content"],
@@ -710,15 +695,7 @@ print("responses client OK")
 "#;
     let out = python_client(dir.path(), "openai", script, &router.base);
     assert!(out.contains("responses client OK"), "{out}");
-    let c = reqwest::Client::new();
-    let seen_a: Vec<Value> = c
-        .get(format!("{}/sim/requests", a.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen_a: Vec<Value> = a.requests().await;
     assert_eq!(
         seen_a[0]["messages"][0],
         json!({"role": "system", "content": "Be brief."})
@@ -733,14 +710,7 @@ print("responses client OK")
         "capital"
     );
     assert_eq!(structured["response_format"]["json_schema"]["strict"], true);
-    let seen_b: Vec<Value> = c
-        .get(format!("{}/sim/requests", b.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen_b: Vec<Value> = b.requests().await;
     assert_eq!(seen_b[0]["model"], "big");
     assert_eq!(seen_b[0]["input"], "hi");
     assert_eq!(seen_b[0]["previous_response_id"], "resp_prev1");
