@@ -37,8 +37,10 @@ def compose_bin():
     return os.path.join(os.path.dirname(compose.__file__), "docker-compose")
 
 
-def resolved(compose, files):
+def resolved(compose, files, profiles=()):
     args = [compose]
+    for p in profiles:
+        args += ["--profile", p]
     for f in files:
         args += ["-f", str(ROOT / f)]
     q = subprocess.run(args + ["config", "-q"], capture_output=True, text=True, cwd=ROOT)
@@ -55,7 +57,7 @@ def published(svc):
     return {str(p.get("published")) for p in svc.get("ports", []) if p.get("published")}
 
 
-def check_stack(name, stack, gpu):
+def check_stack(name, stack, gpu, tracing=False):
     s = stack["services"]
     want = ["redis", "classifier", "llm-plain", "llm-reasoning", "router", "lb", "prometheus", "grafana"]
     for w in want:
@@ -88,6 +90,17 @@ def check_stack(name, stack, gpu):
         problem(f"{name}: router does not use the redis service")
     if env.get("ROUTER_CLASSIFIER_ADDRS") != "http://classifier:50051":
         problem(f"{name}: router does not use the classifier service")
+    if tracing:
+        j = s.get("jaeger")
+        if not j:
+            problem(f"{name}: the tracing profile has no jaeger service")
+        else:
+            if not {"16686", "4317"} <= published(j):
+                problem(f"{name}: jaeger publishes {sorted(published(j))}, expected the UI 16686 and OTLP 4317")
+            if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") != "http://jaeger:4317":
+                problem(f"{name}: router does not export to the jaeger service")
+    elif "jaeger" in s:
+        problem(f"{name}: jaeger runs without the tracing profile")
     cmd = " ".join(s["redis"].get("command") or [])
     for flag in ["--maxmemory ", "--maxmemory-policy allkeys-lru", "--appendonly no", "--save "]:
         if flag not in cmd:
@@ -246,12 +259,14 @@ def main():
     a = ap.parse_args()
     compose = a.compose or compose_bin()
     bin_dir = Path(a.bin_dir)
-    for files, gpu in [(["compose.yaml"], False), (["compose.yaml", "compose.gpu.yaml"], True)]:
-        stack = resolved(compose, files)
+    variants = [(["compose.yaml"], False, ()), (["compose.yaml", "compose.gpu.yaml"], True, ()),
+                (["compose.yaml"], False, ("tracing",))]
+    for files, gpu, profiles in variants:
+        stack = resolved(compose, files, profiles)
         if stack is None:
             continue
-        name = " + ".join(files)
-        s = check_stack(name, stack, gpu)
+        name = " + ".join(files) + "".join(f" --profile {p}" for p in profiles)
+        s = check_stack(name, stack, gpu, tracing="tracing" in profiles)
         if s:
             SERVICES.update(s)
             check_router_config(name, s, bin_dir)
@@ -265,7 +280,7 @@ def main():
         print(f"check_deploy: {p}", file=sys.stderr)
     if problems:
         sys.exit(1)
-    print(f"check_deploy: 2 compose variants, {len(dockerfiles)} Dockerfiles, Kubernetes manifests: ok")
+    print(f"check_deploy: {len(variants)} compose variants, {len(dockerfiles)} Dockerfiles, Kubernetes manifests: ok")
 
 
 if __name__ == "__main__":

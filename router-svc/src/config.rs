@@ -61,6 +61,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub response_cache: ResponseCacheConfig,
     pub models: Vec<ModelConfig>,
     pub routing: RoutingConfig,
 }
@@ -227,6 +229,73 @@ impl Default for CacheConfig {
     }
 }
 
+/// The response cache (off unless `enabled`; see `response_cache.rs`): answers replayed for a
+/// request the same as an earlier one in the same scope (exact), or one whose classified text
+/// is as close as `semantic.threshold` (the classifier's embedding, same pass).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseCacheConfig {
+    pub enabled: bool,
+    /// Models whose answers are cached; empty: every model.
+    pub models: Vec<String>,
+    /// APIs cached (`chat`, `completions`, `messages`, `responses`); empty: every one.
+    pub endpoints: Vec<String>,
+    /// How long an answer is replayed.
+    pub ttl_secs: u64,
+    /// Answers larger than this are not stored.
+    pub max_entry_bytes: usize,
+    /// Bytes of answers held in process (least recently used evicted).
+    pub local_max_bytes: u64,
+    /// Also store answers in the Redis of `cache.redis_url`, shared by every replica. They are
+    /// prompt-derived answer text: off unless the operator turns it on (TTL `ttl_secs`).
+    pub redis: bool,
+    /// Cache requests that sample (`temperature` absent or above 0, `top_p` below 1, `n` above
+    /// 1): their answers are meant to differ, so by default they bypass the cache.
+    pub sampled: bool,
+    pub semantic: SemanticCacheConfig,
+}
+
+impl Default for ResponseCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            models: Vec::new(),
+            endpoints: Vec::new(),
+            ttl_secs: 300,
+            max_entry_bytes: 256 * 1024,
+            local_max_bytes: 64 * 1024 * 1024,
+            redis: false,
+            sampled: false,
+            semantic: SemanticCacheConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SemanticCacheConfig {
+    pub enabled: bool,
+    /// Cosine similarity of the classified texts' embeddings at or above which an answer is
+    /// reused.
+    pub threshold: f32,
+    /// Texts that differ in their negations or numbers never match, however close
+    /// ("how to install X" / "how not to install X").
+    pub guard: bool,
+    /// Vectors kept per group of otherwise identical requests (oldest dropped).
+    pub group_capacity: usize,
+}
+
+impl Default for SemanticCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 0.95,
+            guard: true,
+            group_capacity: 256,
+        }
+    }
+}
+
 /// Who may call the router and how much: API keys, per-key rate limits and daily budgets
 /// (see `tenant/`). Keys and limits live in the Redis of `cache.redis_url` (shared by every
 /// replica) and/or in `keys_file`.
@@ -383,6 +452,15 @@ impl Api {
             Api::Chat => "/v1/chat/completions",
             Api::Messages => "/v1/messages",
             Api::Responses => "/v1/responses",
+        }
+    }
+
+    /// As `response_cache.endpoints` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Chat => "chat",
+            Api::Messages => "messages",
+            Api::Responses => "responses",
         }
     }
 }
@@ -785,6 +863,25 @@ impl Config {
             }
         };
         prob("routing.confidence_threshold", r.confidence_threshold)?;
+        let rc = &self.response_cache;
+        prob("response_cache.semantic.threshold", rc.semantic.threshold)?;
+        for (i, m) in rc.models.iter().enumerate() {
+            known(format!("response_cache.models[{i}]"), m)?;
+        }
+        for (i, e) in rc.endpoints.iter().enumerate() {
+            if !["chat", "completions", "messages", "responses"].contains(&e.as_str()) {
+                return bad(
+                    format!("response_cache.endpoints[{i}]"),
+                    format!("{e:?} is not one of chat, completions, messages, responses"),
+                );
+            }
+        }
+        if rc.enabled && rc.redis && self.cache.redis_url.is_none() {
+            return bad(
+                "response_cache.redis".into(),
+                "needs cache.redis_url".into(),
+            );
+        }
         prob("routing.jailbreak.threshold", r.jailbreak.threshold)?;
         for (cat, rule) in &r.categories {
             if rule.candidates.is_empty() {
@@ -840,6 +937,7 @@ impl Config {
                 self.classifier.info_refresh_ms,
             ),
             ("cache.redis_timeout_ms", self.cache.redis_timeout_ms),
+            ("response_cache.ttl_secs", self.response_cache.ttl_secs),
             (
                 "upstream.connect_timeout_ms",
                 self.upstream.connect_timeout_ms,

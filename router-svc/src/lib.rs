@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod relay;
+pub mod response_cache;
 pub mod state;
 pub mod store;
 pub mod telemetry;

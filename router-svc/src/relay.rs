@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures::StreamExt;
 use http_body_util::BodyExt;
@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 use crate::config::Pricing;
 use crate::decide::Decision;
 use crate::error::Error;
+use crate::response_cache::{self, Entry, Ticket};
 use crate::tenant::Meter;
 use crate::upstream::{Answered, TokenMetrics};
 
@@ -141,6 +142,36 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// What is done with an answer besides relaying it.
+pub struct After {
+    /// A keyed request's meter (its usage charged).
+    pub meter: Option<Meter>,
+    /// Drop the usage event the router asked for on the client's behalf.
+    pub strip_usage: bool,
+    /// A response-cache miss: the answer is stored if it is 2xx and ends well.
+    pub record: Option<Ticket>,
+}
+
+/// A stored answer replayed: the body as it was relayed the first time (a stream is the
+/// complete recorded stream, `data: [DONE]` included), this request's report headers.
+pub fn replay(entry: &Entry, report: &Report, similarity: Option<f32>) -> Response {
+    let mut resp = Response::new(Body::from(entry.body.clone()));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, entry.content_type.clone());
+    report_headers(h, report);
+    h.insert(
+        HeaderName::from_static(response_cache::STATUS_HEADER),
+        HeaderValue::from_static("hit"),
+    );
+    if let Some(v) = similarity.and_then(|s| HeaderValue::try_from(decimals(s as f64, 4)).ok()) {
+        h.insert(
+            HeaderName::from_static("x-vsr-response-cache-similarity"),
+            v,
+        );
+    }
+    resp
+}
+
 /// Turns a backend answer into the client's response. `hold` lives as long as the body.
 pub async fn relay(
     answered: Answered,
@@ -148,9 +179,13 @@ pub async fn relay(
     deadline: Instant,
     pricing: &Pricing,
     hold: impl Send + 'static,
-    mut meter: Option<Meter>,
-    strip_usage: bool,
+    after: After,
 ) -> Result<Response, Error> {
+    let After {
+        mut meter,
+        strip_usage,
+        record,
+    } = after;
     let Answered {
         response,
         model,
@@ -192,6 +227,9 @@ pub async fn relay(
                 meter,
                 strip_usage,
                 tokens: tokens.clone(),
+                record: record
+                    .filter(|_| status.is_success())
+                    .map(|t| (t, headers.get(header::CONTENT_TYPE).cloned(), Vec::new())),
             },
             (in_flight, hold),
         ));
@@ -235,6 +273,14 @@ pub async fn relay(
             }
         }
         drop(meter);
+        if let Some(t) = record {
+            if status.is_success() {
+                t.store(headers.get(header::CONTENT_TYPE), bytes.clone())
+                    .await;
+            } else {
+                t.skip("not_2xx");
+            }
+        }
         Body::from(bytes)
     };
     let mut resp = Response::new(body);
@@ -269,6 +315,9 @@ struct Metering {
     meter: Option<Meter>,
     strip_usage: bool,
     tokens: TokenMetrics,
+    /// A cache miss's ticket, content type and the chunks relayed so far (dropped, and the
+    /// answer not stored, once they pass the entry size limit).
+    record: Option<(Ticket, Option<HeaderValue>, Vec<bytes::Bytes>)>,
 }
 
 /// Chunks buffered between the backend and a slow client.
@@ -292,7 +341,9 @@ async fn pump<G: Send>(
         mut meter,
         strip_usage,
         tokens,
+        mut record,
     } = metering;
+    let mut recorded = 0usize;
     let mut upstream = http_body_util::BodyDataStream::new(response.into_body());
     loop {
         let next = tokio::select! {
@@ -300,7 +351,18 @@ async fn pump<G: Send>(
             _ = tx.closed() => return, // the client went away: cancel upstream
         };
         let (chunk, last) = match next {
-            Ok(None) => return,
+            Ok(None) => {
+                // The backend ended the stream: stored if it reached its last event.
+                if let Some((t, ct, chunks)) = record.take() {
+                    let body = bytes::Bytes::from(chunks.concat());
+                    if response_cache::stream_complete(&body) {
+                        t.store(ct.as_ref(), body).await;
+                    } else {
+                        t.skip("incomplete");
+                    }
+                }
+                return;
+            }
             Ok(Some(Ok(chunk))) => {
                 let mut chunk = chunk;
                 if let Some(u) = sse_usage(&chunk) {
@@ -318,6 +380,9 @@ async fn pump<G: Send>(
                 (chunk, false)
             }
             Ok(Some(Err(e))) => {
+                if let Some((t, ..)) = record.take() {
+                    t.skip("incomplete");
+                }
                 metrics::counter!("router_stream_errors_total", "model" => model.clone(), "reason" => "upstream").increment(1);
                 crate::events::count(crate::events::Event::StreamError);
                 tracing::debug!(model = %model, error = %e, "backend stream broke off");
@@ -327,6 +392,9 @@ async fn pump<G: Send>(
                 )
             }
             Err(_) => {
+                if let Some((t, ..)) = record.take() {
+                    t.skip("incomplete");
+                }
                 metrics::counter!("router_stream_errors_total", "model" => model.clone(), "reason" => "timeout").increment(1);
                 crate::events::count(crate::events::Event::StreamError);
                 tracing::debug!(model = %model, "stream passed the total timeout; cut off");
@@ -336,6 +404,16 @@ async fn pump<G: Send>(
                 )
             }
         };
+        if let Some((t, _, chunks)) = &mut record {
+            recorded += chunk.len();
+            if recorded > t.max_bytes() {
+                if let Some((t, ..)) = record.take() {
+                    t.skip("too_large");
+                }
+            } else {
+                chunks.push(chunk.clone());
+            }
+        }
         // A client that stops reading holds the stream until the deadline at most.
         match tokio::time::timeout_at(deadline, tx.send(chunk)).await {
             Ok(Ok(())) if !last => {}

@@ -23,6 +23,8 @@ pub struct Runtime {
     pub policy_version: String,
     pub classifier: Arc<Classifier>,
     pub cache: Arc<DecisionCache>,
+    /// Answers replayed (None when `response_cache.enabled` is off).
+    pub response_cache: Option<Arc<crate::response_cache::ResponseCache>>,
     /// Similarity routes (examples embedded in the background).
     pub routes: Arc<RouteSet>,
     pub upstream: Arc<Upstream>,
@@ -46,6 +48,13 @@ impl Runtime {
         let cache = match prev {
             Some(p) if p.cfg.cache == cfg.cache => p.cache.clone(),
             _ => Arc::new(DecisionCache::new(&cfg.cache)?),
+        };
+        let response_cache = match prev {
+            Some(p) if p.cfg.response_cache == cfg.response_cache && p.cfg.cache == cfg.cache => {
+                p.response_cache.clone()
+            }
+            _ => crate::response_cache::ResponseCache::new(&cfg.response_cache, &cfg.cache)?
+                .map(Arc::new),
         };
         let routes = match prev {
             Some(p)
@@ -94,6 +103,7 @@ impl Runtime {
             cfg,
             classifier,
             cache,
+            response_cache,
             routes,
             upstream,
             pools,

@@ -82,6 +82,36 @@ pub fn configured() -> bool {
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
+/// With `ROUTER_OTLP_OPTIONAL=true` (compose sets it: its collector runs only in the `tracing`
+/// profile), a collector whose host does not resolve at start turns tracing off (one line on
+/// stderr) instead of exporting into the void. Otherwise always true.
+fn collector_resolves() -> bool {
+    use std::net::ToSocketAddrs;
+    if !std::env::var("ROUTER_OTLP_OPTIONAL").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return true;
+    }
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .unwrap_or_default();
+    let Ok(uri) = endpoint.trim().parse::<axum::http::Uri>() else {
+        return true; // the exporter reports a bad endpoint itself
+    };
+    let (Some(host), port) = (uri.host(), uri.port_u16().unwrap_or(4317)) else {
+        return true;
+    };
+    let found = (host, port)
+        .to_socket_addrs()
+        .is_ok_and(|mut a| a.next().is_some());
+    if !found {
+        eprintln!(
+            "router-svc: tracing off: the OTLP collector {host} does not resolve (ROUTER_OTLP_OPTIONAL)"
+        );
+    }
+    found
+}
+
 /// The exporter and the tracing layer that feeds it, when configured. Call inside the tokio
 /// runtime (the gRPC exporter's channel lives there).
 pub fn init<S>() -> anyhow::Result<
@@ -93,7 +123,7 @@ pub fn init<S>() -> anyhow::Result<
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    if !configured() {
+    if !configured() || !collector_resolves() {
         return Ok(None);
     }
     let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")

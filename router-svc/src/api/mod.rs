@@ -31,6 +31,7 @@ use crate::config::ms;
 use crate::decide::{self, Decision};
 use crate::error::Error;
 use crate::relay::{self, Report};
+use crate::response_cache;
 use crate::state::{Runtime, Shared};
 use crate::telemetry;
 use crate::tenant::{Caller, TenantReport};
@@ -162,6 +163,7 @@ async fn decide_for(rt: &Runtime, req: &openai::Parsed) -> Result<decide::Outcom
             classify: None,
             cache: None,
             cache_key: None,
+            embedding: None,
         })
     } else {
         Err(Error::ModelNotFound(req.model.clone()))
@@ -382,7 +384,41 @@ async fn road(
         return Ok((refuse(&req, cfg, &outcome), String::new(), category));
     }
 
-    // 3. pick endpoint and forward: decided model, alternatives, fallback (PII policy applied)
+    // 3. the response cache (opt-in): a stored answer to the same request, or a close one
+    let lookup = match &rt.response_cache {
+        Some(rc) => {
+            let looked = Box::pin(cache_lookup(
+                rc, cfg, kind, &req, &outcome, headers, &caller, native,
+            ));
+            telemetry::traced(telemetry::step("response_cache"), looked).await
+        }
+        None => response_cache::Lookup::Off,
+    };
+    let cache_status = lookup.status();
+    let mut record = match lookup {
+        response_cache::Lookup::Hit {
+            entry, similarity, ..
+        } => {
+            // Nothing forwarded: the key is charged no tokens (its meter, dropped unused,
+            // gives the estimate back).
+            let report = Report {
+                decision: d,
+                served_by: &d.model,
+                classify: outcome.classify,
+                cache: outcome.cache,
+                upstream: None,
+            };
+            return Ok((
+                relay::replay(&entry, &report, similarity),
+                d.model.clone(),
+                category,
+            ));
+        }
+        response_cache::Lookup::Miss(t) => Some(t),
+        _ => None,
+    };
+
+    // 4. pick endpoint and forward: decided model, alternatives, fallback (PII policy applied)
     let mut cands = Box::pin(candidates::candidates(cfg, d, &req, &rt.classifier)).await?;
     if let Some(c) = &caller {
         cands.models.retain(|m| c.rec.allows(&m.name));
@@ -416,8 +452,13 @@ async fn road(
     ))
     .await?;
 
-    // 4. relay
+    // 5. relay (a cache miss's answer stored if it ends well and came from the decided model)
     let served = answered.model.clone();
+    if served != d.model {
+        if let Some(t) = record.take() {
+            t.skip("failover");
+        }
+    }
     let pricing = cfg
         .model(&served)
         .map(|m| m.pricing.clone())
@@ -437,13 +478,74 @@ async fn road(
             deadline,
             &pricing,
             admitted,
-            admission.map(|a| a.meter),
-            strip_usage,
+            relay::After {
+                meter: admission.map(|a| a.meter),
+                strip_usage,
+                record,
+            },
         ),
     ))
     .await?;
     cands.report(&served, resp.headers_mut());
+    if let Some(status) = cache_status {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static(response_cache::STATUS_HEADER),
+            HeaderValue::from_static(status),
+        );
+    }
     Ok((resp, served, category))
+}
+
+/// The response cache's view of a request: the body its answer depends on (the client's own
+/// when the decided model's backend serves its API natively), its scope, the classified text
+/// and embedding for a semantic match.
+#[allow(clippy::too_many_arguments)]
+async fn cache_lookup(
+    rc: &Arc<response_cache::ResponseCache>,
+    cfg: &crate::config::Config,
+    kind: Kind,
+    req: &openai::Parsed,
+    outcome: &decide::Outcome,
+    headers: &HeaderMap,
+    caller: &Option<Caller>,
+    native: Option<&Native>,
+) -> response_cache::Lookup {
+    let d = &outcome.decision;
+    let api = match native {
+        Some(n) => n.api.name(),
+        None if kind == Kind::Completion => "completions",
+        None => "chat",
+    };
+    if !rc.covers(&d.model, api) {
+        return response_cache::Lookup::Off;
+    }
+    let served_natively = native.filter(|n| cfg.model(&d.model).is_some_and(|m| m.serves(n.api)));
+    let native_body = served_natively.and_then(|n| match serde_json::from_slice::<Value>(&n.raw) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    });
+    let classified = outcome
+        .embedding
+        .as_ref()
+        .and_then(|_| req.classify_text(&cfg.classifier.input));
+    // A native backend gets the client's body with only `model` replaced.
+    let added = cfg
+        .model(&d.model)
+        .filter(|_| served_natively.is_none())
+        .map(|m| openai::added_by_router(req, cfg, m, d))
+        .unwrap_or_default();
+    rc.lookup(&response_cache::Request {
+        api,
+        added: &added,
+        body: native_body.as_ref().unwrap_or(&req.body),
+        native: served_natively.is_some(),
+        decision: d,
+        headers,
+        key: caller.as_ref().map(|c| c.rec.sha256.as_str()),
+        classified: classified.as_deref(),
+        embedding: outcome.embedding.as_deref(),
+    })
+    .await
 }
 
 /// A blocked request's answer: an OpenAI-style refusal (SSE when streaming), nothing forwarded.

@@ -372,6 +372,18 @@ pub fn body_for(
 }
 
 /// The system prompt of the decision's route or category, for the model it chose.
+/// What the router adds to a request's body for `model` (a routed request's system prompt and
+/// reasoning switch), as text: with the model and the client's body, what its answer depends
+/// on (the response cache's key).
+pub fn added_by_router(p: &Parsed, cfg: &Config, model: &ModelConfig, d: &Decision) -> String {
+    if d.source == crate::decide::Source::Explicit {
+        return String::new();
+    }
+    let system = system_prompt(cfg, d, model).filter(|_| p.kind == Kind::Chat);
+    let reasoning = reasoning_fields(model, d.use_reasoning);
+    format!("{system:?}\0{reasoning:?}")
+}
+
 fn system_prompt<'c>(cfg: &'c Config, d: &Decision, model: &ModelConfig) -> Option<&'c String> {
     let route_prompt = d.route.as_ref().and_then(|name| {
         cfg.routing

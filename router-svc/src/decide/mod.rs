@@ -213,6 +213,9 @@ pub struct Outcome {
     pub cache: Option<Duration>,
     /// The cache key (prefix + hashes; no text).
     pub cache_key: Option<String>,
+    /// The classified text's embedding, when this request's classification returned one (for
+    /// the semantic response cache).
+    pub embedding: Option<Vec<f32>>,
 }
 
 /// Decides for `text` (the classified part of an `auto` request).
@@ -223,6 +226,7 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
         classify: None,
         cache: None,
         cache_key: None,
+        embedding: None,
     };
     let Some(text) = text else {
         return count(plain(Source::NoText));
@@ -237,13 +241,19 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
         return count(plain(Source::NoText));
     }
     let classify_us = AtomicU64::new(u64::MAX);
+    // The semantic response cache compares the embedding of the same pass.
+    let want_embedding = with_embedding || rt.response_cache.as_ref().is_some_and(|c| c.semantic());
+    let embedding = std::sync::OnceLock::new();
     let classify = async {
         let t0 = Instant::now();
-        let r = rt.classifier.classify(text, tasks, with_embedding).await;
+        let r = rt.classifier.classify(text, tasks, want_embedding).await;
         classify_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let r = r?;
+        let mut r = r?;
+        if want_embedding && !r.embedding.is_empty() {
+            let _ = embedding.set(std::mem::take(&mut r.embedding));
+        }
         let route = with_embedding
-            .then(|| rt.routes.nearest(&r.embedding))
+            .then(|| embedding.get().and_then(|e| rt.routes.nearest(e)))
             .flatten();
         let signals = r
             .results
@@ -301,6 +311,7 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
         classify,
         cache: key.is_some().then_some(cache_time),
         cache_key: key,
+        embedding: embedding.into_inner(),
     })
 }
 
