@@ -1267,3 +1267,38 @@ async fn pii_policy_uses_the_classifiers_entities_for_names_and_places() {
     );
     assert!(metric_sum(&router.metrics(), "router_pii_model_errors_total", &[]) >= 1);
 }
+
+/// compose's optional collector: with ROUTER_OTLP_OPTIONAL a collector name that does not
+/// resolve at start means tracing off (said once), the router serving; without it, tracing on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_collector_that_does_not_resolve_turns_tracing_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start("sim", Sim::fast()).await;
+    let yaml = config_yaml(None, None, &[&sim.url], &sim.url, "");
+    let endpoint = (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "http://no-such-collector.invalid:4317",
+    );
+    let router = Router::start(
+        dir.path(),
+        &yaml,
+        &[endpoint, ("ROUTER_OTLP_OPTIONAL", "true")],
+    );
+    let (s, _, _) = post(
+        &client(),
+        &format!("{}/v1/chat/completions", router.base),
+        &chat("small", "hi"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let log = router.proc.log_text();
+    assert!(
+        log.contains("tracing off: the OTLP collector no-such-collector.invalid does not resolve"),
+        "{log}"
+    );
+    assert!(!log.contains("OpenTelemetry traces on"), "{log}");
+    drop(router);
+    let other = tempfile::tempdir().unwrap();
+    let router = Router::start(other.path(), &yaml, &[endpoint]);
+    assert!(router.proc.log_text().contains("OpenTelemetry traces on"));
+}
