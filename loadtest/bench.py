@@ -16,6 +16,8 @@ Sections (each starts its own processes on free loopback ports and stops them):
   hop       the gateway hop against nginx (Debian nginx-light, one keep-alive reverse proxy) on
             the same simulator and schedule: proxy CPU per request as a ratio to nginx's, and
             the max sustainable rate of each
+  rcache    the response cache's hit path against the backend's fastest answer (vllm-sim
+            answering at once), same request, same schedule; max sustainable rate of each
   auth      the cost of API keys + per-key limits (auth.mode: keys, one Redis round trip a
             grant) on the cache-hit path: router CPU per request with and without, same run
 
@@ -569,6 +571,55 @@ def section_hop(work, seconds, rates, search_rates):
         procs.stop_all()
 
 
+def section_rcache(work, seconds, rates, search_rates):
+    """The response cache's hit path against the backend's fastest answer: the same request
+    (explicit model, temperature 0) sent to vllm-sim directly (answering at once), to router-svc
+    without the response cache (forwarded) and to a router-svc with it on (every request after
+    the first a hit: nothing forwarded); same loadgen schedule; then the max sustainable rate of
+    the direct backend and of the cache hits."""
+    procs = Procs(work)
+    try:
+        st = Stack(procs, INSTANT_SIM)
+        with open(os.path.join(ROOT, "router-svc", "config", "router.yaml")) as f:
+            text = f.read()
+        cfg = os.path.join(work, "router-rcache.yaml")
+        with open(cfg, "w") as f:
+            f.write(text + "\nresponse_cache:\n  enabled: true\n  ttl_secs: 3600\n")
+        port = free_port()
+        env = {"ROUTER_LISTEN": f"127.0.0.1:{port}", "ROUTER_REDIS_URL": st.redis_url,
+               "ROUTER_ENDPOINTS_QWEN3_0_6B": st.sim, "ROUTER_ENDPOINTS_QWEN3_8B": st.sim,
+               "ROUTER_CLASSIFIER_ADDRS": st.classifier_addr, "RUST_LOG": "warn"}
+        rc_proc = procs.start("router-rcache", [os.path.join(BIN, "router-svc"), "--config", cfg], env)
+        rc = f"http://127.0.0.1:{port}"
+        wait_http(f"{rc}/readyz", rc_proc)
+        body = json.dumps({**json.loads(chat_body("qwen3-0.6b")), "temperature": 0})
+        seen = [http_post(f"{rc}/v1/chat/completions", body)[1].get("x-vsr-response-cache")
+                for _ in range(2)]
+        assert seen == ["miss", "hit"], seen
+        paths = (("direct", st.sim, None), ("forwarded", st.router, st.router_proc.pid),
+                 ("hit", rc, rc_proc.pid))
+        rows = []
+        for rate in rates:
+            for name, url, pid in paths:
+                log(f"rcache {name} {rate} req/s")
+                r = loadgen(f"{url}/v1/chat/completions", body,
+                            os.path.join(work, f"rcache-{name}-{rate}.json"), rate=rate,
+                            seconds=seconds, cpu_of={"router": pid} if pid else None)
+                rows.append({"rate": rate, "path": name,
+                             "cpu_us": (r.get("cpu_us_per_req") or {}).get("router"),
+                             "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+                             "ok_share": r["ok_share"], "achieved": r["achieved_rps"]})
+        m = metrics(f"{rc}/metrics")
+        hits = metric_sum(m, 'router_response_cache_total{result="hit"')
+        best = {}
+        for name, url in (("direct", st.sim), ("hit", rc)):
+            _, best[name] = rate_search(f"{url}/v1/chat/completions", body, search_rates, seconds,
+                                        work, f"rcache-max-{name}")
+        return {"rows": rows, "best": best, "hits": hits}
+    finally:
+        procs.stop_all()
+
+
 def section_auth(work, seconds, rates, repeats=2):
     """Two routers on one stack (same sim, Redis, classifier): the embedded config, and the same
     with `auth.mode: keys` and a key with limits high enough never to refuse. Runs alternate."""
@@ -861,6 +912,28 @@ def write_report(path, args, res, started):
         w(f"Max sustainable rate (same rule as above): nginx {h['best'].get('nginx')} req/s, "
           f"router-svc `auto` cache hits {h['best'].get('auto')} req/s.")
         w("")
+    if "rcache" in res:
+        rc = res["rcache"]
+        w("## 7. Response cache: the hit path against the backend's fastest answer")
+        w("")
+        w("The same request (`qwen3-0.6b` named, `temperature: 0`) to vllm-sim directly (answering at "
+          "once: no time to first token, 16 filler tokens), to router-svc on the embedded config "
+          "(forwarded to that backend) and to router-svc with `response_cache: {enabled: true}` "
+          "(after the first request every one a hit in process, nothing forwarded). Same loadgen "
+          f"schedule, one path after the other. Hits counted by the router: {rc['hits']:.0f}.")
+        w("")
+        w("| rate req/s | path | router CPU µs/req | p50 / p99 ms | p50 vs direct | ok |")
+        w("|---|---|---|---|---|---|")
+        by = {(r["rate"], r["path"]): r for r in rc["rows"]}
+        for r in rc["rows"]:
+            d = by.get((r["rate"], "direct"))
+            ratio = f"{r['p50'] / d['p50']:.2f}×" if d and d["p50"] else "-"
+            w(f"| {r['rate']} | {r['path']} | {fmt(r['cpu_us'], 1) if r['cpu_us'] else '-'} | "
+              f"{fmt(r['p50'], 3)} / {fmt(r['p99'], 3)} | {ratio} | {100 * r['ok_share']:.2f} % |")
+        w("")
+        w(f"Max sustainable rate (same rule as above): the backend directly {rc['best'].get('direct')} "
+          f"req/s, router-svc response-cache hits {rc['best'].get('hit')} req/s.")
+        w("")
     if "auth" in res:
         rows = res["auth"]["rows"]
         w("## 5. API keys and per-key limits on the cache-hit path")
@@ -901,7 +974,7 @@ def write_report(path, args, res, started):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="overhead,miss,litellm,rss,auth,hop")
+    ap.add_argument("--only", default="overhead,miss,litellm,rss,auth,hop,rcache")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "RESULTS.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
@@ -938,6 +1011,9 @@ def main():
                                  [2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000])
     if "auth" in sections:
         res["auth"] = section_auth(work, args.seconds, [1000, 2000], repeats=4)
+    if "rcache" in sections:
+        res["rcache"] = section_rcache(work, args.seconds, [2000, 5000],
+                                       [4000, 8000, 12000, 16000, 20000, 24000, 28000])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
