@@ -1013,7 +1013,7 @@ def main():
         res["auth"] = section_auth(work, args.seconds, [1000, 2000], repeats=4)
     if "rcache" in sections:
         res["rcache"] = section_rcache(work, args.seconds, [2000, 5000],
-                                       [4000, 8000, 12000, 16000, 20000, 24000, 28000])
+                                       [8000, 16000, 24000, 32000, 40000, 48000, 56000])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
