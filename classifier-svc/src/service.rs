@@ -175,6 +175,7 @@ impl ClassifierService {
         token_tasks: bool,
     ) -> Result<Vec<TextRun>, Error> {
         let model = batcher.model().clone();
+        let model_id = model.meta.id.clone();
         let labels = [("model", model.meta.id.clone())];
         let big = texts.iter().map(|t| t.len()).sum::<usize>() > 16 * 1024;
         // Token heads read the text through each token's offsets (and its spelling).
@@ -231,6 +232,7 @@ impl ClassifierService {
                 |((num_tokens, truncated, tokenization, offsets, word_starts), out)| {
                     let output =
                         out.map_err(|_| Error::Internal("batcher dropped the request".into()))??;
+                    crate::trace::batch_spans(&model_id, num_tokens, &output);
                     Ok(TextRun {
                         num_tokens,
                         truncated,
@@ -573,14 +575,15 @@ type ResponseStream =
 
 #[tonic::async_trait]
 impl Classifier for ClassifierService {
-    #[tracing::instrument(skip_all, fields(texts = req.get_ref().texts.len()))]
     async fn classify(
         &self,
         req: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let start = Instant::now();
         let deadline = deadline_of(&req);
-        let result = self.classify_request(req.into_inner(), deadline).await;
+        let span = crate::trace::rpc_span("Classify", req.metadata(), req.get_ref().texts.len());
+        let work = self.classify_request(req.into_inner(), deadline);
+        let result = crate::trace::traced(span, work).await;
         record("Classify", start, &result);
         Ok(Response::new(result?))
     }
@@ -641,14 +644,15 @@ impl Classifier for ClassifierService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    #[tracing::instrument(skip_all, fields(texts = req.get_ref().texts.len()))]
     async fn embed(
         &self,
         req: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let start = Instant::now();
         let deadline = deadline_of(&req);
-        let result = self.embed_request(req.into_inner(), deadline).await;
+        let span = crate::trace::rpc_span("Embed", req.metadata(), req.get_ref().texts.len());
+        let work = self.embed_request(req.into_inner(), deadline);
+        let result = crate::trace::traced(span, work).await;
         record("Embed", start, &result);
         Ok(Response::new(result?))
     }

@@ -68,6 +68,15 @@ impl Classifier {
 
     /// `start`, serving also these shipped heads of `models/heads` (e.g. `pii`).
     pub fn start_with(dir: &Path, shipped: &[&str]) -> Self {
+        Self::start_full(dir, shipped, &[])
+    }
+
+    /// `start` with these environment variables (e.g. the OpenTelemetry settings).
+    pub fn start_env(dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_full(dir, &[], env)
+    }
+
+    fn start_full(dir: &Path, shipped: &[&str], env: &[(&str, &str)]) -> Self {
         let heads = dir.join("heads");
         for name in shipped {
             let (from, to) = (repo().join("models/heads").join(name), heads.join(name));
@@ -100,7 +109,8 @@ impl Classifier {
                 .arg(&heads)
                 .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
                 .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-                .env("RAYON_NUM_THREADS", "1"),
+                .env("RAYON_NUM_THREADS", "1")
+                .envs(env.iter().copied()),
             dir,
         );
         let mut c = Self {

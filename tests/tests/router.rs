@@ -1268,7 +1268,7 @@ async fn pii_policy_uses_the_classifiers_entities_for_names_and_places() {
     assert!(metric_sum(&router.metrics(), "router_pii_model_errors_total", &[]) >= 1);
 }
 
-/// compose's optional collector: with ROUTER_OTLP_OPTIONAL a collector name that does not
+/// compose's optional collector: with SEMROUTE_OTLP_OPTIONAL a collector name that does not
 /// resolve at start means tracing off (said once), the router serving; without it, tracing on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_optional_collector_that_does_not_resolve_turns_tracing_off() {
@@ -1282,7 +1282,7 @@ async fn an_optional_collector_that_does_not_resolve_turns_tracing_off() {
     let router = Router::start(
         dir.path(),
         &yaml,
-        &[endpoint, ("ROUTER_OTLP_OPTIONAL", "true")],
+        &[endpoint, ("SEMROUTE_OTLP_OPTIONAL", "true")],
     );
     let (s, _, _) = post(
         &client(),
@@ -1301,4 +1301,78 @@ async fn an_optional_collector_that_does_not_resolve_turns_tracing_off() {
     let other = tempfile::tempdir().unwrap();
     let router = Router::start(other.path(), &yaml, &[endpoint]);
     assert!(router.proc.log_text().contains("OpenTelemetry traces on"));
+}
+
+/// classifier-svc's spans join the router's trace: its Classify span under the router's call,
+/// the queue wait and the batch (with its size) under that; no text in any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classifier_spans_join_the_routers_trace() {
+    let rx = e2e::otlp::Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let otel = |service: &'static str| {
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc.clone()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+            ("OTEL_SERVICE_NAME", service.to_string()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+        ]
+    };
+    let env = otel("classifier-test");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cls = Classifier::start_env(dir.path(), &env);
+    let sim = Sim::start("sim", Sim::fast()).await;
+    // The demo jailbreak head is a crude few-shot centroid: keep it out of this test's way.
+    let yaml = config_yaml(Some(cls.grpc_port), None, &[&sim.url], &sim.url, "")
+        .replace("    threshold: 0.6\n", "    threshold: 0.999\n");
+    let renv = otel("router-test");
+    let renv: Vec<(&str, &str)> = renv.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let router = Router::start(dir.path(), &yaml, &renv);
+    router.wait_classifier_known();
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let secret = "What is the integral of x squared from 0 to 98765?";
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", router.base))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&chat("auto", secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // router: request, parse, decide, attempt, relay; classifier: rpc, queue, batch.
+    let spans = rx.wait_trace(trace_id, 8, Duration::from_secs(15)).await;
+    let find = |service: &str, name: &str| {
+        spans
+            .iter()
+            .find(|s| s.service == service && s.name == name)
+            .unwrap_or_else(|| panic!("no {service} {name} span in {spans:#?}"))
+    };
+    let rpc = find("classifier-test", "classifier.Classify");
+    let router_ids: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.service == "router-test")
+        .map(|s| s.span_id.as_str())
+        .collect();
+    assert!(
+        router_ids.contains(&rpc.parent_span_id.as_str()),
+        "the Classify span's parent is a router span: {spans:#?}"
+    );
+    let batch = find("classifier-test", "classifier.batch");
+    let queue = find("classifier-test", "classifier.queue");
+    assert_eq!(batch.parent_span_id, rpc.span_id);
+    assert_eq!(queue.parent_span_id, rpc.span_id);
+    assert!(
+        batch
+            .attr("semroute.batch_size")
+            .is_some_and(|n| n.parse::<u64>().unwrap() >= 1),
+        "{batch:?}"
+    );
+    for s in &spans {
+        for (k, v) in &s.attributes {
+            assert!(
+                !v.contains("secret prompt"),
+                "prompt text in {}.{k}",
+                s.name
+            );
+        }
+    }
 }
