@@ -202,6 +202,48 @@ async fn answers_are_replayed_only_when_safe() {
     );
     drop(r);
 
+    // The other APIs: a Messages request (translated to chat) and a Responses one, replayed in
+    // their own formats.
+    for (path, body) in [
+        (
+            "/v1/messages",
+            json!({"model": "small", "max_tokens": 6, "temperature": 0,
+            "messages": [{"role": "user", "content": "Cache me in Anthropic's format"}]}),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "small", "temperature": 0,
+            "input": "Cache me in the Responses format"}),
+        ),
+    ] {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let r = c
+                .post(format!("{base}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            let cache = header(r.headers(), "x-vsr-response-cache").to_string();
+            let v: Value = r.json().await.unwrap();
+            seen.push((cache, v));
+        }
+        assert_eq!(
+            (seen[0].0.as_str(), seen[1].0.as_str()),
+            ("miss", "hit"),
+            "{path}"
+        );
+        let text = |v: &Value| {
+            v.pointer("/content/0/text")
+                .or_else(|| v.pointer("/output/0/content/0/text"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        assert!(text(&seen[1].1).is_some(), "{path}: {}", seen[1].1);
+        assert_eq!(text(&seen[0].1), text(&seen[1].1), "{path}");
+    }
+
     let m = router.metrics();
     for needle in [
         "router_response_cache_total{result=\"hit\",layer=\"local\"}",
