@@ -18,6 +18,8 @@ Sections (each starts its own processes on free loopback ports and stops them):
             the max sustainable rate of each
   rcache    the response cache's hit path against the backend's fastest answer (vllm-sim
             answering at once), same request, same schedule; max sustainable rate of each
+  otel      the cost of OpenTelemetry at 1 % sampling on the cache-hit path (two routers loaded
+            at the same time, as auth)
   auth      the cost of API keys + per-key limits (auth.mode: keys, one Redis round trip a
             grant) on the cache-hit path: router CPU per request with and without, same run
 
@@ -620,6 +622,114 @@ def section_rcache(work, seconds, rates, search_rates):
         procs.stop_all()
 
 
+def loaded_together(work, tag, rate, seconds, routers):
+    """Routers (name, url, proc, loadgen extra args) each loaded by its own loadgen at `rate`
+    at the same time, `auto` with a decision-cache hit: whatever else the machine does in that
+    window, all see it (runs one after the other differed by +-30 us a request from noise)."""
+    out = {}
+
+    def one(name, url, proc, extra):
+        out[name] = loadgen(f"{url}/v1/chat/completions", chat_body("auto"),
+                            os.path.join(work, f"lg-{tag}-{name}.json"), rate=rate,
+                            seconds=seconds, cpu_of={"router": proc.pid}, extra=extra)
+
+    threads = [threading.Thread(target=one, args=a) for a in routers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def otlp_sink():
+    """An OTLP/HTTP trace receiver that accepts every export (200, empty
+    ExportTraceServiceResponse) and counts them: the router's exporter has somewhere to send."""
+    import http.server
+
+    counts = {"exports": 0, "bytes": 0}
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            n = int(self.headers.get("content-length") or 0)
+            self.rfile.read(n)
+            counts["exports"] += 1
+            counts["bytes"] += n
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, counts
+
+
+def section_otel(work, seconds, rates, repeats=2):
+    """What tracing costs on the cache-hit path: two routers on one stack, the embedded config
+    without OpenTelemetry and the same with OTLP/HTTP export at 1 % head sampling
+    (parentbased_traceidratio 0.01) to a local sink, loaded at the same time."""
+    procs = Procs(work)
+    srv, counts = otlp_sink()
+    try:
+        st = Stack(procs, INSTANT_SIM)
+        assert warm_cache(st.router) == "true"
+        port = free_port()
+        env = {"ROUTER_LISTEN": f"127.0.0.1:{port}", "ROUTER_REDIS_URL": st.redis_url,
+               "ROUTER_ENDPOINTS_QWEN3_0_6B": st.sim, "ROUTER_ENDPOINTS_QWEN3_8B": st.sim,
+               "ROUTER_CLASSIFIER_ADDRS": st.classifier_addr, "RUST_LOG": "warn",
+               "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{srv.server_address[1]}",
+               "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+        traced_proc = procs.start("router-otel", [os.path.join(BIN, "router-svc")], env)
+        traced = f"http://127.0.0.1:{port}"
+        wait_http(f"{traced}/readyz", traced_proc)
+        assert warm_cache(traced) == "true"
+        rows = []
+        for rate in rates:
+            for i in range(repeats):
+                log(f"otel off + on at 1 % {rate} req/s each ({i + 1}/{repeats})")
+                pair = loaded_together(work, f"otel-{rate}-{i}", rate, seconds,
+                                       (("off", st.router, st.router_proc, []),
+                                        ("on", traced, traced_proc, [])))
+                for name, r in pair.items():
+                    rows.append({"rate": rate, "mode": name, "run": i,
+                                 "cpu_us": r["cpu_us_per_req"]["router"],
+                                 "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+                                 "ok_share": r["ok_share"]})
+        time.sleep(6)  # the batch exporter's interval: the last spans reach the sink
+        return {"rows": rows, "exports": counts["exports"], "bytes": counts["bytes"]}
+    finally:
+        procs.stop_all()
+        srv.shutdown()
+
+
+def paired_table(w, rows, a, b, label_a, label_b):
+    """Rows of two modes measured together: CPU per request of each and what `b` adds."""
+    w(f"| rate req/s each | run | {label_a}: CPU µs/req | {label_b}: CPU µs/req | **added µs/req** | "
+      f"{label_a} p50 / p99 ms | {label_b} p50 / p99 ms | {label_b} ok |")
+    w("|---|---|---|---|---|---|---|---|")
+    by = {}
+    for r in rows:
+        by.setdefault((r["rate"], r["run"]), {})[r["mode"]] = r
+    added = []
+    for (rate, run), m in sorted(by.items()):
+        x, y = m.get(a), m.get(b)
+        if not (x and y):
+            continue
+        added.append(y["cpu_us"] - x["cpu_us"])
+        w(f"| {rate} | {run + 1} | {fmt(x['cpu_us'], 1)} | {fmt(y['cpu_us'], 1)} | **{fmt(y['cpu_us'] - x['cpu_us'], 1)}** | "
+          f"{fmt(x['p50'], 3)} / {fmt(x['p99'], 3)} | {fmt(y['p50'], 3)} / {fmt(y['p99'], 3)} | {100 * y['ok_share']:.2f} % |")
+    w("")
+    if not added:
+        return None, None
+    srt = sorted(added)
+    median = srt[len(srt) // 2] if len(srt) % 2 else sum(srt[len(srt) // 2 - 1:len(srt) // 2 + 1]) / 2
+    return sum(added) / len(added), median
+
+
 def section_auth(work, seconds, rates, repeats=2):
     """Two routers on one stack (same sim, Redis, classifier): the embedded config, and the same
     with `auth.mode: keys` and a key with limits high enough never to refuse. Runs alternate."""
@@ -662,20 +772,9 @@ def section_auth(work, seconds, rates, repeats=2):
                 # the machine does in that window, both see it (runs one after the other differed
                 # by +-30 us a request from noise alone).
                 log(f"auth none + keys {rate} req/s each ({i + 1}/{repeats})")
-                pair = {}
-
-                def one(name, url, proc, extra):
-                    pair[name] = loadgen(f"{url}/v1/chat/completions", chat_body("auto"),
-                                         os.path.join(work, f"lg-auth-{name}-{rate}-{i}.json"),
-                                         rate=rate, seconds=seconds, cpu_of={"router": proc.pid},
-                                         extra=extra)
-
-                threads = [threading.Thread(target=one, args=a) for a in
-                           (("none", st.router, st.router_proc, []), ("keys", keyed, keyed_proc, auth))]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
+                pair = loaded_together(work, f"auth-{rate}-{i}", rate, seconds,
+                                       (("none", st.router, st.router_proc, []),
+                                        ("keys", keyed, keyed_proc, auth)))
                 for name, r in pair.items():
                     rows.append({"rate": rate, "mode": name, "run": i,
                                  "cpu_us": r["cpu_us_per_req"]["router"],
@@ -946,26 +1045,25 @@ def write_report(path, args, res, started):
           "is admitted from it in process; settling the usage off the request path). Router CPU per "
           "request sent (µs, `/proc`), loadgen open loop, `auto` with a decision-cache hit.")
         w("")
-        w("| rate req/s each | run | no keys: CPU µs/req | keys: CPU µs/req | **added µs/req** | no keys p50 / p99 ms | keys p50 / p99 ms | keys ok |")
-        w("|---|---|---|---|---|---|---|---|")
-        by = {}
-        for r in rows:
-            by.setdefault((r["rate"], r["run"]), {})[r["mode"]] = r
-        added = []
-        for (rate, run), m in sorted(by.items()):
-            a, b = m.get("none"), m.get("keys")
-            if not (a and b):
-                continue
-            added.append(b["cpu_us"] - a["cpu_us"])
-            w(f"| {rate} | {run + 1} | {fmt(a['cpu_us'], 1)} | {fmt(b['cpu_us'], 1)} | **{fmt(b['cpu_us'] - a['cpu_us'], 1)}** | "
-              f"{fmt(a['p50'], 3)} / {fmt(a['p99'], 3)} | {fmt(b['p50'], 3)} / {fmt(b['p99'], 3)} | {100 * b['ok_share']:.2f} % |")
-        w("")
-        if added:
-            mean = sum(added) / len(added)
-            median = sorted(added)[len(added) // 2] if len(added) % 2 else \
-                sum(sorted(added)[len(added) // 2 - 1:len(added) // 2 + 1]) / 2
-            w(f"Added CPU per request, mean of the {len(added)} pairs: **{mean:.1f} µs**, median "
+        mean, median = paired_table(w, rows, "none", "keys", "no keys", "keys")
+        if mean is not None:
+            w(f"Added CPU per request, mean of the pairs: **{mean:.1f} µs**, median "
               f"{median:.1f} µs (target ≤ 15 µs: {'met' if mean <= 15 else 'missed'}).")
+            w("")
+    if "otel" in res:
+        o = res["otel"]
+        w("## 8. OpenTelemetry on the cache-hit path")
+        w("")
+        w("Two router-svc processes on one stack, loaded at the same time, each by its own loadgen: "
+          "the embedded config without tracing, and the same exporting OTLP/HTTP to a local sink at "
+          "1 % head sampling (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `_ARG=0.01`; sampled "
+          "before any span is made). Router CPU per request sent (µs, `/proc`), `auto` with a "
+          f"decision-cache hit. The sink received {o['exports']} exports ({o['bytes']} bytes).")
+        w("")
+        mean, median = paired_table(w, o["rows"], "off", "on", "off", "1 %")
+        if mean is not None:
+            w(f"Added CPU per request at 1 %, mean of the pairs: **{mean:.1f} µs**, median "
+              f"{median:.1f} µs (target ≤ 5 µs: {'met' if mean <= 5 else 'missed'}).")
             w("")
     with open(path, "w") as f:
         f.write("\n".join(L))
@@ -974,7 +1072,7 @@ def write_report(path, args, res, started):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="overhead,miss,litellm,rss,auth,hop,rcache")
+    ap.add_argument("--only", default="overhead,miss,litellm,rss,auth,hop,rcache,otel")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "RESULTS.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
@@ -1011,6 +1109,8 @@ def main():
                                  [2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000])
     if "auth" in sections:
         res["auth"] = section_auth(work, args.seconds, [1000, 2000], repeats=4)
+    if "otel" in sections:
+        res["otel"] = section_otel(work, args.seconds, [1000, 2000], repeats=6)
     if "rcache" in sections:
         res["rcache"] = section_rcache(work, args.seconds, [2000, 5000],
                                        [8000, 16000, 24000, 32000, 40000, 48000, 56000])
