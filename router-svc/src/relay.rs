@@ -289,17 +289,48 @@ pub async fn relay(
     Ok(resp)
 }
 
-#[derive(serde::Deserialize, Clone, Copy)]
+/// Token usage as chat/completions report it, or as Messages and Responses do (`input_tokens`,
+/// `output_tokens`: their native backends' answers are metered too).
+#[derive(serde::Deserialize, Clone, Copy, Default, Debug, PartialEq)]
 struct Usage {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: u64,
 }
 
+impl Usage {
+    /// Two reports of one answer's usage (Messages: the input in `message_start`, the output
+    /// so far in each `message_delta`): the larger of each count.
+    fn merge(self, other: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.max(other.prompt_tokens),
+            completion_tokens: self.completion_tokens.max(other.completion_tokens),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Nested {
+    usage: Option<Usage>,
+}
+
+/// Where an answer or event carries its usage: at the top (chat, a Messages body or
+/// `message_delta`, a Responses body), in `message` (`message_start`) or in `response`
+/// (`response.completed`).
 #[derive(serde::Deserialize)]
 struct WithUsage {
     usage: Option<Usage>,
+    message: Option<Nested>,
+    response: Option<Nested>,
+}
+
+impl WithUsage {
+    fn usage(self) -> Option<Usage> {
+        self.usage
+            .or(self.message.and_then(|m| m.usage))
+            .or(self.response.and_then(|r| r.usage))
+    }
 }
 
 /// An OpenAI-format error as an SSE event: how a stream that already sent its 200 says it failed
@@ -344,11 +375,13 @@ async fn pump<G: Send>(
         mut record,
     } = metering;
     let mut recorded = 0usize;
+    // Counted once the stream ends, however it ends (a Messages stream reports in two events).
+    let mut usage: Option<Usage> = None;
     let mut upstream = http_body_util::BodyDataStream::new(response.into_body());
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout_at(deadline, upstream.next()) => next,
-            _ = tx.closed() => return, // the client went away: cancel upstream
+            _ = tx.closed() => break, // the client went away: cancel upstream
         };
         let (chunk, last) = match next {
             Ok(None) => {
@@ -361,15 +394,12 @@ async fn pump<G: Send>(
                         t.skip("incomplete");
                     }
                 }
-                return;
+                break;
             }
             Ok(Some(Ok(chunk))) => {
                 let mut chunk = chunk;
                 if let Some(u) = sse_usage(&chunk) {
-                    tokens.count(u.prompt_tokens, u.completion_tokens, &pricing);
-                    if let Some(m) = &mut meter {
-                        m.usage(u.prompt_tokens, u.completion_tokens);
-                    }
+                    usage = Some(usage.map_or(u, |seen| seen.merge(u)));
                     if strip_usage {
                         chunk = strip_usage_events(&chunk);
                         if chunk.is_empty() {
@@ -417,28 +447,38 @@ async fn pump<G: Send>(
         // A client that stops reading holds the stream until the deadline at most.
         match tokio::time::timeout_at(deadline, tx.send(chunk)).await {
             Ok(Ok(())) if !last => {}
-            _ => return,
+            _ => break,
+        }
+    }
+    if let Some(u) = usage {
+        tokens.count(u.prompt_tokens, u.completion_tokens, &pricing);
+        if let Some(m) = &mut meter {
+            m.usage(u.prompt_tokens, u.completion_tokens);
         }
     }
 }
 
 /// Tokens and cost from a JSON body's `usage`.
 fn count_usage(tokens: &TokenMetrics, body: &[u8], pricing: &Pricing) -> Option<Usage> {
-    let WithUsage { usage } = serde_json::from_slice::<WithUsage>(body).ok()?;
-    let u = usage?;
+    let u = serde_json::from_slice::<WithUsage>(body).ok()?.usage()?;
     tokens.count(u.prompt_tokens, u.completion_tokens, pricing);
     Some(u)
 }
 
 /// The usage of an SSE chunk that carries one (the last chunk when `include_usage` is set).
 fn sse_usage(chunk: &[u8]) -> Option<Usage> {
-    const NEEDLE: &[u8] = b"\"usage\":{";
+    const NEEDLE: &[u8] = b"\"usage\"";
     chunk.windows(NEEDLE.len()).position(|w| w == NEEDLE)?;
     std::str::from_utf8(chunk)
         .ok()?
         .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .find_map(|d| serde_json::from_str::<WithUsage>(d).ok()?.usage)
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| {
+            serde_json::from_str::<WithUsage>(d.trim_start())
+                .ok()?
+                .usage()
+        })
+        .reduce(Usage::merge)
 }
 
 /// Drops the usage-only events (`"choices": []` with a `usage` object) of a chunk: the ones the
@@ -487,6 +527,34 @@ mod tests {
         assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 5));
         assert!(sse_usage(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n").is_none());
         assert!(sse_usage(b"data: {\"usage\":null}\n\n").is_none());
+    }
+
+    #[test]
+    fn native_messages_and_responses_usage_is_found() {
+        let u = |prompt_tokens, completion_tokens| Usage {
+            prompt_tokens,
+            completion_tokens,
+        };
+        // Messages: input in message_start, output in message_delta (merged over the stream).
+        let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n";
+        let delta = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":30}}\n\n";
+        assert_eq!(sse_usage(start), Some(u(12, 1)));
+        assert_eq!(sse_usage(delta), Some(u(0, 30)));
+        assert_eq!(
+            sse_usage(&[&start[..], &delta[..]].concat()),
+            Some(u(12, 30))
+        );
+        assert_eq!(
+            sse_usage(start).unwrap().merge(sse_usage(delta).unwrap()),
+            u(12, 30)
+        );
+        // Responses: in response.completed's response.
+        let done = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"usage\": {\"input_tokens\":7,\"output_tokens\":9,\"total_tokens\":16}}}\n\n";
+        assert_eq!(sse_usage(done), Some(u(7, 9)));
+        // Whole bodies of both.
+        let body = br#"{"id":"m","type":"message","usage":{"input_tokens":3,"output_tokens":4}}"#;
+        let w: WithUsage = serde_json::from_slice(body).unwrap();
+        assert_eq!(w.usage(), Some(u(3, 4)));
     }
 
     #[test]

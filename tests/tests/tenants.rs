@@ -543,3 +543,58 @@ async fn sentinel_urls_find_the_master_for_keys_and_limits() {
         "limits kept in the master the sentinel named"
     );
 }
+
+/// A key's tokens are metered from a native backend's own usage too: Messages (input in
+/// `message_start`, output in `message_delta`) and Responses (`response.completed`) streams,
+/// sent to a model whose backend speaks those APIs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_messages_and_responses_streams_are_metered() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let a = Sim::start("sim-a", Sim::fast()).await;
+    let b = Sim::start("sim-b", Sim::fast()).await;
+    let yaml = keyed_yaml(&redis.url(), &[&a.url], &b.url).replace(
+        "  - name: big\n",
+        "  - name: big\n    api: [messages, responses]\n",
+    );
+    let router = Router::start(dir.path(), &yaml, &[]);
+    let c = client();
+    for (path, body) in [
+        (
+            "/v1/messages",
+            json!({"model": "big", "max_tokens": 300, "stream": true,
+                   "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "big", "max_output_tokens": 300, "stream": true, "input": "hi"}),
+        ),
+    ] {
+        let name = format!("tpm-{}", &path[4..]);
+        let key = keys_cli(&router.config, &["add", "--name", &name, "--tpm", "1000"]);
+        let r = c
+            .post(format!("{}{path}", router.base))
+            .header("x-api-key", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(header(r.headers(), "x-vsr-selected-model") == "big");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("\"output_tokens\":300"), "{path}: {text}");
+        let t0 = Instant::now();
+        loop {
+            let (_, h, _) = call(&c, &router.base, Some(&key), &chat("small", "hi")).await;
+            let rem: u64 = header(&h, "x-ratelimit-remaining-tokens").parse().unwrap();
+            if rem < 1000 - 300 + 20 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "{path}: remaining {rem}: the native stream's usage was not metered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
