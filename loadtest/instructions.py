@@ -34,9 +34,9 @@ try:
     bench.warm_cache(st.router)
     pid = st.router_proc.pid
     for model in models:
-        bench.loadgen(f"{st.router}/v1/chat/completions", bench.chat_body(model), os.path.join(work, "w.json"), rate=40, seconds=2, warmup=0)
+        bench.loadgen(f"{st.router}/v1/chat/completions", bench.chat_body(model), os.path.join(work, "w.json"), rate=40, seconds=2, warmup=0, connections=4)
         subprocess.run(["callgrind_control", "-z", str(pid)], stdout=subprocess.DEVNULL)
-        r = bench.loadgen(f"{st.router}/v1/chat/completions", bench.chat_body(model), os.path.join(work, "m.json"), rate=40, seconds=5, warmup=0)
+        r = bench.loadgen(f"{st.router}/v1/chat/completions", bench.chat_body(model), os.path.join(work, "m.json"), rate=40, seconds=5, warmup=0, connections=4)
         before = set(glob.glob(f"{d}/cg.out*"))
         subprocess.run(["callgrind_control", "-d", str(pid)], stdout=subprocess.DEVNULL)
         time.sleep(1)

@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// counted and logged as one summary line per interval, never a line per request; the
     /// classified-share gauge covers the same interval.
     pub summary_interval_ms: u64,
+    /// Threads that serve connections, each a single-threaded runtime (`workers.rs`); 0: one
+    /// per core (env ROUTER_WORKERS). Read at start only.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 30_000,
             drain_ms: 0,
             summary_interval_ms: 10_000,
+            workers: 0,
         }
     }
 }
@@ -746,6 +750,11 @@ impl Config {
         if let Some(v) = get("ROUTER_LISTEN") {
             if let Ok(a) = v.parse() {
                 self.server.listen = a;
+            }
+        }
+        if let Some(v) = get("ROUTER_WORKERS") {
+            if let Ok(n) = v.trim().parse() {
+                self.server.workers = n;
             }
         }
         if let Some(v) = get("ROUTER_CLASSIFIER_ADDRS") {

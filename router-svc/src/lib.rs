@@ -19,6 +19,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tenant;
 pub mod upstream;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,11 +49,20 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let grace = config::ms(cfg.server.shutdown_grace_ms);
     let drain = config::ms(cfg.server.drain_ms);
+    let workers = workers::count(cfg.server.workers);
     let summary = tokio::spawn(events::run(config::ms(cfg.server.summary_interval_ms)));
     let shared = state::Shared::new(state::Runtime::build(cfg, None)?);
     let health = tokio::spawn(upstream::health::run(shared.clone()));
     let watcher = config_path.map(|p| tokio::spawn(state::watch(shared.clone(), p, reload_every)));
     let app = api::app(Arc::clone(&shared), metrics);
+    // hyper directly rather than `axum::serve`, to cap each connection's read buffer at hyper's
+    // minimum (8 KiB): by default it grew to 16 KiB once a request was read, and kept it as long
+    // as a stream stayed open.
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().max_buf_size(8192);
+    let pool = workers::Workers::start(workers, app, builder)
+        .map_err(|e| anyhow::anyhow!("cannot start the worker threads: {e}"))?;
     // Stop accepting on `shutdown`; requests in flight get `grace` to finish.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let draining = shared.clone();
@@ -66,17 +76,19 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut forced = stop_rx.clone();
-    let server = accept(listener, app, stop_rx);
-    tokio::select! {
-        () = server => {}
+    let server = accept(listener, pool, stop_rx);
+    // The workers (and what their runtimes hold) stop when `serve` returns.
+    let _workers = tokio::select! {
+        pool = server => Some(pool),
         _ = async {
             let _ = forced.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(grace_ms = grace.as_millis() as u64,
                 "requests still in flight after the shutdown grace period; stopping anyway");
+            None
         }
-    }
+    };
     health.abort();
     summary.abort();
     if let Some(w) = watcher {
@@ -85,18 +97,13 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves HTTP/1.1 (and h2c) connections until `stop` turns true, then waits for the open ones to
-/// finish their requests. hyper directly rather than `axum::serve`, to cap each connection's read
-/// buffer at hyper's minimum (8 KiB): by default it grew to 16 KiB once a request was read, and
-/// kept it as long as a stream stayed open.
+/// Accepts connections and hands them to the worker threads (`workers.rs`) until `stop` turns
+/// true, then waits for the open ones to finish their requests.
 async fn accept(
     listener: tokio::net::TcpListener,
-    app: api::App,
+    mut pool: workers::Workers,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.http1().max_buf_size(8192);
+) -> workers::Workers {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -116,17 +123,10 @@ async fn accept(
             () = &mut stopped => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        pool.hand(stream, graceful.watcher());
     }
     drop(listener);
+    pool.close();
     graceful.shutdown().await;
+    pool
 }

@@ -264,6 +264,8 @@ mod tests {
             ("server.shutdown_grace_ms", "0"),
             ("server.drain_ms", "5000"),
             ("server.summary_interval_ms", "1000"),
+            ("server.workers", "0"),
+            ("server.workers", "1"),
             ("classifier.addresses", "[]"),
             (
                 "classifier.addresses",

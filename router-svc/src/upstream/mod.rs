@@ -313,7 +313,11 @@ fn rustls_config() -> anyhow::Result<rustls::ClientConfig> {
 
 /// HTTP client for backends (pooled keep-alive connections) and the timeouts.
 pub struct Upstream {
-    client: Client,
+    /// One client (and so one connection pool) per thread: a connection's task runs on the
+    /// runtime that opened it, so a request served by a worker (`workers.rs`) goes out on that
+    /// worker's own connections, with no wake-up of another thread on the way.
+    clients: thread_local::ThreadLocal<Client>,
+    connector: hyper_rustls::HttpsConnector<HttpConnector>,
     cfg: UpstreamConfig,
 }
 
@@ -353,14 +357,9 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        // Redirects are relayed to the client, never followed (hyper's client follows none).
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Ok(Self {
-            client,
+            clients: thread_local::ThreadLocal::new(),
+            connector,
             cfg: cfg.clone(),
         })
     }
@@ -369,8 +368,17 @@ impl Upstream {
         &self.cfg
     }
 
+    /// This thread's client, made on first use (its pool's tasks then run on this thread's
+    /// runtime). Redirects are relayed to the client, never followed (hyper's client follows
+    /// none).
     pub fn client(&self) -> &Client {
-        &self.client
+        self.clients.get_or(|| {
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(self.cfg.max_idle_per_host)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_timer(TokioTimer::new())
+                .build(self.connector.clone())
+        })
     }
 
     /// Sends `path` to the first model of `models` that answers, trying up to `max_attempts`
@@ -455,7 +463,7 @@ impl Upstream {
                 };
                 let out = crate::telemetry::traced(attempt.clone(), async {
                     tokio::select! {
-                        r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), self.client.request(req)) => Some(r),
+                        r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), self.client().request(req)) => Some(r),
                         () = health_lost => None,
                     }
                 })
