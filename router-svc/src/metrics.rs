@@ -26,6 +26,9 @@
 //!   `router_upstream_ejections_total{model}`, `router_upstream_fallbacks_total{model}`,
 //!   `router_context_skips_total`, `router_pii_detected_total{type}`
 
+use std::cell::RefCell;
+
+use metrics::Counter;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -38,4 +41,69 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .install_recorder()?;
     Ok(handle)
+}
+
+/// `router_requests_total{endpoint,model,category,status}` handles, kept per thread once made:
+/// the registry's look-up for a request's labels (copied, hashed, compared) was ~5 % of a
+/// proxied request's instructions. As bounded as the labels: the config's models and
+/// categories, HTTP statuses.
+#[derive(Default)]
+pub struct RequestCounters {
+    by_thread: thread_local::ThreadLocal<RefCell<hashbrown::HashMap<RequestLabels, Counter>>>,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct RequestLabels {
+    endpoint: &'static str,
+    model: String,
+    category: String,
+    status: u16,
+}
+
+/// A request's labels as it has them; hashes as the owned key does (str and String hash alike).
+#[derive(Hash)]
+struct Labels<'a> {
+    endpoint: &'static str,
+    model: &'a str,
+    category: &'a str,
+    status: u16,
+}
+
+impl hashbrown::Equivalent<RequestLabels> for Labels<'_> {
+    fn equivalent(&self, k: &RequestLabels) -> bool {
+        self.status == k.status
+            && self.endpoint == k.endpoint
+            && self.model == k.model
+            && self.category == k.category
+    }
+}
+
+impl RequestCounters {
+    /// Counts one request.
+    pub fn count(&self, endpoint: &'static str, model: &str, category: &str, status: u16) {
+        let labels = Labels {
+            endpoint,
+            model,
+            category,
+            status,
+        };
+        let mut map = self.by_thread.get_or_default().borrow_mut();
+        if let Some(c) = map.get(&labels) {
+            c.increment(1);
+            return;
+        }
+        let c = metrics::counter!("router_requests_total", "endpoint" => endpoint,
+            "model" => model.to_string(), "category" => category.to_string(),
+            "status" => status.to_string());
+        c.increment(1);
+        map.insert(
+            RequestLabels {
+                endpoint,
+                model: model.to_string(),
+                category: category.to_string(),
+                status,
+            },
+            c,
+        );
+    }
 }

@@ -106,7 +106,7 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
             }
             timing.push_str(name);
             timing.push_str(";dur=");
-            timing.push_str(&decimals(t.as_nanos() as f64 / 1e6, 3));
+            push_decimals(&mut timing, t.as_nanos() as f64 / 1e6, 3);
         }
     }
     set(SERVER_TIMING, timing);
@@ -114,18 +114,28 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
 
 /// `x` with `places` decimals (as `{:.places$}` for finite non-negative values), by integers.
 fn decimals(x: f64, places: u32) -> String {
+    let mut s = String::with_capacity(24);
+    push_decimals(&mut s, x, places);
+    s
+}
+
+/// Appends `x` with `places` decimals to `s`, digits written by `itoa` (`format!` went through
+/// the formatting machinery and an allocation per number).
+fn push_decimals(s: &mut String, x: f64, places: u32) {
     let scale = 10u64.pow(places);
     let n = if x.is_finite() && x > 0.0 {
         (x * scale as f64).round() as u64
     } else {
         0
     };
-    format!(
-        "{}.{:0width$}",
-        n / scale,
-        n % scale,
-        width = places as usize
-    )
+    let mut digits = itoa::Buffer::new();
+    s.push_str(digits.format(n / scale));
+    s.push('.');
+    let frac = digits.format(n % scale);
+    for _ in frac.len()..places as usize {
+        s.push('0');
+    }
+    s.push_str(frac);
 }
 
 fn hop_by_hop(name: &HeaderName) -> bool {

@@ -35,6 +35,7 @@ pub struct Runtime {
     pub tenants: Option<Arc<Tenants>>,
     /// Tasks and cache-key version tag, made once per classifier generation.
     pub key_parts: crate::decide::KeyParts,
+    pub decisions: crate::decide::DecisionCounters,
 }
 
 impl Runtime {
@@ -110,6 +111,7 @@ impl Runtime {
             api_keys,
             tenants,
             key_parts: Default::default(),
+            decisions: Default::default(),
         })
     }
 }

@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod candidates;
 pub mod dialect;
 pub mod openai;
+pub mod request_id;
 pub mod responses;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,13 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
-use tower::ServiceBuilder;
-use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestId, PropagateRequestIdLayer, RequestId, SetRequestId,
-    SetRequestIdLayer,
-};
-use tower_http::trace::{DefaultOnFailure, Trace, TraceLayer};
+use tower::Layer;
 
 use crate::config::ms;
 use crate::decide::{self, Decision};
@@ -44,6 +39,7 @@ pub struct AppState {
     in_flight: Arc<AtomicUsize>,
     /// `router_request_duration_seconds{endpoint}`, registered once (chat, completions).
     durations: [metrics::Histogram; 2],
+    requests: crate::metrics::RequestCounters,
 }
 
 impl AppState {
@@ -52,50 +48,13 @@ impl AppState {
     }
 }
 
-/// The whole HTTP service: the routes inside, the cross-cutting layers (request id, trace)
-/// around the router once. Added with `Router::layer` each was boxed per route and its box
-/// cloned per request (a cache hit's ~4 allocations).
-pub type App = SetRequestId<
-    Trace<PropagateRequestId<Router>, SharedClassifier<ServerErrorsAsFailures>>,
-    RequestIds,
->;
+/// The whole HTTP service: the routes inside, the cross-cutting layer (request id) around the
+/// router once. Added with `Router::layer` each was boxed per route and its box cloned per
+/// request (a cache hit's ~4 allocations).
+pub type App = request_id::RequestIds<Router>;
 
 pub fn app(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> App {
-    let x_request_id = header::HeaderName::from_static("x-request-id");
-    ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(x_request_id.clone(), RequestIds))
-        // Method and path only: no bodies, no prompt text.
-        // 5xx answers (a draining /readyz, a dead backend) are counted in metrics and `events`;
-        // the trace layer logging each at ERROR would be a line per request.
-        .layer(
-            TraceLayer::new_for_http()
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        )
-        .layer(PropagateRequestIdLayer::new(x_request_id))
-        .service(router(shared, metrics))
-}
-
-/// Request ids for requests that come without one: UUID v4 text from the thread's RNG.
-/// (tower-http's `MakeRequestUuid` asked the kernel for 16 random bytes per request.)
-#[derive(Clone, Copy, Default)]
-pub struct RequestIds;
-
-impl MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let r: u128 = rand::random();
-        // Version 4, variant 10xx.
-        let r = (r & !(0xf_u128 << 76) | (0x4_u128 << 76)) & !(0x3_u128 << 62) | (0x2_u128 << 62);
-        let mut id = [b'-'; 36];
-        let mut digit = 0;
-        for (i, c) in id.iter_mut().enumerate() {
-            if !matches!(i, 8 | 13 | 18 | 23) {
-                *c = HEX[((r >> (124 - 4 * digit)) & 0xf) as usize];
-                digit += 1;
-            }
-        }
-        HeaderValue::from_bytes(&id).ok().map(RequestId::new)
-    }
+    request_id::RequestIdLayer.layer(router(shared, metrics))
 }
 
 /// The routes (no layers: `app` puts those around them).
@@ -107,6 +66,7 @@ pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router 
         durations: [Kind::Chat, Kind::Completion].map(
             |k| metrics::histogram!("router_request_duration_seconds", "endpoint" => k.path()),
         ),
+        requests: Default::default(),
     });
     // Bodies are read by `read_body` with the configured limit (413 in OpenAI format); no
     // extractor here applies axum's default one.
@@ -297,10 +257,8 @@ async fn proxy(
         span.record("semroute.category", category.as_str());
         span.record("http.response.status_code", resp.status().as_u16());
     }
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("router_requests_total", "endpoint" => endpoint, "model" => model.clone(),
-        "category" => category.clone(), "status" => status)
-    .increment(1);
+    s.requests
+        .count(endpoint, &model, &category, resp.status().as_u16());
     s.duration(kind).record(started.elapsed().as_secs_f64());
     // Per-request lines at debug (RUST_LOG=semroute_router=debug): at thousands of requests a
     // second the metrics tell the story; failures are counted in `events` (one summary line an
@@ -729,32 +687,5 @@ async fn render_metrics(State(s): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_uuid_v4_text_and_differ() {
-        let req = axum::http::Request::new(());
-        let mut ids = std::collections::HashSet::new();
-        for _ in 0..1000 {
-            let id = RequestIds.make_request_id(&req).unwrap();
-            let s = id.header_value().to_str().unwrap().to_string();
-            let groups: Vec<&str> = s.split('-').collect();
-            assert_eq!(
-                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
-                [8, 4, 4, 4, 12],
-                "{s}"
-            );
-            assert!(s
-                .bytes()
-                .all(|b| b == b'-' || b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-            assert_eq!(&groups[2][..1], "4", "version nibble: {s}");
-            assert!("89ab".contains(&groups[3][..1]), "variant: {s}");
-            assert!(ids.insert(s));
-        }
     }
 }

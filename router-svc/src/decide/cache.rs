@@ -39,6 +39,8 @@ pub struct DecisionCache {
     prefix: String,
     local: moka::future::Cache<String, Arc<Decision>>,
     redis: Option<Arc<RedisLayer>>,
+    /// `router_cache_requests_total{layer="local",result}` for hit and miss, registered once.
+    local_counts: [metrics::Counter; 2],
 }
 
 /// What a key says of the models and policy that made its decision (the same for every
@@ -154,6 +156,9 @@ impl DecisionCache {
             prefix: cfg.key_prefix.clone(),
             local,
             redis,
+            local_counts: ["hit", "miss"].map(|result| {
+                metrics::counter!("router_cache_requests_total", "layer" => "local", "result" => result)
+            }),
         })
     }
 
@@ -177,12 +182,10 @@ impl DecisionCache {
         E: Send + Sync + 'static,
     {
         if let Some(d) = self.local.get(key).await {
-            metrics::counter!("router_cache_requests_total", "layer" => "local", "result" => "hit")
-                .increment(1);
+            self.local_counts[0].increment(1);
             return Ok((d, Hit::Local));
         }
-        metrics::counter!("router_cache_requests_total", "layer" => "local", "result" => "miss")
-            .increment(1);
+        self.local_counts[1].increment(1);
         // 0 = classified here, 1 = found in Redis.
         let origin = AtomicU8::new(0);
         let entry = self
