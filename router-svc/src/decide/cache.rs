@@ -54,9 +54,18 @@ pub fn version_tag(classifier_version: &str, policy_version: &str) -> String {
 }
 
 /// `prefix + sha256(text) + ":" + version_tag(classifier version, policy version)`.
+/// Written into one string of the right size (hex-encoding into its own string and then
+/// formatting allocated and copied twice more per request).
 pub fn key_tagged(prefix: &str, text: &str, tag: &str) -> String {
-    let text_hash = hex::encode(Sha256::digest(text.as_bytes()));
-    format!("{prefix}{text_hash}:{tag}")
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(text.as_bytes()), &mut hex)
+        .expect("64 hex digits for 32 bytes");
+    let mut key = String::with_capacity(prefix.len() + hex.len() + 1 + tag.len());
+    key.push_str(prefix);
+    key.push_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
+    key.push(':');
+    key.push_str(tag);
+    key
 }
 
 struct RedisLayer {
@@ -213,5 +222,26 @@ impl DecisionCache {
             Hit::Miss
         };
         Ok((entry.into_value(), hit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_prefix_hex_sha256_of_the_text_then_the_tag() {
+        let key = key_tagged(
+            "semroute:",
+            "What is the capital of North Carolina?",
+            "abc123",
+        );
+        let hash = hex::encode(Sha256::digest(b"What is the capital of North Carolina?"));
+        assert_eq!(key, format!("semroute:{hash}:abc123"));
+        assert_eq!(key.len(), "semroute:".len() + 64 + 1 + 6);
+        assert_ne!(
+            key,
+            key_tagged("semroute:", "What is the capital of Ohio?", "abc123")
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! health checks live in `health.rs`), retry on another endpoint when the connection fails or a
 //! 5xx arrives before any byte was relayed, alternatives and the fallback model, timeouts.
 
+pub mod conn;
 pub mod health;
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use axum::http::{HeaderMap, HeaderValue, Request, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -40,9 +41,15 @@ pub struct Endpoint {
     healthy: AtomicBool,
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
-    /// The forwarded paths' URLs, parsed once: parsing one per request cost a cache hit ~4 % of
-    /// its CPU.
+    /// The forwarded paths in origin form (after the URL's own path), parsed once: parsing one
+    /// per request cost a cache hit ~4 % of its CPU.
     targets: Vec<(&'static str, Uri)>,
+    /// Scheme and authority, what a connection is opened to (None: not a valid URL).
+    base: Option<Uri>,
+    /// The `Host` header of its requests.
+    host: Option<HeaderValue>,
+    /// Its idle keep-alive connections, per thread (`conn.rs`).
+    idle: conn::Idle,
     /// `router_upstream_in_flight` for this endpoint, registered once.
     in_flight_gauge: metrics::Gauge,
     /// `router_upstream_requests_total{outcome}` and `router_upstream_ttfb_seconds` of its
@@ -77,10 +84,25 @@ const FORWARDED_PATHS: [&str; 4] = [
 impl Endpoint {
     fn new(model: &str, url: &str) -> Self {
         let url = url.trim_end_matches('/').to_string();
+        let parsed = url.parse::<Uri>().ok();
+        let prefix = parsed
+            .as_ref()
+            .map_or("", |u| u.path().trim_end_matches('/'));
         let targets = FORWARDED_PATHS
             .iter()
-            .filter_map(|p| Some((*p, format!("{url}{p}").parse().ok()?)))
+            .filter_map(|p| Some((*p, format!("{prefix}{p}").parse().ok()?)))
             .collect();
+        let base = parsed.as_ref().and_then(|u| {
+            Uri::builder()
+                .scheme(u.scheme()?.clone())
+                .authority(u.authority()?.clone())
+                .path_and_query("/")
+                .build()
+                .ok()
+        });
+        let host = parsed
+            .as_ref()
+            .and_then(|u| HeaderValue::from_str(u.authority()?.as_str()).ok());
         let ep = Self {
             model: model.to_string(),
             in_flight_gauge: metrics::gauge!("router_upstream_in_flight",
@@ -100,19 +122,29 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             targets,
+            base,
+            host,
+            idle: conn::Idle::default(),
             health: tokio::sync::watch::Sender::new(true),
         };
         ep.gauge_healthy(true);
         ep
     }
 
-    /// The URL of `path` on this endpoint.
+    /// The origin-form URI of `path` on this endpoint.
     fn target(&self, path: &str) -> Result<Uri, String> {
+        if self.base.is_none() || self.host.is_none() {
+            return Err(self.url.clone());
+        }
         match self.targets.iter().find(|(p, _)| *p == path) {
             Some((_, u)) => Ok(u.clone()),
             None => {
-                let u = format!("{}{path}", self.url);
-                u.parse().map_err(|e| format!("{u}: {e}"))
+                let u = self
+                    .url
+                    .parse::<Uri>()
+                    .map_err(|e| format!("{}: {e}", self.url))?;
+                let p = format!("{}{path}", u.path().trim_end_matches('/'));
+                p.parse().map_err(|e| format!("{}{path}: {e}", self.url))
             }
         }
     }
@@ -222,19 +254,21 @@ impl TokenMetrics {
     }
 }
 
-/// Counts a request against its endpoint until dropped (held by the relayed body).
-pub struct InFlight(Arc<Endpoint>);
+/// Counts a request against its endpoint until dropped (held by the relayed body), with the
+/// connection its answer comes on (back to the endpoint's idle list then).
+pub struct InFlight(Arc<Endpoint>, Option<conn::Lease>);
 
 impl InFlight {
     fn new(ep: Arc<Endpoint>) -> Self {
         let n = ep.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         ep.in_flight_gauge.set(n as f64);
-        Self(ep)
+        Self(ep, None)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        drop(self.1.take());
         let n = self.0.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
         self.0.in_flight_gauge.set(n as f64);
     }
@@ -313,9 +347,12 @@ fn rustls_config() -> anyhow::Result<rustls::ClientConfig> {
 
 /// HTTP client for backends (pooled keep-alive connections) and the timeouts.
 pub struct Upstream {
-    /// One client (and so one connection pool) per thread: a connection's task runs on the
-    /// runtime that opened it, so a request served by a worker (`workers.rs`) goes out on that
-    /// worker's own connections, with no wake-up of another thread on the way.
+    /// Forwarded requests' connections, kept per endpoint and thread (`conn.rs`): a
+    /// connection's task runs on the runtime that opened it, so a request served by a worker
+    /// (`workers.rs`) goes out on that worker's own connections, with no wake-up of another
+    /// thread on the way.
+    conns: conn::Connections,
+    /// hyper's pooled client (one per thread) for the health checks.
     clients: thread_local::ThreadLocal<Client>,
     connector: hyper_rustls::HttpsConnector<HttpConnector>,
     cfg: UpstreamConfig,
@@ -358,6 +395,11 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(http);
         Ok(Self {
+            conns: conn::Connections::new(
+                connector.clone(),
+                cfg.max_idle_per_host,
+                Duration::from_secs(90),
+            ),
             clients: thread_local::ThreadLocal::new(),
             connector,
             cfg: cfg.clone(),
@@ -368,9 +410,8 @@ impl Upstream {
         &self.cfg
     }
 
-    /// This thread's client, made on first use (its pool's tasks then run on this thread's
-    /// runtime). Redirects are relayed to the client, never followed (hyper's client follows
-    /// none).
+    /// This thread's pooled client (health checks), made on first use (its pool's tasks then
+    /// run on this thread's runtime).
     pub fn client(&self) -> &Client {
         self.clients.get_or(|| {
             hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -424,7 +465,7 @@ impl Upstream {
                     crate::events::count(crate::events::Event::UpstreamRetry);
                 }
                 let ep = eps[i].clone();
-                let in_flight = InFlight::new(ep.clone());
+                let mut in_flight = InFlight::new(ep.clone());
                 let url = match ep.target(path) {
                     Ok(u) => u,
                     Err(e) => {
@@ -446,6 +487,9 @@ impl Upstream {
                 *h = forward_headers.clone();
                 crate::telemetry::inject(&attempt, h);
                 h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                if let Some(host) = &ep.host {
+                    h.insert(HOST, host.clone());
+                }
                 if let Some(k) = keys.get(&model.name) {
                     h.insert(AUTHORIZATION, k.clone());
                 }
@@ -463,7 +507,7 @@ impl Upstream {
                 };
                 let out = crate::telemetry::traced(attempt.clone(), async {
                     tokio::select! {
-                        r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), self.client().request(req)) => Some(r),
+                        r = tokio::time::timeout_at(tokio::time::Instant::from_std(headers_by), self.conns.send(&ep, req)) => Some(r),
                         () = health_lost => None,
                     }
                 })
@@ -484,8 +528,8 @@ impl Upstream {
                 let outcome = match &out {
                     Err(_) => "timeout",
                     Ok(Err(_)) => "connect_error",
-                    Ok(Ok(r)) if r.status().is_server_error() => "5xx",
-                    Ok(Ok(r)) if r.status().is_client_error() => "4xx",
+                    Ok(Ok((r, _))) if r.status().is_server_error() => "5xx",
+                    Ok(Ok((r, _))) if r.status().is_client_error() => "4xx",
                     Ok(Ok(_)) => "ok",
                 };
                 ep.outcome(outcome);
@@ -516,7 +560,8 @@ impl Upstream {
                             },
                         });
                     }
-                    Ok(Ok(resp)) => {
+                    Ok(Ok((resp, lease))) => {
+                        in_flight.1 = Some(lease);
                         ep.ttfb.record(t0.elapsed().as_secs_f64());
                         let answered = Answered {
                             response: resp,
