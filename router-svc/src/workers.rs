@@ -16,6 +16,9 @@ use hyper_util::server::graceful::Watcher;
 
 use crate::api::App;
 
+/// A lane's count once its worker thread has gone (only if it panicked).
+const DEAD: usize = usize::MAX;
+
 /// A connection on its way to a worker, with the graceful-shutdown watcher it is served under.
 type Handoff = (std::net::TcpStream, Watcher);
 
@@ -81,6 +84,7 @@ impl Workers {
         let Some(lane) = self
             .lanes
             .iter()
+            .filter(|l| l.open.load(Ordering::Relaxed) != DEAD)
             .min_by_key(|l| l.open.load(Ordering::Relaxed))
         else {
             return;
@@ -89,8 +93,10 @@ impl Workers {
             Ok(s) => {
                 lane.open.fetch_add(1, Ordering::Relaxed);
                 if lane.tx.send((s, watcher)).is_err() {
-                    lane.open.fetch_sub(1, Ordering::Relaxed);
-                    tracing::warn!("a worker thread has stopped; connection dropped");
+                    // Only if its thread died; said once, and the lane is avoided from now on.
+                    if lane.open.swap(DEAD, Ordering::Relaxed) != DEAD {
+                        tracing::error!("a worker thread has stopped; its connections are dropped");
+                    }
                 }
             }
             Err(e) => tracing::debug!(error = %e, "connection lost before its hand-off"),
