@@ -606,6 +606,27 @@ mod tests {
     }
 
     #[test]
+    fn requests_go_in_origin_form_under_the_urls_own_path_with_its_authority_as_host() {
+        let e = Endpoint::new("m", "https://api.example.com:8443/openai/");
+        assert_eq!(
+            e.target("/v1/chat/completions").unwrap(),
+            "/openai/v1/chat/completions"
+        );
+        assert_eq!(e.target("/v1/other").unwrap(), "/openai/v1/other");
+        assert_eq!(e.host.as_ref().unwrap(), "api.example.com:8443");
+        assert_eq!(
+            e.base.as_ref().unwrap().to_string(),
+            "https://api.example.com:8443/"
+        );
+        let e = Endpoint::new("m", "http://10.0.0.5:8000");
+        assert_eq!(e.target("/v1/completions").unwrap(), "/v1/completions");
+        assert_eq!(e.host.as_ref().unwrap(), "10.0.0.5:8000");
+        assert!(Endpoint::new("m", "not a url")
+            .target("/v1/completions")
+            .is_err());
+    }
+
+    #[test]
     fn p2c_prefers_fewer_in_flight() {
         let e = eps(2);
         let _busy: Vec<_> = (0..5).map(|_| InFlight::new(e[0].clone())).collect();
