@@ -6,8 +6,9 @@ request moves by +-10 % between runs here), so each per-request cut can be measu
   python3 loadtest/instructions.py /tmp/other/router-svc after auto
 
 The stack is bench.py's (redis-server, classifier-svc, vllm-sim answering at once); router-svc
-runs under callgrind; loadgen sends 40 req/s: 80 to warm up, then the counters are zeroed and
-200 are counted. Kernel time (about half of a request's CPU) is not in these counts.
+runs under callgrind; loadgen sends 40 req/s over 4 keep-alive connections (as a loaded router
+sees them: one connection set-up amortised over many requests): 80 to warm up, then the counters
+are zeroed and 200 are counted. Kernel time (about half of a request's CPU) is not in these counts.
 Needs: valgrind (apt-get install valgrind), the release build.
 """
 import glob
