@@ -538,9 +538,8 @@ fn refuse(
 /// credentials when the router does not check keys itself (a router key never leaves it).
 fn forwarded_headers(h: &HeaderMap, with_credentials: bool) -> HeaderMap {
     let mut out = HeaderMap::new();
-    let id = header::HeaderName::from_static("x-request-id");
-    if let Some(v) = h.get(&id) {
-        out.insert(id, v.clone());
+    if let Some(v) = h.get(request_id::X_REQUEST_ID) {
+        out.insert(request_id::X_REQUEST_ID, v.clone());
     }
     // The client's trace context goes on as it came (replaced by the attempt's own
     // `traceparent` when the router traces this request).

@@ -58,7 +58,8 @@ impl Idle {
         list.push((s, Instant::now()));
     }
 
-    /// Idle connections of this thread (tests).
+    /// Idle connections of this thread.
+    #[cfg(test)]
     pub fn count(&self) -> usize {
         self.lists.get().map_or(0, |l| l.borrow().len())
     }
@@ -212,6 +213,19 @@ mod tests {
         (format!("http://{addr}"), accepted)
     }
 
+    /// A backend (see `backend`), an endpoint on it and connections keeping `max_idle`.
+    async fn setup(
+        keep_alive: bool,
+        max_idle: usize,
+    ) -> (Arc<Endpoint>, Connections, Arc<AtomicUsize>) {
+        let (url, accepted) = backend(keep_alive).await;
+        (
+            Arc::new(Endpoint::new("m", &url)),
+            connections(max_idle),
+            accepted,
+        )
+    }
+
     fn connections(max_idle: usize) -> Connections {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -239,9 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_kept_and_reused_once_its_answer_was_read() {
-        let (url, accepted) = backend(true).await;
-        let ep = Arc::new(Endpoint::new("m", &url));
-        let c = connections(8);
+        let (ep, c, accepted) = setup(true, 8).await;
         for _ in 0..5 {
             drop(get(&c, &ep, true).await);
         }
@@ -258,9 +270,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_connections_are_not_used_again_and_none_are_kept_with_max_idle_0() {
-        let (url, accepted) = backend(false).await;
-        let ep = Arc::new(Endpoint::new("m", &url));
-        let c = connections(8);
+        let (ep, c, accepted) = setup(false, 8).await;
         for _ in 0..3 {
             drop(get(&c, &ep, true).await);
             // The backend closes after each answer; the next request must not fail on it.
@@ -268,9 +278,7 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
 
-        let (url, accepted) = backend(true).await;
-        let ep = Arc::new(Endpoint::new("m", &url));
-        let c = connections(0);
+        let (ep, c, accepted) = setup(true, 0).await;
         for _ in 0..3 {
             drop(get(&c, &ep, true).await);
         }
@@ -280,9 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_dropped_unread_does_not_leave_its_connection_half_used() {
-        let (url, accepted) = backend(true).await;
-        let ep = Arc::new(Endpoint::new("m", &url));
-        let c = connections(8);
+        let (ep, c, accepted) = setup(true, 8).await;
         // The lease goes before the body is read: the connection is not handed to the next
         // request in that state (it may come back once hyper has finished with it).
         drop(get(&c, &ep, false).await);

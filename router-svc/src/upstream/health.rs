@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use http_body_util::{BodyExt, Full};
 
 use crate::config::ms;
 use crate::state::Shared;
@@ -16,23 +15,14 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         let rt = shared.current();
         let cfg = rt.upstream.config().clone();
-        let client = rt.upstream.client().clone();
         let timeout = ms(cfg.health_timeout_ms);
         let checks = rt.pools.all().map(|ep| {
-            let uri = ep.health_uri(&cfg.health_path);
-            let client = client.clone();
+            let (upstream, path) = (&rt.upstream, &cfg.health_path);
             async move {
-                let check = async {
-                    let req = axum::http::Request::get(uri.ok()?)
-                        .body(Full::default())
-                        .ok()?;
-                    let resp = client.request(req).await.ok()?;
-                    // Read to the end, so the connection goes back to the pool.
-                    let ok = resp.status().is_success();
-                    resp.into_body().collect().await.ok()?;
-                    Some(ok)
-                };
-                let ok = matches!(tokio::time::timeout(timeout, check).await, Ok(Some(true)));
+                let ok = matches!(
+                    tokio::time::timeout(timeout, upstream.check(ep, path)).await,
+                    Ok(true)
+                );
                 ep.set_healthy(ok);
             }
         });

@@ -16,7 +16,6 @@ use axum::http::{HeaderMap, HeaderValue, Request, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{ms, Config, ModelConfig, UpstreamConfig};
 use crate::error::Error;
@@ -44,6 +43,8 @@ pub struct Endpoint {
     /// The forwarded paths in origin form (after the URL's own path), parsed once: parsing one
     /// per request cost a cache hit ~4 % of its CPU.
     targets: Vec<(&'static str, Uri)>,
+    /// The URL's own path, without its trailing slash (`/openai` of `https://h/openai`).
+    prefix: String,
     /// Scheme and authority, what a connection is opened to (None: not a valid URL).
     base: Option<Uri>,
     /// The `Host` header of its requests.
@@ -87,7 +88,8 @@ impl Endpoint {
         let parsed = url.parse::<Uri>().ok();
         let prefix = parsed
             .as_ref()
-            .map_or("", |u| u.path().trim_end_matches('/'));
+            .map_or("", |u| u.path().trim_end_matches('/'))
+            .to_string();
         let targets = FORWARDED_PATHS
             .iter()
             .filter_map(|p| Some((*p, format!("{prefix}{p}").parse().ok()?)))
@@ -122,6 +124,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             targets,
+            prefix,
             base,
             host,
             idle: conn::Idle::default(),
@@ -138,21 +141,10 @@ impl Endpoint {
         }
         match self.targets.iter().find(|(p, _)| *p == path) {
             Some((_, u)) => Ok(u.clone()),
-            None => {
-                let u = self
-                    .url
-                    .parse::<Uri>()
-                    .map_err(|e| format!("{}: {e}", self.url))?;
-                let p = format!("{}{path}", u.path().trim_end_matches('/'));
-                p.parse().map_err(|e| format!("{}{path}: {e}", self.url))
-            }
+            None => format!("{}{path}", self.prefix)
+                .parse()
+                .map_err(|e| format!("{}{path}: {e}", self.url)),
         }
-    }
-
-    /// `GET <url><path>` for the health check.
-    pub fn health_uri(&self, path: &str) -> Result<Uri, String> {
-        let u = format!("{}{path}", self.url);
-        u.parse().map_err(|e| format!("{u}: {e}"))
     }
 
     fn outcome(&self, outcome: &str) {
@@ -324,12 +316,6 @@ fn pick(eps: &[Arc<Endpoint>], tried: &[usize]) -> Option<usize> {
     )
 }
 
-/// The backend client: hyper's pooled HTTP/1.1 client, http and https (rustls). hyper directly,
-/// not reqwest over it: reqwest's redirect, proxy and URL layers ran per request for nothing a
-/// proxy uses (README, "The hop").
-pub type Client =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// A backend's response head, its body still to come.
 pub type BackendResponse = axum::http::Response<hyper::body::Incoming>;
 
@@ -352,9 +338,6 @@ pub struct Upstream {
     /// (`workers.rs`) goes out on that worker's own connections, with no wake-up of another
     /// thread on the way.
     conns: conn::Connections,
-    /// hyper's pooled client (one per thread) for the health checks.
-    clients: thread_local::ThreadLocal<Client>,
-    connector: hyper_rustls::HttpsConnector<HttpConnector>,
     cfg: UpstreamConfig,
 }
 
@@ -396,12 +379,10 @@ impl Upstream {
             .wrap_connector(http);
         Ok(Self {
             conns: conn::Connections::new(
-                connector.clone(),
+                connector,
                 cfg.max_idle_per_host,
                 Duration::from_secs(90),
             ),
-            clients: thread_local::ThreadLocal::new(),
-            connector,
             cfg: cfg.clone(),
         })
     }
@@ -410,16 +391,25 @@ impl Upstream {
         &self.cfg
     }
 
-    /// This thread's pooled client (health checks), made on first use (its pool's tasks then
-    /// run on this thread's runtime).
-    pub fn client(&self) -> &Client {
-        self.clients.get_or(|| {
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(self.cfg.max_idle_per_host)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_timer(TokioTimer::new())
-                .build(self.connector.clone())
-        })
+    /// `GET <path>` on `ep` (the health check): true for a 2xx answer read to its end (its
+    /// connection is then kept, like a forwarded request's). Redirects count as failures; none
+    /// is followed, here or when forwarding.
+    pub async fn check(&self, ep: &Arc<Endpoint>, path: &str) -> bool {
+        let (Ok(uri), Some(host)) = (ep.target(path), ep.host.clone()) else {
+            return false;
+        };
+        let Ok(req) = Request::get(uri).header(HOST, host).body(Full::default()) else {
+            return false;
+        };
+        let Ok((resp, lease)) = self.conns.send(ep, req).await else {
+            return false;
+        };
+        let ok = resp.status().is_success();
+        let read = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .is_ok();
+        drop(lease);
+        ok && read
     }
 
     /// Sends `path` to the first model of `models` that answers, trying up to `max_attempts`
