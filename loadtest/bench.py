@@ -601,13 +601,7 @@ def section_rcache(work, seconds, rates, search_rates):
         cfg = os.path.join(work, "router-rcache.yaml")
         with open(cfg, "w") as f:
             f.write(text + "\nresponse_cache:\n  enabled: true\n  ttl_secs: 3600\n")
-        port = free_port()
-        env = {"ROUTER_LISTEN": f"127.0.0.1:{port}", "ROUTER_REDIS_URL": st.redis_url,
-               "ROUTER_ENDPOINTS_QWEN3_0_6B": st.sim, "ROUTER_ENDPOINTS_QWEN3_8B": st.sim,
-               "ROUTER_CLASSIFIER_ADDRS": st.classifier_addr, "RUST_LOG": "warn"}
-        rc_proc = procs.start("router-rcache", [os.path.join(BIN, "router-svc"), "--config", cfg], env)
-        rc = f"http://127.0.0.1:{port}"
-        wait_http(f"{rc}/readyz", rc_proc)
+        rc, rc_proc = st.start_router(router_args=["--config", cfg], name="router-rcache")
         body = json.dumps({**json.loads(chat_body("qwen3-0.6b")), "temperature": 0})
         seen = [http_post(f"{rc}/v1/chat/completions", body)[1].get("x-vsr-response-cache")
                 for _ in range(2)]
@@ -690,16 +684,11 @@ def section_otel(work, seconds, rates, repeats=2):
     try:
         st = Stack(procs, INSTANT_SIM)
         assert warm_cache(st.router) == "true"
-        port = free_port()
-        env = {"ROUTER_LISTEN": f"127.0.0.1:{port}", "ROUTER_REDIS_URL": st.redis_url,
-               "ROUTER_ENDPOINTS_QWEN3_0_6B": st.sim, "ROUTER_ENDPOINTS_QWEN3_8B": st.sim,
-               "ROUTER_CLASSIFIER_ADDRS": st.classifier_addr, "RUST_LOG": "warn",
-               "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{srv.server_address[1]}",
-               "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
-        traced_proc = procs.start("router-otel", [os.path.join(BIN, "router-svc")], env)
-        traced = f"http://127.0.0.1:{port}"
-        wait_http(f"{traced}/readyz", traced_proc)
+        traced, traced_proc = st.start_router(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{srv.server_address[1]}",
+             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+             "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+            name="router-otel")
         assert warm_cache(traced) == "true"
         rows = []
         for rate in rates:
