@@ -16,6 +16,13 @@ use hyper_util::server::graceful::Watcher;
 
 use crate::api::App;
 
+/// How often an idle worker's timer fires. tokio's timer wakes its own runtime (an eventfd
+/// write and one more `epoll_wait` return) whenever a new timer is due sooner than every timer
+/// it had when it last parked; a worker serving one request at a time had none, so each
+/// request's upstream deadline did that: a syscall a request. With this one pending, the
+/// request deadlines (seconds at least) come later and are just added to the wheel.
+const PACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A lane's count once its worker thread has gone (only if it panicked).
 const DEAD: usize = usize::MAX;
 
@@ -118,6 +125,8 @@ async fn run(
     open: Arc<AtomicUsize>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
+    let mut pace = tokio::time::interval(PACE);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             handed = rx.recv() => match handed {
@@ -147,6 +156,7 @@ async fn run(
             },
             // Reap finished connections so the set does not grow with every one ever served.
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = pace.tick() => {}
         }
     }
     while conns.join_next().await.is_some() {}
