@@ -470,9 +470,32 @@ async fn pump<G: Send>(
 
 /// Tokens and cost from a JSON body's `usage`.
 fn count_usage(tokens: &TokenMetrics, body: &[u8], pricing: &Pricing) -> Option<Usage> {
-    let u = serde_json::from_slice::<WithUsage>(body).ok()?.usage()?;
+    let u = match trailing_usage(body) {
+        Some(u) => u,
+        None => serde_json::from_slice::<WithUsage>(body).ok()?.usage()?,
+    };
     tokens.count(u.prompt_tokens, u.completion_tokens, pricing);
     Some(u)
+}
+
+/// The usage of an answer whose last member is `"usage": {...}` (the order vLLM and OpenAI
+/// write), read from its end: the whole answer deserialized only to find it was ~8 % of a
+/// proxied request's instructions. None (the whole answer is read) when it is not laid out so:
+/// the key must open a member (after `{` or `,`), and its object be followed by the `}` that
+/// ends the answer, so it is a member of the outermost object. The text before it is not
+/// checked; a usage is trusted as much as the backend that wrote it.
+fn trailing_usage(body: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let at = memchr::memmem::rfind(body, KEY)?;
+    let before = body[..at].iter().rev().find(|b| !b.is_ascii_whitespace())?;
+    if !matches!(before, b',' | b'{') {
+        return None;
+    }
+    let rest = body[at + KEY.len()..].trim_ascii_start().strip_prefix(b":")?;
+    let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
+    let usage = values.next()?.ok()?;
+    let tail = rest[values.byte_offset()..].trim_ascii();
+    (tail == b"}").then_some(usage)
 }
 
 /// The usage of an SSE chunk that carries one (the last chunk when `include_usage` is set).
@@ -520,6 +543,32 @@ fn strip_usage_events(chunk: &bytes::Bytes) -> bytes::Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_read_from_the_end_or_from_the_whole_answer() {
+        let tail = br#"{"id":"x","choices":[{"message":{"content":"\"usage\": {}"}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10,
+                      "prompt_tokens_details": null} }
+"#;
+        let u = trailing_usage(tail).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (7, 3));
+        // Not the last member, null, nested, or a string's text: the whole answer is read.
+        for (body, want) in [
+            (&br#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"id":"x"}"#[..], Some((1, 2))),
+            (br#"{"usage":null,"response":{"usage":{"input_tokens":4,"output_tokens":5}}}"#, Some((4, 5))),
+            (br#"{"response":{"usage":{"input_tokens":4,"output_tokens":5}}}"#, Some((4, 5))),
+            (br#"{"choices":[{"text":"\"usage\":{\"prompt_tokens\":9}}"}]}"#, None),
+            (br#"{"x":["usage",{"prompt_tokens":9}]}"#, None),
+            (b"not json", None),
+        ] {
+            assert!(trailing_usage(body).is_none(), "{}", String::from_utf8_lossy(body));
+            let read = serde_json::from_slice::<WithUsage>(body)
+                .ok()
+                .and_then(WithUsage::usage)
+                .map(|u| (u.prompt_tokens, u.completion_tokens));
+            assert_eq!(read, want, "{}", String::from_utf8_lossy(body));
+        }
+    }
 
     #[test]
     fn decimals_as_the_float_formatter_writes_them() {

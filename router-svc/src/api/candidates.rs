@@ -47,13 +47,7 @@ pub async fn candidates<'a>(
     // (estimate: 4 characters a token, plus the completion budget asked for).
     if models.iter().any(|m| m.max_context.is_some()) {
         let text = req.all_text();
-        let need = text.chars().count() / 4
-            + req
-                .body
-                .get("max_completion_tokens")
-                .or_else(|| req.body.get("max_tokens"))
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0) as usize;
+        let need = text.chars().count() / 4 + req.max_tokens.unwrap_or(0) as usize;
         let fits = |m: &&ModelConfig| m.max_context.is_none_or(|c| need <= c as usize);
         if models.iter().any(fits) && !models.iter().all(fits) {
             models.retain(fits);
@@ -144,7 +138,7 @@ mod tests {
     fn req(text: &str, max_tokens: u64) -> Parsed {
         let body = serde_json::json!({"model": "auto", "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": text}]});
-        parse(Kind::Chat, body.to_string().as_bytes()).unwrap()
+        parse(Kind::Chat, &body.to_string().into()).unwrap()
     }
 
     fn names(c: &Candidates) -> Vec<String> {

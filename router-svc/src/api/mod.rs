@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod candidates;
 pub mod dialect;
 pub mod openai;
+pub mod probe;
 pub mod request_id;
 pub mod responses;
 
@@ -289,13 +290,11 @@ async fn road(
     // 1. admit, authenticate (keyed set-ups), parse, check the key's limits and budget
     let admitted = admit(s, cfg.server.max_in_flight)?;
     let caller = authenticate(rt, headers, tenant).await?;
-    let (bytes, mut req) = telemetry::traced(telemetry::step("parse"), async {
+    let mut req = telemetry::traced(telemetry::step("parse"), async {
         let bytes = read_body(headers, body, &cfg.server).await?;
-        let req = openai::parse(kind, &bytes)?;
-        Ok::<_, Error>((bytes, req))
+        openai::parse(kind, &bytes)
     })
     .await?;
-    req.raw = Some(bytes.clone());
     // A keyed stream is metered by its usage: the backend is asked for it, and the relay drops
     // the usage event the client did not ask for.
     let strip_usage = caller.is_some() && req.stream && !req.include_usage;
@@ -495,7 +494,7 @@ async fn cache_lookup(
     rc.lookup(&response_cache::Request {
         api,
         added: &added,
-        body: native_body.as_ref().unwrap_or(&req.body),
+        body: native_body.as_ref().unwrap_or_else(|| req.body()),
         native: served_natively.is_some(),
         decision: d,
         headers,

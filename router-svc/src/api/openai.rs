@@ -15,6 +15,8 @@ use crate::decide::pii_scan::PiiScan;
 use crate::decide::{text, Decision};
 use crate::error::Error;
 
+use super::probe;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Chat,
@@ -30,50 +32,55 @@ impl Kind {
     }
 }
 
-/// A checked request. `body` is the client's JSON object, every field kept.
+/// A checked request: what the router reads of it, and the client's bytes. The JSON tree of
+/// every field (`body`) is built only when something needs it: a request the router forwards as
+/// its bytes (a named model), or splices (a routed one), never builds it.
 #[derive(Debug)]
 pub struct Parsed {
     pub kind: Kind,
-    pub body: Map<String, Value>,
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
-    /// The body as the client sent it, while nothing in `body` was changed: a request for a
-    /// named model that the router changes nothing in goes to the backend as these bytes
-    /// instead of the tree written again.
-    pub raw: Option<Bytes>,
+    /// The chat messages' roles and contents (empty for a completion).
+    pub messages: Vec<probe::Message>,
+    /// A completion's `prompt` (None for chat).
+    pub prompt: Option<Value>,
+    /// `max_completion_tokens`, else `max_tokens`, when a whole number.
+    pub max_tokens: Option<u64>,
+    /// The body as the client sent it.
+    bytes: Bytes,
+    /// The tree of `bytes`, made on first use.
+    tree: std::sync::OnceLock<Map<String, Value>>,
+    /// The tree was changed: `bytes` no longer say what goes to the backend.
+    changed: bool,
 }
 
 fn bad(message: impl Into<String>, param: &'static str) -> Error {
     Error::bad_request(message, Some(param))
 }
 
-pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        Error::bad_request(
-            format!("We could not parse the JSON body of your request: {e}"),
-            None,
-        )
-    })?;
-    let Value::Object(body) = value else {
-        return Err(Error::bad_request(
-            "The request body must be a JSON object.",
-            None,
-        ));
-    };
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+pub fn parse(kind: Kind, bytes: &Bytes) -> Result<Parsed, Error> {
+    let probe = probe::read(bytes)
+        .map_err(|e| {
+            Error::bad_request(
+                format!("We could not parse the JSON body of your request: {e}"),
+                None,
+            )
+        })?
+        .ok_or_else(|| Error::bad_request("The request body must be a JSON object.", None))?;
+    let model = match probe.model {
+        Some(Value::String(m)) if !m.is_empty() => m,
         None | Some(Value::Null) => {
             return Err(bad("You must provide a model parameter.", "model"))
         }
         Some(_) => return Err(bad("`model` must be a non-empty string.", "model")),
     };
-    let stream = match body.get("stream") {
+    let stream = match probe.stream {
         None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
+        Some(Value::Bool(b)) => b,
         Some(_) => return Err(bad("`stream` must be a boolean.", "stream")),
     };
-    let include_usage = match body.get("stream_options") {
+    let include_usage = match &probe.stream_options {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => match o.get("include_usage") {
             None | Some(Value::Null) => false,
@@ -89,10 +96,12 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
     };
     match kind {
         Kind::Chat => {
-            let msgs = match body.get("messages") {
-                None | Some(Value::Null) => return Err(bad("`messages` is required.", "messages")),
-                Some(Value::Array(a)) => a,
-                Some(_) => return Err(bad("`messages` must be an array.", "messages")),
+            let msgs = match &probe.messages {
+                None => return Err(bad("`messages` is required.", "messages")),
+                Some(Ok(m)) => m,
+                Some(Err(probe::NotAnArray)) => {
+                    return Err(bad("`messages` must be an array.", "messages"))
+                }
             };
             if msgs.is_empty() {
                 return Err(bad(
@@ -101,13 +110,13 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
                 ));
             }
             for (i, m) in msgs.iter().enumerate() {
-                if !m.get("role").is_some_and(Value::is_string) {
+                if m.role.is_none() {
                     return Err(bad(
                         format!("`messages[{i}]` must be an object with a string `role`."),
                         "messages",
                     ));
                 }
-                match m.get("content") {
+                match m.content {
                     None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
                     Some(_) => {
                         return Err(bad(
@@ -120,7 +129,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
                 }
             }
         }
-        Kind::Completion => match body.get("prompt") {
+        Kind::Completion => match probe.prompt {
             Some(Value::String(_) | Value::Array(_)) => {}
             None | Some(Value::Null) => return Err(bad("`prompt` is required.", "prompt")),
             Some(_) => return Err(bad("`prompt` must be a string or an array.", "prompt")),
@@ -128,39 +137,59 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
     }
     Ok(Parsed {
         kind,
-        body,
         model,
         stream,
         include_usage,
-        raw: None,
+        messages: probe.messages.and_then(Result::ok).unwrap_or_default(),
+        prompt: probe.prompt,
+        max_tokens: probe
+            .max_completion_tokens
+            .or(probe.max_tokens)
+            .as_ref()
+            .and_then(Value::as_u64),
+        bytes: bytes.clone(),
+        tree: Default::default(),
+        changed: false,
     })
 }
 
 impl Parsed {
+    /// The client's JSON object, every field kept (built from the bytes on first use).
+    pub fn body(&self) -> &Map<String, Value> {
+        self.tree.get_or_init(|| match serde_json::from_slice(&self.bytes) {
+            Ok(Value::Object(m)) => m,
+            // `parse` checked the bytes are a JSON object.
+            _ => Map::new(),
+        })
+    }
+
+    /// The tree, to change what goes to the backend.
+    pub fn body_mut(&mut self) -> &mut Map<String, Value> {
+        self.body();
+        self.changed = true;
+        self.tree.get_mut().expect("built just above")
+    }
+
+    /// The body as the client sent it, while the router has changed nothing in it.
+    pub fn unchanged_bytes(&self) -> Option<&Bytes> {
+        (!self.changed).then_some(&self.bytes)
+    }
+
     /// What is classified (see `decide::text`).
     pub fn classify_text(&self, cfg: &InputConfig) -> Option<String> {
         match self.kind {
-            Kind::Chat => self
-                .body
-                .get("messages")
-                .and_then(Value::as_array)
-                .and_then(|m| text::from_messages(m, cfg)),
-            Kind::Completion => self
-                .body
-                .get("prompt")
-                .and_then(|p| text::from_prompt(p, cfg)),
+            Kind::Chat => text::from_messages(&self.messages, cfg),
+            Kind::Completion => self.prompt.as_ref().and_then(|p| text::from_prompt(p, cfg)),
         }
     }
 }
 
 impl Parsed {
-    /// Every text a model would read (all messages' text, or the prompt), for PII checks.
     /// Sets `stream_options.include_usage` in what is forwarded (`include_usage` keeps what the
     /// client asked for).
     pub fn ask_for_stream_usage(&mut self) {
-        self.raw = None;
         let opts = self
-            .body
+            .body_mut()
             .entry("stream_options")
             .or_insert_with(|| json!({}));
         if !opts.is_object() {
@@ -177,17 +206,16 @@ impl Parsed {
         (self.all_text().chars().count() as u64).div_ceil(4).max(1)
     }
 
+    /// Every text a model would read (all messages' text, or the prompt), for PII checks.
     pub fn all_text(&self) -> String {
         let mut out = String::new();
-        if let Some(Value::Array(msgs)) = self.body.get("messages") {
-            for m in msgs {
-                if let Some(t) = m.get("content").and_then(text::content_text) {
-                    out.push_str(&t);
-                    out.push('\n');
-                }
+        for m in &self.messages {
+            if let Some(t) = m.content.as_ref().and_then(text::content_text) {
+                out.push_str(&t);
+                out.push('\n');
             }
         }
-        match self.body.get("prompt") {
+        match &self.prompt {
             Some(Value::String(p)) => out.push_str(p),
             Some(Value::Array(items)) => {
                 for p in items.iter().filter_map(Value::as_str) {
@@ -271,7 +299,7 @@ pub fn native_body(
 impl Parsed {
     /// Every text a model reads, in body order, once each (what the PII scan looks at).
     pub fn model_texts(&self) -> Vec<String> {
-        let mut body = self.body.clone();
+        let mut body = self.body().clone();
         let mut out: Vec<String> = Vec::new();
         each_text(&mut body, &mut |s| {
             if !s.trim().is_empty() && !out.contains(s) {
@@ -309,7 +337,7 @@ pub fn body_for(
     mask: Option<(&BTreeSet<PiiType>, &PiiScan)>,
 ) -> Bytes {
     let unmasked = mask.is_none_or(|(k, _)| k.is_empty());
-    if let Some(raw) = p.raw.as_ref().filter(|_| unmasked) {
+    if let Some(raw) = p.unchanged_bytes().filter(|_| unmasked) {
         if d.source == crate::decide::Source::Explicit && model.name == p.model {
             return raw.clone();
         }
@@ -320,8 +348,7 @@ pub fn body_for(
         .flatten()
         .filter(|_| p.kind == Kind::Chat);
     if let Some(raw) = p
-        .raw
-        .as_ref()
+        .unchanged_bytes()
         .filter(|_| unmasked && system_prompt.is_none())
     {
         let reasoning = if routed && p.kind == Kind::Chat {
@@ -333,7 +360,7 @@ pub fn body_for(
             return b;
         }
     }
-    let mut body = p.body.clone();
+    let mut body = p.body().clone();
     if let Some((kinds, scan)) = mask.filter(|(k, _)| !k.is_empty()) {
         each_text(&mut body, &mut |s| {
             *s = pii::mask_spans(s, &scan.spans(s), kinds)
@@ -526,6 +553,10 @@ mod tests {
         Config::from_yaml(crate::config::EMBEDDED_DEFAULT).unwrap()
     }
 
+    fn parse(kind: Kind, bytes: &[u8]) -> Result<Parsed, Error> {
+        super::parse(kind, &Bytes::copy_from_slice(bytes))
+    }
+
     #[test]
     fn bad_inputs_name_the_param() {
         let cases: &[(&[u8], Option<&str>)] = &[
@@ -604,7 +635,6 @@ mod tests {
         let raw: &[u8] =
             br#"{"model":"qwen3-8b", "messages":[{"role":"user","content":"x"}],"z":1,"a":2}"#;
         let mut p = parse(Kind::Chat, raw).unwrap();
-        p.raw = Some(Bytes::copy_from_slice(raw));
         let cfg = cfg();
         let e = Decision::explicit("qwen3-8b");
         let m = cfg.model("qwen3-8b").unwrap();
@@ -648,11 +678,12 @@ mod tests {
                 d.use_reasoning = on;
                 for body in bodies {
                     let mut p = parse(Kind::Chat, body.as_bytes()).unwrap();
-                    let tree: Value =
-                        serde_json::from_slice(&body_for(&p, &cfg, &m, &d, None)).unwrap();
-                    p.raw = Some(Bytes::copy_from_slice(body.as_bytes()));
                     let spliced = body_for(&p, &cfg, &m, &d, None);
                     let spliced: Value = serde_json::from_slice(&spliced).unwrap();
+                    // Touched, the tree is written instead.
+                    p.body_mut();
+                    let tree: Value =
+                        serde_json::from_slice(&body_for(&p, &cfg, &m, &d, None)).unwrap();
                     assert_eq!(spliced, tree, "{family:?} {on} {body}");
                 }
             }
@@ -744,18 +775,111 @@ mod tests {
         })
     }
 
-    /// Accepted requests go on the road; rejections are 4xx OpenAI errors, never a panic.
+    /// The request read from its whole tree, as the router did before `probe`: the oracle the
+    /// probe is checked against. Ok: (model, stream, include_usage, classified text, all text,
+    /// token budget); Err: the parameter named (None for the body as a whole).
+    #[allow(clippy::type_complexity)]
+    fn from_tree(
+        kind: Kind,
+        bytes: &[u8],
+    ) -> Result<(String, bool, bool, Option<String>, String, Option<u64>), Option<&'static str>>
+    {
+        let Ok(Value::Object(b)) = serde_json::from_slice::<Value>(bytes) else {
+            return Err(None);
+        };
+        let model = match b.get("model") {
+            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+            _ => return Err(Some("model")),
+        };
+        let stream = match b.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(v)) => *v,
+            _ => return Err(Some("stream")),
+        };
+        let include_usage = match b.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(o)) => match o.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(v)) => *v,
+                _ => return Err(Some("stream_options")),
+            },
+            _ => return Err(Some("stream_options")),
+        };
+        let msgs = b.get("messages").and_then(Value::as_array);
+        let input = cfg().classifier.input;
+        let classified = match kind {
+            Kind::Chat => {
+                let m = msgs.filter(|m| !m.is_empty()).ok_or(Some("messages"))?;
+                for x in m {
+                    let content_ok = matches!(
+                        x.get("content"),
+                        None | Some(Value::Null | Value::String(_) | Value::Array(_))
+                    );
+                    if !x.get("role").is_some_and(Value::is_string) || !content_ok {
+                        return Err(Some("messages"));
+                    }
+                }
+                text::from_messages(m, &input)
+            }
+            Kind::Completion => match b.get("prompt") {
+                Some(p @ (Value::String(_) | Value::Array(_))) => text::from_prompt(p, &input),
+                _ => return Err(Some("prompt")),
+            },
+        };
+        let mut all = String::new();
+        for t in msgs.into_iter().flatten().filter_map(|m| m.get("content").and_then(text::content_text)) {
+            all.push_str(&t);
+            all.push('\n');
+        }
+        match b.get("prompt") {
+            Some(Value::String(p)) => all.push_str(p),
+            Some(Value::Array(items)) => {
+                for p in items.iter().filter_map(Value::as_str) {
+                    all.push_str(p);
+                    all.push('\n');
+                }
+            }
+            _ => {}
+        }
+        let budget = b
+            .get("max_completion_tokens")
+            .or_else(|| b.get("max_tokens"))
+            .and_then(Value::as_u64);
+        Ok((model, stream, include_usage, classified, all, budget))
+    }
+
+    /// Accepted requests go on the road; rejections are 4xx OpenAI errors, never a panic; and
+    /// what `probe` read is what the whole tree says.
     fn check(kind: Kind, bytes: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        let oracle = from_tree(kind, bytes);
         match parse(kind, bytes) {
             Ok(p) => {
                 let cfg = cfg();
-                let _ = p.classify_text(&cfg.classifier.input);
-                let _ = p.all_text();
+                let read = (
+                    p.model.clone(),
+                    p.stream,
+                    p.include_usage,
+                    p.classify_text(&cfg.classifier.input),
+                    p.all_text(),
+                    p.max_tokens,
+                );
+                proptest::prop_assert_eq!(Ok(read), oracle);
+                proptest::prop_assert_eq!(
+                    &Value::Object(p.body().clone()),
+                    &serde_json::from_slice::<Value>(bytes).unwrap()
+                );
                 let _ = p.model_texts();
                 let d = Decision::default_model(&cfg, Source::Classified);
                 let _ = body_for(&p, &cfg, &cfg.models[0], &d, None);
             }
-            Err(e) => proptest::prop_assert!(e.status().is_client_error(), "{e:?}"),
+            Err(e) => {
+                proptest::prop_assert!(e.status().is_client_error(), "{e:?}");
+                let param = match &e {
+                    Error::BadRequest { param, .. } => *param,
+                    _ => None,
+                };
+                proptest::prop_assert_eq!(Err(param), oracle);
+            }
         }
         Ok(())
     }

@@ -29,13 +29,35 @@ fn cut(s: &str, max: usize) -> &str {
     }
 }
 
-/// The text to classify for a chat request, or None when it has no user text.
-pub fn from_messages(messages: &[Value], cfg: &InputConfig) -> Option<String> {
-    fn role(m: &Value) -> &str {
-        m.get("role").and_then(Value::as_str).unwrap_or("")
+/// A chat message as read here: a JSON object of a tree, or a message `api::probe` read.
+pub trait Turn {
+    /// The role, "" when it has none.
+    fn role(&self) -> &str;
+    fn content(&self) -> Option<&Value>;
+}
+
+impl Turn for Value {
+    fn role(&self) -> &str {
+        self.get("role").and_then(Value::as_str).unwrap_or("")
     }
-    let last_user = messages.iter().rposition(|m| role(m) == "user")?;
-    let latest = content_text(messages[last_user].get("content")?)?;
+    fn content(&self) -> Option<&Value> {
+        self.get("content")
+    }
+}
+
+impl Turn for crate::api::probe::Message {
+    fn role(&self) -> &str {
+        self.role.as_deref().unwrap_or("")
+    }
+    fn content(&self) -> Option<&Value> {
+        self.content.as_ref()
+    }
+}
+
+/// The text to classify for a chat request, or None when it has no user text.
+pub fn from_messages<M: Turn>(messages: &[M], cfg: &InputConfig) -> Option<String> {
+    let last_user = messages.iter().rposition(|m| m.role() == "user")?;
+    let latest = content_text(messages[last_user].content()?)?;
     if latest.trim().is_empty() {
         return None;
     }
@@ -46,10 +68,10 @@ pub fn from_messages(messages: &[Value], cfg: &InputConfig) -> Option<String> {
         for m in messages[..last_user]
             .iter()
             .rev()
-            .filter(|m| matches!(role(m), "user" | "assistant"))
+            .filter(|m| matches!(m.role(), "user" | "assistant"))
             .take(cfg.history_messages)
         {
-            let Some(t) = m.get("content").and_then(content_text) else {
+            let Some(t) = m.content().and_then(content_text) else {
                 continue;
             };
             let n = t.chars().count();
@@ -65,8 +87,8 @@ pub fn from_messages(messages: &[Value], cfg: &InputConfig) -> Option<String> {
     if cfg.include_system {
         if let Some(sys) = messages
             .iter()
-            .find(|m| matches!(role(m), "system" | "developer"))
-            .and_then(|m| m.get("content"))
+            .find(|m| matches!(m.role(), "system" | "developer"))
+            .and_then(Turn::content)
             .and_then(content_text)
         {
             parts.push(cut(&sys, budget).to_string());
