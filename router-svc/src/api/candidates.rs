@@ -46,8 +46,7 @@ pub async fn candidates<'a>(
     // A model whose context cannot hold the request is passed over while another can take it
     // (estimate: 4 characters a token, plus the completion budget asked for).
     if models.iter().any(|m| m.max_context.is_some()) {
-        let text = req.all_text();
-        let need = text.chars().count() / 4 + req.max_tokens.unwrap_or(0) as usize;
+        let need = req.text_chars() / 4 + req.max_tokens.unwrap_or(0) as usize;
         let fits = |m: &&ModelConfig| m.max_context.is_none_or(|c| need <= c as usize);
         if models.iter().any(fits) && !models.iter().all(fits) {
             models.retain(fits);

@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -535,24 +535,21 @@ fn refuse(
 
 /// Client headers that travel to the backend: the request id (vLLM logs it), and the client's
 /// credentials when the router does not check keys itself (a router key never leaves it).
-fn forwarded_headers(h: &HeaderMap, with_credentials: bool) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    if let Some(v) = h.get(request_id::X_REQUEST_ID) {
-        out.insert(request_id::X_REQUEST_ID, v.clone());
-    }
+/// A list, not a map: each attempt's request inserts them into its own headers.
+fn forwarded_headers(h: &HeaderMap, with_credentials: bool) -> Vec<(HeaderName, HeaderValue)> {
     // The client's trace context goes on as it came (replaced by the attempt's own
     // `traceparent` when the router traces this request).
-    for name in ["traceparent", "tracestate"] {
-        if let Some(v) = h.get(name) {
-            out.insert(header::HeaderName::from_static(name), v.clone());
-        }
-    }
-    if with_credentials {
-        if let Some(v) = h.get(header::AUTHORIZATION) {
-            out.insert(header::AUTHORIZATION, v.clone());
-        }
-    }
-    out
+    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+    let credentials = with_credentials.then_some(header::AUTHORIZATION);
+    [Some(request_id::X_REQUEST_ID), Some(TRACEPARENT), Some(TRACESTATE), credentials]
+        .into_iter()
+        .flatten()
+        .filter_map(|name| {
+            let value = h.get(&name)?.clone();
+            Some((name, value))
+        })
+        .collect()
 }
 
 /// The caller's key when `auth.mode` is `keys` (its name goes into the report); None otherwise.

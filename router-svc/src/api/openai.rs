@@ -206,6 +206,40 @@ impl Parsed {
         (self.all_text().chars().count() as u64).div_ceil(4).max(1)
     }
 
+    /// The characters of `all_text`, without writing it (what a model's context is checked
+    /// against for every request).
+    pub fn text_chars(&self) -> usize {
+        // `text::content_text`'s characters: a string, or its text parts joined by newlines.
+        let content = |v: &Value| match v {
+            Value::String(s) => Some(s.chars().count()),
+            Value::Array(parts) => {
+                let (n, chars) = parts
+                    .iter()
+                    .filter(|p| p.get("type").and_then(Value::as_str).unwrap_or("text") == "text")
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .fold((0, 0), |(n, c), t| (n + 1, c + t.chars().count()));
+                (n > 0).then(|| chars + n - 1)
+            }
+            _ => None,
+        };
+        let messages: usize = self
+            .messages
+            .iter()
+            .filter_map(|m| m.content.as_ref().and_then(content))
+            .map(|n| n + 1)
+            .sum();
+        let prompt = match &self.prompt {
+            Some(Value::String(p)) => p.chars().count(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|p| p.chars().count() + 1)
+                .sum(),
+            _ => 0,
+        };
+        messages + prompt
+    }
+
     /// Every text a model would read (all messages' text, or the prompt), for PII checks.
     pub fn all_text(&self) -> String {
         let mut out = String::new();
@@ -863,6 +897,7 @@ mod tests {
                     p.all_text(),
                     p.max_tokens,
                 );
+                proptest::prop_assert_eq!(p.text_chars(), p.all_text().chars().count());
                 proptest::prop_assert_eq!(Ok(read), oracle);
                 proptest::prop_assert_eq!(
                     &Value::Object(p.body().clone()),

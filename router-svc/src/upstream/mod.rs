@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use axum::http::{HeaderMap, HeaderValue, Request, Uri};
+use axum::http::{HeaderName, HeaderValue, Request, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -343,8 +343,8 @@ pub struct Upstream {
 
 /// What to send besides the body.
 pub struct Outgoing<'a> {
-    /// Client headers that go along (credentials, request id).
-    pub headers: &'a HeaderMap,
+    /// Client headers that go along (credentials, request id, trace context).
+    pub headers: &'a [(HeaderName, HeaderValue)],
     /// model -> its own backend key (replaces the client's authorization).
     pub keys: &'a HashMap<String, HeaderValue>,
     /// The response headers must arrive by then: vLLM sends them with the first token when
@@ -474,7 +474,10 @@ impl Upstream {
                     })?;
                 let attempt = crate::telemetry::attempt_span(&model.name, &ep.url, attempts);
                 let h = req.headers_mut();
-                *h = forward_headers.clone();
+                h.reserve(forward_headers.len() + 3);
+                for (name, value) in forward_headers {
+                    h.insert(name, value.clone());
+                }
                 crate::telemetry::inject(&attempt, h);
                 h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 if let Some(host) = &ep.host {
