@@ -462,7 +462,8 @@ def section_litellm(work, seconds, litellm_rates, workers_list):
             procs.stop(p)
         # router-svc on the same harness, same simulator, same rates (and on to its own limit).
         router_rates = sorted(set(litellm_rates) | {500, 1000, 2000, 3000, 4000, 5000, 6000,
-                                                    7000, 8000, 10000, 12000})
+                                                    7000, 8000, 10000, 12000, 13000, 14000,
+                                                    15000, 16000, 17000, 18000, 20000})
         rows, best = rate_search(f"{st.router}/v1/chat/completions", chat_body("auto"),
                                  router_rates, seconds, work, "router")
         out["router"] = {"rows": rows, "best": best}
@@ -1128,8 +1129,10 @@ def main():
     if "rss" in sections:
         res["rss"] = section_rss(work, args.streams, hold=30.0)
     if "hop" in sections:
+        # Steps of 1,000 near the limits, so the ratio is not set by the grid's gaps.
         res["hop"] = section_hop(work, args.seconds, [2000, 5000],
-                                 [2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000])
+                                 [2000, 4000, 6000, 8000, 10000, *range(11000, 21000, 1000),
+                                  22000, 24000])
     if "auth" in sections:
         res["auth"] = section_auth(work, args.seconds, [1000, 2000], repeats=4)
     if "otel" in sections:
