@@ -3,7 +3,7 @@
 //! small for it (while another fits) and those whose PII policy bars what the request holds; for
 //! models that mask instead, which types to mask.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use axum::http::{HeaderMap, HeaderValue};
 
@@ -36,8 +36,14 @@ pub async fn candidates<'a>(
     if d.source != Source::Explicit {
         order.extend(cfg.routing.fallback_model.as_deref());
     }
-    let mut seen = HashSet::new();
-    order.retain(|m| seen.insert(*m));
+    // Each name once, first place kept (a few names: a scan beats hashing each).
+    let mut unique: Vec<&str> = Vec::with_capacity(order.len());
+    for m in order {
+        if !unique.contains(&m) {
+            unique.push(m);
+        }
+    }
+    let order = unique;
     let mut models: Vec<_> = order.iter().filter_map(|m| cfg.model(m)).collect();
     if models.is_empty() {
         // A decision cached by a replica with other models (or an older config).
