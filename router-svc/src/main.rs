@@ -1,11 +1,12 @@
 //! router-svc binary. The road a request takes (src/api/mod.rs `road`):
 //!
 //! ```text
-//! POST /v1/chat/completions | /v1/completions
+//! POST /v1/chat/completions | /v1/completions   (api::Routes: straight to the handler)
 //!      /v1/messages | /v1/responses: api/dialect.rs, translated to chat and back (or native)
 //!   -> tenant::Tenants           auth.mode keys: the key (401), its models (403), rpm/tpm and
 //!                                budget in one Redis trip (429, or a budget downgrade)
-//!   -> api::openai::parse        checked JSON, unknown fields kept (400/413/429 in OpenAI format)
+//!   -> api::openai::parse        one pass (api/probe.rs) checks the JSON and reads what the
+//!                                router needs; unknown fields kept (400/413/429 in OpenAI format)
 //!   -> decide::decide            "auto": text -> cache (LRU, Redis) -> classifier -> policy
 //!                                a named model: straight to it; unknown: 404
 //!   -> upstream::Upstream::send  fewest in-flight of two endpoints, retry, alternatives, fallback

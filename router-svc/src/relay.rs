@@ -494,7 +494,9 @@ fn trailing_usage(body: &[u8]) -> Option<Usage> {
     if !matches!(before, b',' | b'{') {
         return None;
     }
-    let rest = body[at + KEY.len()..].trim_ascii_start().strip_prefix(b":")?;
+    let rest = body[at + KEY.len()..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?;
     let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
     let usage = values.next()?.ok()?;
     let tail = rest[values.byte_offset()..].trim_ascii();
@@ -557,14 +559,30 @@ mod tests {
         assert_eq!((u.prompt_tokens, u.completion_tokens), (7, 3));
         // Not the last member, null, nested, or a string's text: the whole answer is read.
         for (body, want) in [
-            (&br#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"id":"x"}"#[..], Some((1, 2))),
-            (br#"{"usage":null,"response":{"usage":{"input_tokens":4,"output_tokens":5}}}"#, Some((4, 5))),
-            (br#"{"response":{"usage":{"input_tokens":4,"output_tokens":5}}}"#, Some((4, 5))),
-            (br#"{"choices":[{"text":"\"usage\":{\"prompt_tokens\":9}}"}]}"#, None),
+            (
+                &br#"{"usage":{"prompt_tokens":1,"completion_tokens":2},"id":"x"}"#[..],
+                Some((1, 2)),
+            ),
+            (
+                br#"{"usage":null,"response":{"usage":{"input_tokens":4,"output_tokens":5}}}"#,
+                Some((4, 5)),
+            ),
+            (
+                br#"{"response":{"usage":{"input_tokens":4,"output_tokens":5}}}"#,
+                Some((4, 5)),
+            ),
+            (
+                br#"{"choices":[{"text":"\"usage\":{\"prompt_tokens\":9}}"}]}"#,
+                None,
+            ),
             (br#"{"x":["usage",{"prompt_tokens":9}]}"#, None),
             (b"not json", None),
         ] {
-            assert!(trailing_usage(body).is_none(), "{}", String::from_utf8_lossy(body));
+            assert!(
+                trailing_usage(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
             let read = serde_json::from_slice::<WithUsage>(body)
                 .ok()
                 .and_then(WithUsage::usage)

@@ -596,14 +596,19 @@ fn forwarded_headers(h: &HeaderMap, with_credentials: bool) -> Vec<(HeaderName, 
     const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
     const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
     let credentials = with_credentials.then_some(header::AUTHORIZATION);
-    [Some(request_id::X_REQUEST_ID), Some(TRACEPARENT), Some(TRACESTATE), credentials]
-        .into_iter()
-        .flatten()
-        .filter_map(|name| {
-            let value = h.get(&name)?.clone();
-            Some((name, value))
-        })
-        .collect()
+    [
+        Some(request_id::X_REQUEST_ID),
+        Some(TRACEPARENT),
+        Some(TRACESTATE),
+        credentials,
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|name| {
+        let value = h.get(&name)?.clone();
+        Some((name, value))
+    })
+    .collect()
 }
 
 /// The caller's key when `auth.mode` is `keys` (its name goes into the report); None otherwise.

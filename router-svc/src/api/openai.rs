@@ -156,11 +156,12 @@ pub fn parse(kind: Kind, bytes: &Bytes) -> Result<Parsed, Error> {
 impl Parsed {
     /// The client's JSON object, every field kept (built from the bytes on first use).
     pub fn body(&self) -> &Map<String, Value> {
-        self.tree.get_or_init(|| match serde_json::from_slice(&self.bytes) {
-            Ok(Value::Object(m)) => m,
-            // `parse` checked the bytes are a JSON object.
-            _ => Map::new(),
-        })
+        self.tree
+            .get_or_init(|| match serde_json::from_slice(&self.bytes) {
+                Ok(Value::Object(m)) => m,
+                // `parse` checked the bytes are a JSON object.
+                _ => Map::new(),
+            })
     }
 
     /// The tree, to change what goes to the backend.
@@ -861,7 +862,11 @@ mod tests {
             },
         };
         let mut all = String::new();
-        for t in msgs.into_iter().flatten().filter_map(|m| m.get("content").and_then(text::content_text)) {
+        for t in msgs
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.get("content").and_then(text::content_text))
+        {
             all.push_str(&t);
             all.push('\n');
         }

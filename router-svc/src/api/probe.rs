@@ -145,9 +145,7 @@ impl<'de> de::Deserialize<'de> for Top {
                         "messages" => p.messages = m.next_value::<Messages>()?.0,
                         "prompt" => p.prompt = Some(m.next_value()?),
                         "max_tokens" => p.max_tokens = Some(m.next_value()?),
-                        "max_completion_tokens" => {
-                            p.max_completion_tokens = Some(m.next_value()?)
-                        }
+                        "max_completion_tokens" => p.max_completion_tokens = Some(m.next_value()?),
                         _ => {
                             m.next_value::<Skip>()?;
                         }
@@ -265,7 +263,10 @@ mod tests {
         assert_eq!(msgs.len(), 4);
         assert_eq!(msgs[0].role.as_deref(), Some("user"));
         assert_eq!(msgs[0].content, Some(Value::String("hi".into())));
-        assert_eq!((msgs[1].role.as_ref(), &msgs[1].content), (None, &Some(Value::Null)));
+        assert_eq!(
+            (msgs[1].role.as_ref(), &msgs[1].content),
+            (None, &Some(Value::Null))
+        );
         assert_eq!((msgs[2].role.as_ref(), &msgs[2].content), (None, &None));
         assert!(msgs[3].content.as_ref().is_some_and(Value::is_array));
     }
@@ -277,13 +278,21 @@ mod tests {
         assert!(read(b"{\"a\":}").is_err());
         assert!(read(b"{} x").is_err());
         // Nesting past serde_json's limit is refused wherever it is, as the tree refuses it.
-        let deep = format!(r#"{{"model":"m","x":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+        let deep = format!(
+            r#"{{"model":"m","x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         assert!(serde_json::from_str::<Value>(&deep).is_err());
         assert!(read(deep.as_bytes()).is_err());
-        let p = read(br#"{"messages":"hi","m\u006fdel":"esc"}"#).unwrap().unwrap();
+        let p = read(br#"{"messages":"hi","m\u006fdel":"esc"}"#)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.messages, Some(Err(NotAnArray)));
         assert_eq!(p.model, Some(Value::String("esc".into())));
-        let p = read(br#"{"messages":[],"messages":null}"#).unwrap().unwrap();
+        let p = read(br#"{"messages":[],"messages":null}"#)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.messages, None);
     }
 }
