@@ -214,10 +214,7 @@ impl Parsed {
         let content = |v: &Value| match v {
             Value::String(s) => Some(s.chars().count()),
             Value::Array(parts) => {
-                let (n, chars) = parts
-                    .iter()
-                    .filter(|p| p.get("type").and_then(Value::as_str).unwrap_or("text") == "text")
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                let (n, chars) = text::text_parts(parts)
                     .fold((0, 0), |(n, c), t| (n + 1, c + t.chars().count()));
                 (n > 0).then(|| chars + n - 1)
             }

@@ -39,10 +39,13 @@ pub fn read(bytes: &[u8]) -> Result<Option<Probe>, serde_json::Error> {
     serde_json::from_slice::<Top>(bytes).map(|t| t.0)
 }
 
-/// The methods of a visitor for the scalar JSON types it does not read (null left to each, and
-/// arrays and objects): the value is consumed and the visitor answers `$other`.
+/// The methods of a visitor for the scalar JSON types it does not read: the value is consumed
+/// and the visitor answers `$other` (`$null` for null, where given).
 macro_rules! any_other {
     ($other:expr) => {
+        any_other!($other, $other);
+    };
+    ($other:expr, $null:expr) => {
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
             Ok($other)
         }
@@ -57,6 +60,9 @@ macro_rules! any_other {
         }
         fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
             Ok($other)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($null)
         }
     };
 }
@@ -75,9 +81,6 @@ impl<'de> de::Deserialize<'de> for Skip {
                 f.write_str("a JSON value")
             }
             any_other!(Skip);
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Skip)
-            }
             fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
                 while s.next_element::<Skip>()?.is_some() {}
                 Ok(Skip)
@@ -128,9 +131,6 @@ impl<'de> de::Deserialize<'de> for Top {
                 f.write_str("a JSON value")
             }
             any_other!(Top(None));
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Top(None))
-            }
             fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
                 while s.next_element::<Skip>()?.is_some() {}
                 Ok(Top(None))
@@ -173,10 +173,7 @@ impl<'de> de::Deserialize<'de> for Messages {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON value")
             }
-            any_other!(Messages(Some(Err(NotAnArray))));
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Messages(None))
-            }
+            any_other!(Messages(Some(Err(NotAnArray))), Messages(None));
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
                 while m.next_entry::<Skip, Skip>()?.is_some() {}
                 Ok(Messages(Some(Err(NotAnArray))))
@@ -210,9 +207,6 @@ impl<'de> de::Deserialize<'de> for Msg {
                 f.write_str("a JSON value")
             }
             any_other!(NOT_A_MESSAGE);
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(NOT_A_MESSAGE)
-            }
             fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
                 while s.next_element::<Skip>()?.is_some() {}
                 Ok(NOT_A_MESSAGE)

@@ -10,15 +10,19 @@ pub fn content_text(content: &Value) -> Option<String> {
     match content {
         Value::String(s) => Some(s.clone()),
         Value::Array(parts) => {
-            let texts: Vec<&str> = parts
-                .iter()
-                .filter(|p| p.get("type").and_then(Value::as_str).unwrap_or("text") == "text")
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect();
+            let texts: Vec<&str> = text_parts(parts).collect();
             (!texts.is_empty()).then(|| texts.join("\n"))
         }
         _ => None,
     }
+}
+
+/// The texts of an array of content parts (parts of type `text`, or with no type).
+pub fn text_parts(parts: &[Value]) -> impl Iterator<Item = &str> {
+    parts
+        .iter()
+        .filter(|p| p.get("type").and_then(Value::as_str).unwrap_or("text") == "text")
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
 }
 
 /// Cuts `s` to at most `max` characters, on a character boundary.
