@@ -32,7 +32,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[unsafe(export_name = "malloc_conf")]
 pub static MALLOC_CONF: Option<&'static std::ffi::c_char> =
     // SAFETY: the literal is 'static and NUL-terminated; only its address is taken.
-    Some(unsafe { &*c"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0,tcache_gc_incr_bytes:1048576".as_ptr() });
+    Some(unsafe {
+        &*c"narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0,tcache_gc_incr_bytes:1048576".as_ptr()
+    });
 
 /// Logs to stderr (RUST_LOG, text or JSON) and, when OTEL_EXPORTER_OTLP_ENDPOINT is set, spans
 /// to an OTLP collector (`telemetry.rs`). The guard flushes the last spans when dropped.

@@ -195,6 +195,17 @@ impl DecisionCache {
             return Ok((d, Hit::Local));
         }
         self.local_counts[1].increment(1);
+        // On the heap: the miss's future (Redis, moka's insertion, the classification) is many
+        // KiB, and in line it made every hit's future as big, copied whole when boxed.
+        Box::pin(self.miss(key, classify)).await
+    }
+
+    /// Not in the local LRU: Redis, else `classify` (one classification for concurrent misses).
+    async fn miss<F, E>(&self, key: &str, classify: F) -> Result<(Arc<Decision>, Hit), Arc<E>>
+    where
+        F: Future<Output = Result<Decision, E>>,
+        E: Send + Sync + 'static,
+    {
         // 0 = classified here, 1 = found in Redis.
         let origin = AtomicU8::new(0);
         let entry = self

@@ -257,7 +257,8 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
     let embedding = std::sync::OnceLock::new();
     let classify = async {
         let t0 = Instant::now();
-        let r = rt.classifier.classify(text, tasks, want_embedding).await;
+        // Boxed: only a miss runs it, and in line it would size every hit's future.
+        let r = Box::pin(rt.classifier.classify(text, tasks, want_embedding)).await;
         classify_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut r = r?;
         if want_embedding && !r.embedding.is_empty() {
