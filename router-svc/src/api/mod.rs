@@ -105,11 +105,6 @@ where
     }
 }
 
-/// The routes (no layers: `app` puts those around them).
-pub fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router {
-    routes(state(shared, metrics))
-}
-
 fn state(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Arc<AppState> {
     Arc::new(AppState {
         shared,
@@ -122,6 +117,7 @@ fn state(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Arc<AppState
     })
 }
 
+/// The routes (no layers: `app` puts those around them).
 fn routes(state: Arc<AppState>) -> Router {
     // Bodies are read by `read_body` with the configured limit (413 in OpenAI format); no
     // extractor here applies axum's default one.

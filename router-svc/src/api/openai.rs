@@ -204,7 +204,7 @@ impl Parsed {
     /// Prompt tokens, estimated at 4 characters a token (what a key's token limit is charged
     /// at admission; the answer's `usage` corrects it).
     pub fn token_estimate(&self) -> u64 {
-        (self.all_text().chars().count() as u64).div_ceil(4).max(1)
+        (self.text_chars() as u64).div_ceil(4).max(1)
     }
 
     /// The characters of `all_text`, without writing it (what a model's context is checked
