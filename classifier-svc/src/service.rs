@@ -33,6 +33,9 @@ struct TextRun {
     /// Token byte offsets and word starts, for models with token heads (else empty).
     offsets: Vec<(usize, usize)>,
     word_starts: Vec<bool>,
+    /// Probabilities of the text's windows (`[window][task][label]`), when a windowed head
+    /// (the guard) was asked for and the text is longer than one window.
+    windows: Vec<Vec<Vec<f32>>>,
 }
 
 /// Loaded models and the task -> (model, head) index. Replaced whole when a model is added.
@@ -173,6 +176,7 @@ impl ClassifierService {
         truncation: Truncation,
         deadline: Option<Instant>,
         token_tasks: bool,
+        windowed: bool,
     ) -> Result<Vec<TextRun>, Error> {
         let model = batcher.model().clone();
         let model_id = model.meta.id.clone();
@@ -180,18 +184,25 @@ impl ClassifierService {
         let big = texts.iter().map(|t| t.len()).sum::<usize>() > 16 * 1024;
         // Token heads read the text through each token's offsets (and its spelling).
         let with_offsets = token_tasks && model.has_token_heads();
-        let tokenize = move || -> Result<Vec<(Encoded, Vec<f32>, Duration)>, Error> {
+        type Tokenized = (Encoded, Vec<f32>, Vec<Vec<u32>>, Duration);
+        let tokenize = move || -> Result<Vec<Tokenized>, Error> {
             texts
                 .iter()
                 .map(|t| {
                     let start = Instant::now();
-                    if with_offsets {
+                    let (e, shape) = if with_offsets {
                         let e = model.tokenize_with_offsets(t, truncation)?;
                         let shape = spans::shape_features(t, &e.offsets);
-                        Ok((e, shape, start.elapsed()))
+                        (e, shape)
                     } else {
-                        Ok((model.tokenize(t, truncation)?, Vec::new(), start.elapsed()))
-                    }
+                        (model.tokenize(t, truncation)?, Vec::new())
+                    };
+                    let windows = if windowed {
+                        model.windows(t)?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((e, shape, windows, start.elapsed()))
                 })
                 .collect()
         };
@@ -205,7 +216,12 @@ impl ClassifierService {
         };
         let mut waits = Vec::with_capacity(encoded.len());
         let mut runs = Vec::with_capacity(encoded.len());
-        for (e, shape, took) in encoded {
+        // Windows ride the same batches as whole texts; each answer knows its text.
+        let mut window_waits = Vec::new();
+        for (text, (e, shape, windows, took)) in encoded.into_iter().enumerate() {
+            for w in windows {
+                window_waits.push((text, batcher.submit(w, Vec::new(), deadline)));
+            }
             metrics::histogram!(m::TOKENIZATION_SECONDS, &labels).record(took.as_secs_f64());
             if e.truncated {
                 metrics::counter!(m::TRUNCATED, &labels).increment(1);
@@ -219,17 +235,27 @@ impl ClassifierService {
             ));
             waits.push(batcher.submit(e.ids, shape, deadline));
         }
-        let all = futures::future::join_all(waits);
-        let outputs = match deadline {
+        let (owners, window_rx): (Vec<usize>, Vec<_>) = window_waits.into_iter().unzip();
+        let all = futures::future::join(
+            futures::future::join_all(waits),
+            futures::future::join_all(window_rx),
+        );
+        let (outputs, window_outputs) = match deadline {
             Some(d) => tokio::time::timeout_at(d.into(), all)
                 .await
                 .map_err(|_| Error::DeadlineExceeded(Duration::ZERO))?,
             None => all.await,
         };
+        let mut windows: Vec<Vec<Vec<Vec<f32>>>> = vec![Vec::new(); runs.len()];
+        for (text, out) in owners.into_iter().zip(window_outputs) {
+            let out = out.map_err(|_| Error::Internal("batcher dropped the request".into()))??;
+            windows[text].push(out.probs);
+        }
         runs.into_iter()
             .zip(outputs)
+            .zip(windows)
             .map(
-                |((num_tokens, truncated, tokenization, offsets, word_starts), out)| {
+                |(((num_tokens, truncated, tokenization, offsets, word_starts), out), windows)| {
                     let output =
                         out.map_err(|_| Error::Internal("batcher dropped the request".into()))??;
                     crate::trace::batch_spans(&model_id, num_tokens, &output);
@@ -240,6 +266,7 @@ impl ClassifierService {
                         output,
                         offsets,
                         word_starts,
+                        windows,
                     })
                 },
             )
@@ -299,7 +326,17 @@ impl ClassifierService {
             let token_tasks = heads
                 .iter()
                 .any(|(_, hi)| batcher.model().tasks[*hi].is_token());
-            Self::run_texts(batcher, texts.clone(), truncation, deadline, token_tasks)
+            let windowed = heads
+                .iter()
+                .any(|(_, hi)| batcher.model().tasks[*hi].window.is_some());
+            Self::run_texts(
+                batcher,
+                texts.clone(),
+                truncation,
+                deadline,
+                token_tasks,
+                windowed,
+            )
         });
         let per_model = futures::future::try_join_all(runs).await?;
 
@@ -332,7 +369,17 @@ impl ClassifierService {
                         text_result.entities.extend(entities);
                         continue;
                     }
-                    let probs = &out.probs[*hi];
+                    let mut windowed = None;
+                    if let (Some(w), false) = (model.tasks[*hi].window, run.windows.is_empty()) {
+                        let mut p = out.probs[*hi].clone();
+                        semroute_encoder::heads::pick_window(
+                            &mut p,
+                            run.windows.iter().filter_map(|x| x.get(*hi)).map(Vec::as_slice),
+                            w.positive,
+                        );
+                        windowed = Some(p);
+                    }
+                    let probs = windowed.as_ref().unwrap_or(&out.probs[*hi]);
                     let (top, p) = probs
                         .iter()
                         .enumerate()
@@ -400,7 +447,15 @@ impl ClassifierService {
             .inspect_err(|_| metrics::counter!(m::REJECTED).increment(1))?;
         let meta = batcher.model().meta.clone();
         let outs =
-            Self::run_texts(batcher, Arc::new(req.texts), truncation, deadline, false).await?;
+            Self::run_texts(
+                batcher,
+                Arc::new(req.texts),
+                truncation,
+                deadline,
+                false,
+                false,
+            )
+            .await?;
         Ok(pb::EmbedResponse {
             embeddings: outs
                 .into_iter()

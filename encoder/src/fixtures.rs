@@ -341,6 +341,8 @@ pub fn write_head(
         bigram_buckets: 0,
         kind: String::new(),
         context: 0,
+        positive: None,
+        window: None,
     };
     std::fs::write(dir.join("head.json"), serde_json::to_string_pretty(&spec)?)?;
     Ok(())
@@ -369,6 +371,8 @@ pub fn write_token_head(
         bigram_buckets: 0,
         kind: "token".into(),
         context,
+        positive: None,
+        window: None,
     };
     std::fs::write(
         heads_dir.join(task).join("head.json"),

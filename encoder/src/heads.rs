@@ -43,6 +43,63 @@ pub struct HeadSpec {
     /// Token heads: neighbouring tokens on each side whose hidden states a token also reads.
     #[serde(default)]
     pub context: usize,
+    /// A detector's positive label (with `window`: the label whose probability picks the window).
+    #[serde(default)]
+    pub positive: Option<String>,
+    /// Judge long texts in overlapping windows as well as whole (a guard: an attack padded
+    /// with a harmless essay is not diluted by it); the answer is the window, or the whole text,
+    /// with the highest probability of `positive`.
+    #[serde(default)]
+    pub window: Option<WindowSpec>,
+}
+
+/// `window` of head.json: windows of `tokens` tokens (special tokens included) every `stride`
+/// tokens over the whole text (beyond the encoder's max length too), at most `max_windows`
+/// of them (evenly spread, the first and the last always among them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSpec {
+    pub tokens: usize,
+    pub stride: usize,
+    pub max_windows: usize,
+}
+
+/// A windowed head's settings, with the index of the label that picks the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub spec: WindowSpec,
+    pub positive: usize,
+}
+
+impl WindowSpec {
+    /// Start offsets of the windows over `n` content tokens (none when the text fits one).
+    pub fn starts(&self, n: usize) -> Vec<usize> {
+        let size = self.tokens.saturating_sub(2).max(1);
+        if n <= size || self.max_windows == 0 {
+            return Vec::new();
+        }
+        let stride = self.stride.max(1);
+        let last = n - size;
+        let mut all: Vec<usize> = (0..last).step_by(stride).collect();
+        all.push(last);
+        if all.len() > self.max_windows {
+            let k = self.max_windows.max(2);
+            all = (0..k)
+                .map(|i| all[i * (all.len() - 1) / (k - 1)])
+                .collect();
+            all.dedup();
+        }
+        all
+    }
+}
+
+/// Replaces `whole` (one text's label probabilities) by the window's whose `positive`
+/// probability is highest, when that is higher than the whole text's.
+pub fn pick_window<'a>(whole: &mut Vec<f32>, windows: impl IntoIterator<Item = &'a [f32]>, positive: usize) {
+    for w in windows {
+        if w.get(positive) > whole.get(positive) {
+            *whole = w.to_vec();
+        }
+    }
 }
 
 /// The bag-of-token-ids features of one tokenized text: `log(1 + count)` per id, L2-normalised,
@@ -124,6 +181,8 @@ pub struct TaskHead {
     pub name: String,
     pub labels: Vec<String>,
     pub head: Head,
+    /// Long texts judged in windows too (`WindowSpec`); sentence heads of layout b only.
+    pub window: Option<Window>,
 }
 
 impl TaskHead {
@@ -307,6 +366,7 @@ impl TaskHead {
             name: task.to_string(),
             labels,
             head,
+            window: None,
         })
     }
 
@@ -443,9 +503,30 @@ impl TaskHead {
                     act,
                     context: spec.context,
                 },
+                window: None,
             });
         }
+        let window = match spec.window {
+            None => None,
+            Some(w) => {
+                let positive = spec
+                    .positive
+                    .as_ref()
+                    .and_then(|p| spec.labels.iter().position(|l| l == p))
+                    .ok_or_else(|| {
+                        Error::load(&name, "head.json: window needs positive, one of the labels")
+                    })?;
+                if w.tokens < 8 || w.stride == 0 || w.stride > w.tokens {
+                    return Err(Error::load(
+                        &name,
+                        "head.json: window needs tokens >= 8 and 0 < stride <= tokens",
+                    ));
+                }
+                Some(Window { spec: w, positive })
+            }
+        };
         Ok(TaskHead {
+            window,
             name: spec.task,
             labels: spec.labels,
             head: Head::Mlp {
@@ -460,7 +541,37 @@ impl TaskHead {
 
 #[cfg(test)]
 mod tests {
-    use super::{token_bag, token_bag_with};
+    use super::{pick_window, token_bag, token_bag_with, WindowSpec};
+
+    #[test]
+    fn windows_cover_the_text_and_are_capped() {
+        let w = WindowSpec {
+            tokens: 10,
+            stride: 4,
+            max_windows: 100,
+        };
+        assert!(w.starts(8).is_empty(), "fits one window: judged whole");
+        let s = w.starts(20);
+        assert_eq!(s, [0, 4, 8, 12]);
+        assert_eq!(*s.last().unwrap() + 8, 20, "the last window ends at the text's end");
+        let capped = WindowSpec {
+            max_windows: 3,
+            ..w
+        }
+        .starts(1000);
+        assert_eq!(capped.len(), 3);
+        assert_eq!((capped[0], capped[2]), (0, 992));
+    }
+
+    #[test]
+    fn the_most_positive_window_wins() {
+        let mut whole = vec![0.9, 0.1];
+        pick_window(&mut whole, [&[0.8f32, 0.2][..], &[0.3, 0.7], &[0.5, 0.5]], 1);
+        assert_eq!(whole, [0.3, 0.7]);
+        let mut whole = vec![0.1, 0.9];
+        pick_window(&mut whole, [&[0.8f32, 0.2][..]], 1);
+        assert_eq!(whole, [0.1, 0.9]);
+    }
 
     #[test]
     fn bigrams_land_after_the_vocabulary_and_are_stable() {

@@ -210,6 +210,45 @@ impl Model {
         self.tokenizer.encode_with(text, truncation, true)
     }
 
+    /// The windowed head's settings, if a head judges long texts in windows (the first one's:
+    /// heads of one encoder share their windows).
+    pub fn window(&self) -> Option<heads::WindowSpec> {
+        self.tasks.iter().find_map(|t| t.window.map(|w| w.spec))
+    }
+
+    /// The windows of a long text that windowed heads also judge (token ids with special
+    /// tokens); empty when no head is windowed or the text fits one window.
+    pub fn windows(&self, text: &str) -> Result<Vec<Vec<u32>>> {
+        let Some(spec) = self.window() else {
+            return Ok(Vec::new());
+        };
+        let content = self.tokenizer.content_ids(text)?;
+        let (pre, post) = self.tokenizer.wrap();
+        let size = spec.tokens.saturating_sub(2).max(1);
+        Ok(spec
+            .starts(content.len())
+            .into_iter()
+            .map(|s| {
+                let end = (s + size).min(content.len());
+                [pre, &content[s..end], post].concat()
+            })
+            .collect())
+    }
+
+    /// Folds the windows' probabilities (`windows[window][task][label]`) into one text's
+    /// (`probs[task][label]`) for every windowed head: the most positive of them wins.
+    pub fn apply_windows(&self, probs: &mut [Vec<f32>], windows: &[Vec<Vec<f32>>]) {
+        for (ti, task) in self.tasks.iter().enumerate() {
+            if let (Some(w), Some(p)) = (task.window, probs.get_mut(ti)) {
+                heads::pick_window(
+                    p,
+                    windows.iter().filter_map(|x| x.get(ti)).map(Vec::as_slice),
+                    w.positive,
+                );
+            }
+        }
+    }
+
     /// Pads `seqs` into one `(b, t)` id tensor: done by the batcher while the previous batch runs.
     pub fn prepare(&self, seqs: &[&[u32]]) -> Result<Prepared> {
         self.prepare_with(seqs, Vec::new())

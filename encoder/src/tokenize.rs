@@ -28,6 +28,10 @@ pub struct Encoded {
 
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer without truncation: windows over a whole long text.
+    whole: Tokenizer,
+    /// Special tokens the model adds before and after a text's own tokens.
+    wrap: (Vec<u32>, Vec<u32>),
     max_length: usize,
 }
 
@@ -35,6 +39,27 @@ impl TextTokenizer {
     pub fn load(path: &std::path::Path, max_length: usize, model: &str) -> Result<Self> {
         let mut inner = Tokenizer::from_file(path)
             .map_err(|e| Error::load(model, format!("tokenizer.json: {e}")))?;
+        let mut whole = inner.clone();
+        whole
+            .with_truncation(None)
+            .map_err(|e| Error::load(model, format!("tokenizer truncation: {e}")))?;
+        whole.with_padding(None);
+        let probe = |special: bool| {
+            whole
+                .encode_fast("a", special)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| Error::load(model, format!("tokenizer: {e}")))
+        };
+        let (with, without) = (probe(true)?, probe(false)?);
+        let at = with
+            .windows(without.len().max(1))
+            .position(|w| w == without.as_slice())
+            .unwrap_or(0);
+        let wrap = if without.is_empty() {
+            (with.clone(), Vec::new())
+        } else {
+            (with[..at].to_vec(), with[at + without.len()..].to_vec())
+        };
         inner
             .with_truncation(Some(TruncationParams {
                 max_length,
@@ -42,7 +67,27 @@ impl TextTokenizer {
             }))
             .map_err(|e| Error::load(model, format!("tokenizer truncation: {e}")))?;
         inner.with_padding(None);
-        Ok(Self { inner, max_length })
+        Ok(Self {
+            inner,
+            whole,
+            wrap,
+            max_length,
+        })
+    }
+
+    /// The text's own token ids, untruncated (no special tokens).
+    pub fn content_ids(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .whole
+            .encode_fast(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Special tokens added before and after a text's own tokens.
+    pub fn wrap(&self) -> (&[u32], &[u32]) {
+        (&self.wrap.0, &self.wrap.1)
     }
 
     pub fn max_length(&self) -> usize {

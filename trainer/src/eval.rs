@@ -76,12 +76,22 @@ fn in_process(args: &EvalArgs, texts: &[&str]) -> anyhow::Result<Predicted> {
 }
 
 /// Every sentence task's probabilities for every text (`[row][task][label]`, tasks in
-/// `model.tasks` order), 32 texts a batch in length order so padding stays small.
+/// `model.tasks` order), 32 texts a batch in length order so padding stays small. As served:
+/// a windowed head (the guard) also judges a long text's windows, and the most positive wins.
 pub fn classify_all(model: &Model, texts: &[&str]) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
-    let ids: Vec<Vec<u32>> = texts
-        .iter()
-        .map(|t| Ok(model.tokenize(t, Truncation::Truncate)?.ids))
-        .collect::<anyhow::Result<_>>()?;
+    // Whole texts first, then every window, each row remembering its text.
+    let mut ids: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
+    let mut owner: Vec<usize> = Vec::with_capacity(texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        ids.push(model.tokenize(t, Truncation::Truncate)?.ids);
+        owner.push(i);
+    }
+    for (i, t) in texts.iter().enumerate() {
+        for w in model.windows(t)? {
+            ids.push(w);
+            owner.push(i);
+        }
+    }
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
     let mut probs = vec![Vec::new(); ids.len()];
@@ -90,6 +100,14 @@ pub fn classify_all(model: &Model, texts: &[&str]) -> anyhow::Result<Vec<Vec<Vec
         for (&i, p) in chunk.iter().zip(model.run(&seqs)?.probs) {
             probs[i] = p;
         }
+    }
+    let windows = probs.split_off(texts.len());
+    let mut per_text: Vec<Vec<Vec<Vec<f32>>>> = vec![Vec::new(); texts.len()];
+    for (w, &i) in windows.into_iter().zip(&owner[texts.len()..]) {
+        per_text[i].push(w);
+    }
+    for (p, w) in probs.iter_mut().zip(&per_text) {
+        model.apply_windows(p, w);
     }
     Ok(probs)
 }

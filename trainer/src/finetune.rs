@@ -576,6 +576,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
             started,
             (task.train.len(), task.val.len(), task.test.len()),
             &note,
+            None,
         )?;
     }
     let command = train::command_line();

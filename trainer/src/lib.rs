@@ -8,6 +8,8 @@ pub mod centroid;
 pub mod dataset;
 pub mod eval;
 pub mod finetune;
+pub mod perturb;
+pub mod robustness;
 pub mod route_bench;
 pub mod spans;
 pub mod train;

@@ -1,5 +1,5 @@
 //! semroute-train: train, fine-tune and judge the classifier's heads (`train`, `finetune`,
-//! `eval`, `centroid-heads`, `route-bench`). The server binary (classifier-svc) serves what this writes.
+//! `eval`, `centroid-heads`, `route-bench`, `guard-robustness`). The server binary (classifier-svc) serves what this writes.
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +31,8 @@ enum Command {
     /// Replay prompts with per-model correctness through the routing policy: accuracy and cost
     /// of every model, the router along its cost knob, random routing and the oracle.
     RouteBench(semroute_trainer::route_bench::RouteBenchArgs),
+    /// Judge the guard under small harmless edits: fixed ones and an adaptive greedy search.
+    GuardRobustness(semroute_trainer::robustness::RobustnessArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Finetune(args) => semroute_trainer::finetune::run(&args),
         Command::CentroidHeads(args) => semroute_trainer::centroid::run(&args),
         Command::RouteBench(args) => semroute_trainer::route_bench::run(&args),
+        Command::GuardRobustness(args) => semroute_trainer::robustness::run(&args),
         Command::Eval(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -94,6 +94,16 @@ pub struct TrainArgs {
     /// Token heads: neighbouring tokens on each side whose hidden states a token also reads.
     #[arg(long, default_value_t = 1)]
     pub context: usize,
+    /// Add this many perturbed copies of every training row (harmless words, sentences and
+    /// greetings before or after, case, spacing, look-alike letters: `perturb::train_edit`), so
+    /// that such edits do not move the head. Validation and test rows stay as they are.
+    #[arg(long, default_value_t = 0)]
+    pub augment: usize,
+    /// Temperature scaling: one temperature fitted on the validation split (least negative
+    /// log-likelihood) and folded into the last layer, so probabilities mean what they say;
+    /// expected calibration error before / after on the test split goes to metrics and card.
+    #[arg(long)]
+    pub calibrate: bool,
 }
 
 /// Embeds `texts` with `model`, 32 at a time in length order, cached under `cache_dir` by the
@@ -320,8 +330,32 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
 
     let source: Source = args.encoder.parse()?;
     let model = Model::load_encoder(&source, None, &LoadOptions::default())?;
+    let (labels, mut y) = (labels, y);
+    let mut rows = rows;
+    let (mut train, val, test) = split3(&y, args.val_fraction, args.test_fraction, args.seed);
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-    let emb = embed_cached(&model, &texts, args.max_length, &args.cache_dir)?;
+    let mut emb = embed_cached(&model, &texts, args.max_length, &args.cache_dir)?;
+    if args.augment > 0 {
+        // Perturbed copies of the training rows only, embedded (and cached) apart.
+        let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
+        let mut extra = Vec::new();
+        for _ in 0..args.augment {
+            for &i in &train {
+                let mut r = rows[i].clone();
+                r.text = crate::perturb::train_edit(&mut rng, &r.text);
+                extra.push((r, y[i]));
+            }
+        }
+        let texts: Vec<&str> = extra.iter().map(|(r, _)| r.text.as_str()).collect();
+        emb.extend(embed_cached(&model, &texts, args.max_length, &args.cache_dir)?);
+        for (r, l) in extra {
+            train.push(rows.len());
+            rows.push(r);
+            y.push(l);
+        }
+        eprintln!("augmented: {} perturbed training rows", train.len() - train.len() / (args.augment + 1));
+    }
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     // As served: the encoder's own limit (512 for MiniLM), whatever --max-length trains on.
     let ids = texts
         .iter()
@@ -342,7 +376,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let feats = Features { emb, bags };
     let dim = feats.dim();
 
-    let (train, val, test) = split3(&y, args.val_fraction, args.test_fraction, args.seed);
     eprintln!(
         "split (seed {}): train {}, validation {}, test {}",
         args.seed,
@@ -413,10 +446,17 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let weights = best.2;
+    let mut weights = best.2;
+    let x_test = feats.rows(&test)?;
+    let y_test: Vec<usize> = test.iter().map(|&i| y[i]).collect();
+    let calibration = if args.calibrate {
+        Some(calibrate(&mut weights, (&x_val, &y_val), (&x_test, &y_test))?)
+    } else {
+        None
+    };
 
     let p_val = probs(&weights, &x_val)?;
-    let p_test = probs(&weights, &feats.rows(&test)?)?;
+    let p_test = probs(&weights, &x_test)?;
     let (test_scores, detector) = report(
         args,
         &rows,
@@ -437,8 +477,100 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         started,
         (train.len(), val.len(), test.len()),
         "frozen",
+        calibration,
     )?;
     Ok(())
+}
+
+/// The card's line on calibration.
+fn metrics_calibration(c: &Option<serde_json::Value>) -> Option<String> {
+    let c = c.as_ref()?;
+    Some(format!(
+        "Temperature scaling (fitted on validation, folded into the last layer): T = {:.3}; test expected calibration error {:.4} -> {:.4} (15 bins).",
+        c["temperature"].as_f64()?,
+        c["test_ece"]["before"].as_f64()?,
+        c["test_ece"]["after"].as_f64()?
+    ))
+}
+
+/// Raw scores of the last layer (before softmax).
+fn logits(weights: &[(Tensor, Tensor)], x: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    let mut h = x.clone();
+    for (i, (w, b)) in weights.iter().enumerate() {
+        h = h.matmul(&w.t()?)?.broadcast_add(b)?;
+        if i + 1 < weights.len() {
+            h = h.relu()?;
+        }
+    }
+    h.to_vec2()
+}
+
+fn softmax_t(l: &[f32], t: f32) -> Vec<f32> {
+    let m = l.iter().copied().fold(f32::MIN, f32::max);
+    let e: Vec<f32> = l.iter().map(|v| ((v - m) / t).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Mean negative log-likelihood of the true labels at temperature `t`.
+fn nll(logits: &[Vec<f32>], y: &[usize], t: f32) -> f64 {
+    logits
+        .iter()
+        .zip(y)
+        .map(|(l, &k)| -(softmax_t(l, t)[k].max(1e-12) as f64).ln())
+        .sum::<f64>()
+        / y.len().max(1) as f64
+}
+
+/// Expected calibration error of the top label's probability (15 equal-width bins).
+pub(crate) fn ece(probs: &[Vec<f32>], y: &[usize]) -> f64 {
+    let bins = 15;
+    let mut acc = vec![(0usize, 0f64, 0f64); bins];
+    for (p, &k) in probs.iter().zip(y) {
+        let top = argmax(p);
+        let b = ((p[top] * bins as f32) as usize).min(bins - 1);
+        acc[b].0 += 1;
+        acc[b].1 += p[top] as f64;
+        acc[b].2 += f64::from(u8::from(top == k));
+    }
+    acc.iter()
+        .filter(|b| b.0 > 0)
+        .map(|&(_, conf, right)| (conf - right).abs())
+        .sum::<f64>()
+        / y.len().max(1) as f64
+}
+
+/// Fits one temperature on the validation split (grid over log T, then refined) and folds it
+/// into the last layer (weights and bias divided by T), so the served head needs nothing new.
+fn calibrate(
+    weights: &mut [(Tensor, Tensor)],
+    (x_val, y_val): (&Tensor, &[usize]),
+    (x_test, y_test): (&Tensor, &[usize]),
+) -> anyhow::Result<serde_json::Value> {
+    let lv = logits(weights, x_val)?;
+    let lt = logits(weights, x_test)?;
+    let mut best = (f64::MAX, 1f32);
+    for i in -60..=60 {
+        let t = (i as f32 * 0.05).exp();
+        let v = nll(&lv, y_val, t);
+        if v < best.0 {
+            best = (v, t);
+        }
+    }
+    let t = best.1;
+    let at = |l: &[Vec<f32>], t: f32| l.iter().map(|r| softmax_t(r, t)).collect::<Vec<_>>();
+    let report = json!({
+        "method": "temperature scaling, fitted on the validation split",
+        "temperature": t,
+        "validation_nll": {"before": nll(&lv, y_val, 1.0), "after": best.0},
+        "test_ece": {"before": ece(&at(&lt, 1.0), y_test), "after": ece(&at(&lt, t), y_test)},
+    });
+    eprintln!("calibration: {report}");
+    if let Some(last) = weights.last_mut() {
+        last.0 = (&last.0 / t as f64)?;
+        last.1 = (&last.1 / t as f64)?;
+    }
+    Ok(report)
 }
 
 /// The reported figures from a head's probabilities on the validation and test splits: test
@@ -726,6 +858,7 @@ pub(crate) fn write_head(
     started: Instant,
     split: (usize, usize, usize),
     encoder_note: &str,
+    calibration: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let dir = args.out.join(&args.task);
     let mut spec = json!({
@@ -747,6 +880,8 @@ pub(crate) fn write_head(
         "best_epoch": best_epoch,
         "test": scores,
         "detector": detector,
+        "calibration": calibration,
+        "augment": args.augment,
         "train_seconds": started.elapsed().as_secs_f64(),
     });
     let command = save_head(&dir, weights, &spec, metrics)?;
@@ -804,6 +939,16 @@ pub(crate) fn write_head(
         scores.macro_f1,
         scores.render()
     )?;
+    if let Some(c) = &metrics_calibration(&calibration) {
+        writeln!(card, "\n## Calibration\n\n{c}")?;
+    }
+    if args.augment > 0 {
+        writeln!(
+            card,
+            "\n{} perturbed copies of each training row (`perturb::train_edit`: greetings, closers, unrelated sentences, case, spacing, look-alike letters); validation and test rows unedited.",
+            args.augment
+        )?;
+    }
     if let Some(d) = &detector {
         writeln!(
             card,

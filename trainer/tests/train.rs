@@ -57,6 +57,8 @@ async fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
         spans_field: None,
         balance_groups: false,
         context: 1,
+        augment: 0,
+        calibrate: false,
     };
     train::run(&args).unwrap();
     let e = train::run(&TrainArgs {
@@ -76,6 +78,27 @@ async fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
         "{metrics}"
     );
     assert!(metrics["detector"]["threshold"].is_number());
+    assert!(metrics["calibration"].is_null());
+
+    // Perturbed copies of the training rows and a fitted temperature: same quality, the
+    // temperature recorded, the test split untouched (its size is that of the plain run).
+    let calibrated = dir.path().join("calibrated");
+    train::run(&TrainArgs {
+        augment: 1,
+        calibrate: true,
+        out: calibrated.clone(),
+        ..args.clone()
+    })
+    .unwrap();
+    let m2: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(calibrated.join("topic/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let t = m2["calibration"]["temperature"].as_f64().unwrap();
+    assert!(t > 0.0 && t.is_finite(), "{m2}");
+    assert!(m2["test"]["accuracy"].as_f64().unwrap() >= 0.95, "{m2}");
+    assert_eq!(m2["split"]["test"], metrics["split"]["test"]);
+    assert!(m2["split"]["train"].as_u64() > metrics["split"]["train"].as_u64());
 
     // The server's loader reads it back, lexical features included.
     let model = Model::load_encoder(
