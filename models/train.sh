@@ -22,16 +22,31 @@ bigrams=(--bigram-buckets 16384)
 
 "${bin[@]}" train --task domain --data "$data/mmlu-pro/questions.jsonl" \
   --text-field text --label-field category "${common[@]}" "${bigrams[@]}"
-# Complexity: each source of a label weighs alike (sqrt inverse frequency within the label), so
-# the 200 StrategyQA questions (short yes/no questions needing implicit steps: most of the errors)
-# are not drowned by 800-1000-prompt sources; chosen on validation (0.9810 vs 0.9801 macro-F1).
+# Complexity: "does a large model pay", not "which benchmark": the shared exam/benchmark
+# prompts plus the dev part of the traffic set (models/traffic/build.py: writing and editing,
+# chat, intents, factoid, everyday help = simple; coding, maths, logic, arena-hard work =
+# reasoning; its held-out part is never read here). Each source of a label weighs alike (sqrt
+# inverse frequency within the label); probabilities calibrated by temperature on validation.
+traffic=models/traffic/data/traffic-dev.jsonl
+[ -f "$traffic" ] || { echo "missing $traffic: run python3 models/traffic/build.py first (see models/traffic/SOURCES.md)" >&2; exit 1; }
 "${bin[@]}" train --task complexity --data "$data/complexity/simple_prompts.jsonl" \
-  --data "$data/complexity/reasoning_prompts.jsonl" --text-field text --label-field label \
-  --group-field source --balance-groups "${common[@]}"
+  --data "$data/complexity/reasoning_prompts.jsonl" --data "$traffic" --text-field text \
+  --label-field "label|expected" --label-map small=simple --group-field source --balance-groups \
+  --calibrate "${common[@]}"
+# The guard: the attack data plus the traffic set's dev prompts as benign (everyday requests
+# must not be refused), two perturbed copies of every training row (greetings, closers,
+# unrelated sentences, case, spacing, look-alike letters), calibrated, long texts judged in
+# windows of 256 tokens every 128 as well (padding an attack with an essay does not dilute it); the
+# threshold is then set for <= 2 % FPR on the validation split (25 %) as served, windows included.
 "${bin[@]}" train --task jailbreak --data "$data/jailbreak/jailbreak_injection_prompts.jsonl" \
-  --text-field text --label-field label --group-field category --positive malicious --max-fpr 0.03 \
-  --val-fraction 0.25 --test-fraction 0.15 "${common[@]}" "${bigrams[@]}"  # a larger validation split: the
-  # false-positive threshold is set on ~350 benign prompts, so it holds on the test split
+  --data "$traffic" --text-field text --label-field "label|expected" \
+  --label-map small=benign,reasoning=benign --group-field "category|kind" --positive malicious \
+  --max-fpr 0.02 --val-fraction 0.25 --test-fraction 0.15 --augment 2 --calibrate \
+  --window 256,128,4 "${common[@]}" "${bigrams[@]}"
+"${bin[@]}" guard-robustness --data "$data/jailbreak/jailbreak_injection_prompts.jsonl" \
+  --data "$traffic" --text-field text --label-field "label|expected" \
+  --label-map small=benign,reasoning=benign --rethreshold 0.02 --sample 200 --adaptive-limit 60 --budget 40 \
+  --json models/heads/jailbreak/robustness.json
 # "Strong model needed" for a weak/strong pair (RouteLLM's win label: the weak model wrong and the
 # strong one right), from MMLU-Pro's per-model correctness; the card reports the quality curve
 # (PGR, APGR, CPT) on the test split for this pair and a second one, and the threshold for each

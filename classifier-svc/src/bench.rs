@@ -337,8 +337,11 @@ struct Subject {
 }
 
 fn minilm(args: &BenchArgs) -> anyhow::Result<Subject> {
-    let heads = args.cache.join("minilm-heads");
-    if !heads.join("domain/head.json").is_file() {
+    let heads = args
+        .heads
+        .clone()
+        .unwrap_or_else(|| args.cache.join("minilm-heads"));
+    if args.heads.is_none() && !heads.join("domain/head.json").is_file() {
         let domain: Vec<String> = (0..14).map(|i| format!("d{i}")).collect();
         let domain: Vec<&str> = domain.iter().map(|s| s.as_str()).collect();
         fixtures::write_head(&heads, "domain", &domain, 384, &[], 1)?;
@@ -350,8 +353,16 @@ fn minilm(args: &BenchArgs) -> anyhow::Result<Subject> {
         Some(&heads),
         &LoadOptions::default(),
     )?;
+    let name = match &args.heads {
+        Some(d) => format!(
+            "all-MiniLM-L6-v2 (real weights) + the {} heads of {}",
+            model.tasks.len(),
+            d.display()
+        ),
+        None => "all-MiniLM-L6-v2 (real weights) + 3 heads".into(),
+    };
     Ok(Subject {
-        name: "all-MiniLM-L6-v2 (real weights) + 3 heads".into(),
+        name,
         model: Arc::new(model),
         dims: (Arch::Bert, 384, 6, 1536),
     })

@@ -293,6 +293,10 @@ pub struct BenchArgs {
     /// Where random-weight bench models are cached.
     #[arg(long, default_value = "target/bench-models")]
     pub cache: PathBuf,
+    /// MiniLM serves the heads of this directory (e.g. models/heads: the shipped heads, a
+    /// windowed guard included) instead of three random-weight ones.
+    #[arg(long)]
+    pub heads: Option<PathBuf>,
     /// Markdown report to write.
     #[arg(long, default_value = "classifier-svc/BENCH.md")]
     pub output: PathBuf,

@@ -374,7 +374,10 @@ impl ClassifierService {
                         let mut p = out.probs[*hi].clone();
                         semroute_encoder::heads::pick_window(
                             &mut p,
-                            run.windows.iter().filter_map(|x| x.get(*hi)).map(Vec::as_slice),
+                            run.windows
+                                .iter()
+                                .filter_map(|x| x.get(*hi))
+                                .map(Vec::as_slice),
                             w.positive,
                         );
                         windowed = Some(p);
@@ -446,16 +449,15 @@ impl ClassifierService {
             .try_admit(req.texts.len())
             .inspect_err(|_| metrics::counter!(m::REJECTED).increment(1))?;
         let meta = batcher.model().meta.clone();
-        let outs =
-            Self::run_texts(
-                batcher,
-                Arc::new(req.texts),
-                truncation,
-                deadline,
-                false,
-                false,
-            )
-            .await?;
+        let outs = Self::run_texts(
+            batcher,
+            Arc::new(req.texts),
+            truncation,
+            deadline,
+            false,
+            false,
+        )
+        .await?;
         Ok(pb::EmbedResponse {
             embeddings: outs
                 .into_iter()

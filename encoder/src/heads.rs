@@ -83,9 +83,7 @@ impl WindowSpec {
         all.push(last);
         if all.len() > self.max_windows {
             let k = self.max_windows.max(2);
-            all = (0..k)
-                .map(|i| all[i * (all.len() - 1) / (k - 1)])
-                .collect();
+            all = (0..k).map(|i| all[i * (all.len() - 1) / (k - 1)]).collect();
             all.dedup();
         }
         all
@@ -94,7 +92,11 @@ impl WindowSpec {
 
 /// Replaces `whole` (one text's label probabilities) by the window's whose `positive`
 /// probability is highest, when that is higher than the whole text's.
-pub fn pick_window<'a>(whole: &mut Vec<f32>, windows: impl IntoIterator<Item = &'a [f32]>, positive: usize) {
+pub fn pick_window<'a>(
+    whole: &mut Vec<f32>,
+    windows: impl IntoIterator<Item = &'a [f32]>,
+    positive: usize,
+) {
     for w in windows {
         if w.get(positive) > whole.get(positive) {
             *whole = w.to_vec();
@@ -553,7 +555,11 @@ mod tests {
         assert!(w.starts(8).is_empty(), "fits one window: judged whole");
         let s = w.starts(20);
         assert_eq!(s, [0, 4, 8, 12]);
-        assert_eq!(*s.last().unwrap() + 8, 20, "the last window ends at the text's end");
+        assert_eq!(
+            *s.last().unwrap() + 8,
+            20,
+            "the last window ends at the text's end"
+        );
         let capped = WindowSpec {
             max_windows: 3,
             ..w
@@ -566,7 +572,11 @@ mod tests {
     #[test]
     fn the_most_positive_window_wins() {
         let mut whole = vec![0.9, 0.1];
-        pick_window(&mut whole, [&[0.8f32, 0.2][..], &[0.3, 0.7], &[0.5, 0.5]], 1);
+        pick_window(
+            &mut whole,
+            [&[0.8f32, 0.2][..], &[0.3, 0.7], &[0.5, 0.5]],
+            1,
+        );
         assert_eq!(whole, [0.3, 0.7]);
         let mut whole = vec![0.1, 0.9];
         pick_window(&mut whole, [&[0.8f32, 0.2][..]], 1);

@@ -270,3 +270,51 @@ fn real_minilm_embeddings_are_deterministic_and_semantic() {
     );
     assert!((dot(&e[0], &e[0]) - 1.0).abs() < 1e-5, "normalised");
 }
+
+#[test]
+fn a_windowed_head_judges_long_texts_in_windows_beyond_the_max_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = dir.path().join("enc");
+    fixtures::write_checkpoint(&enc, &Spec::tiny(Arch::Bert)).unwrap();
+    let heads = dir.path().join("heads");
+    fixtures::write_head(&heads, "jailbreak", &["benign", "jailbreak"], 32, &[], 2).unwrap();
+    let path = heads.join("jailbreak/head.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    spec["positive"] = "jailbreak".into();
+    spec["window"] = serde_json::json!({"tokens": 8, "stride": 4, "max_windows": 50});
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let opts = LoadOptions {
+        max_length: 16,
+        ..Default::default()
+    };
+    let model = Model::load_encoder(&Source::Local(enc), Some(&heads), &opts).unwrap();
+    assert!(
+        model.windows("hello").unwrap().is_empty(),
+        "fits one window"
+    );
+    let long = "the capital of north carolina ".repeat(20);
+    let windows = model.windows(&long).unwrap();
+    let content = model.tokenize(&long, Truncation::Truncate).unwrap();
+    assert!(content.truncated, "longer than the max length");
+    // Every window is [CLS] + 6 of the text's tokens + [SEP], and together they reach its end.
+    assert!(windows.len() > 20, "{}", windows.len());
+    for w in &windows {
+        assert_eq!(w.len(), 8);
+        assert_eq!((w[0], w[7]), (2, 3));
+    }
+    // The most positive of the whole text and its windows is what the head answers.
+    let seqs: Vec<&[u32]> = std::iter::once(content.ids.as_slice())
+        .chain(windows.iter().map(Vec::as_slice))
+        .collect();
+    let out = model.run(&seqs).unwrap();
+    let mut whole = out.probs[0].clone();
+    model.apply_windows(&mut whole, &out.probs[1..]);
+    let best = out.probs.iter().map(|p| p[0][1]).fold(f32::MIN, f32::max);
+    assert_eq!(whole[0][1], best);
+    // A bad window is refused at load.
+    spec["window"] = serde_json::json!({"tokens": 8, "stride": 0, "max_windows": 4});
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let dir2 = dir.path().join("enc");
+    assert!(Model::load_encoder(&Source::Local(dir2), Some(&heads), &opts).is_err());
+}

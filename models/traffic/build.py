@@ -694,7 +694,14 @@ def main() -> None:
     with open(args.out, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"wrote {len(rows)} rows to {args.out}", file=sys.stderr)
+    # The dev part alone, for training and selection (models/train.sh); the held-out part is
+    # read only by route_eval.py.
+    dev = args.out.with_name(args.out.stem + "-dev.jsonl")
+    with open(dev, "w", encoding="utf-8") as f:
+        for r in rows:
+            if r["split"] == "dev":
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"wrote {len(rows)} rows to {args.out} (dev part also in {dev})", file=sys.stderr)
     print_table(rows)
 
 

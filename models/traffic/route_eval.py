@@ -59,13 +59,18 @@ def load_rows(path, split):
     return rows
 
 
-def router_config(src, timeout_ms, work):
-    """`src` with the classifier deadline raised so that every request is classified."""
+def router_config(src, timeout_ms, work, jailbreak_threshold=None):
+    """`src` with the classifier deadline raised so that every request is classified (and,
+    for candidate heads, the guard's threshold taken from their head.json)."""
     with open(src) as f:
         text = f.read()
     text, n = re.subn(r"(?m)^(  timeout_ms:) \d+", rf"\1 {timeout_ms}", text, count=1)
     if n != 1:
         sys.exit(f"{src}: classifier.timeout_ms not found")
+    if jailbreak_threshold is not None:
+        text, n = re.subn(r"(?m)^(    threshold:) [\d.]+", rf"\g<1> {jailbreak_threshold}", text, count=1)
+        if n != 1:
+            sys.exit(f"{src}: routing.jailbreak.threshold not found")
     path = os.path.join(work, "router-eval.yaml")
     with open(path, "w") as f:
         f.write(text)
@@ -127,6 +132,14 @@ def evaluate(router, rows, small, price, args):
         answer = args.answer_tokens * (args.reasoning_factor if reasoning else 1)
         return (chars / 4 * p_in + answer * p_out) / 1e6
 
+    if args.decisions:
+        # One line a prompt (id, kind, expected, tier, signals): no prompt text.
+        with open(args.decisions, "w") as f:
+            for r, d in out:
+                f.write(json.dumps({"id": r["id"], "kind": r["kind"], "expected": r["expected"],
+                                    "tier": tier_of(d, small), "model": d["model"],
+                                    "use_reasoning": d.get("use_reasoning"),
+                                    "signals": d.get("signals")}) + "\n")
     res = collections.OrderedDict()
     for r, d in out:
         k = res.setdefault(r["kind"], collections.Counter())
@@ -211,12 +224,15 @@ def main():
     ap.add_argument("--split", default="heldout", choices=["heldout", "dev", "all"])
     ap.add_argument("--heads", default="models/heads")
     ap.add_argument("--config", default="router-svc/config/router.yaml")
-    ap.add_argument("--timeout-ms", type=int, default=10000)
+    ap.add_argument("--timeout-ms", type=int, default=60000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--answer-tokens", type=int, default=400)
     ap.add_argument("--reasoning-factor", type=float, default=4.0)
+    ap.add_argument("--heads-threshold", action="store_true",
+                    help="use the guard threshold of --heads' jailbreak/head.json instead of the config's")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--out", help="markdown report")
+    ap.add_argument("--decisions", help="JSONL of every decision (ids and signals, no text)")
     ap.add_argument("--json", help="JSON report")
     args = ap.parse_args()
     os.chdir(ROOT)
@@ -230,8 +246,12 @@ def main():
     os.environ["CLASSIFIER_HEADS"] = args.heads
     procs = bench.Procs(work)
     try:
-        st = bench.Stack(procs, bench.INSTANT_SIM,
-                         router_args=["--config", router_config(args.config, args.timeout_ms, work)])
+        thr = None
+        if args.heads_threshold:
+            with open(os.path.join(args.heads, "jailbreak", "head.json")) as f:
+                thr = json.load(f)["threshold"]
+        cfg = router_config(args.config, args.timeout_ms, work, thr)
+        st = bench.Stack(procs, bench.INSTANT_SIM, router_args=["--config", cfg])
         res = evaluate(st.router, rows, small, price, args)
     finally:
         procs.stop_all()

@@ -41,8 +41,12 @@ pub fn parse_label_map(spec: Option<&str>) -> anyhow::Result<HashMap<String, Str
 }
 
 /// A field's value as text. `field` is a name, or a JSON pointer (`/correct/gpt-4o`); several
-/// joined by `+` give their values joined by `+` (e.g. `false+true`), none of them null.
+/// joined by `+` give their values joined by `+` (e.g. `false+true`), none of them null;
+/// alternatives joined by `|` give the first one present (files that name a field differently).
 pub fn field_str(v: &Value, field: &str) -> Option<String> {
+    if field.contains('|') {
+        return field.split('|').find_map(|f| field_str(v, f));
+    }
     if field.contains('+') {
         let parts: Option<Vec<String>> = field.split('+').map(|f| field_str(v, f)).collect();
         return parts.map(|p| p.join("+"));
@@ -333,6 +337,15 @@ pub fn quality_curve(scores: &[f32], weak: &[bool], strong: &[bool]) -> QualityC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alternative_fields_take_the_first_present() {
+        let v: Value = serde_json::json!({"expected": "small", "kind": "chat", "ok": true});
+        assert_eq!(field_str(&v, "label|expected").as_deref(), Some("small"));
+        assert_eq!(field_str(&v, "kind|expected").as_deref(), Some("chat"));
+        assert_eq!(field_str(&v, "label|missing"), None);
+        assert_eq!(field_str(&v, "kind+ok").as_deref(), Some("chat+true"));
+    }
 
     #[test]
     fn quality_curve_of_a_perfect_and_a_useless_router() {

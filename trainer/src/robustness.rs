@@ -48,9 +48,17 @@ pub struct RobustnessArgs {
     /// Candidates tried per greedy step (a random subset of words x {before, after}).
     #[arg(long, default_value_t = 20)]
     pub per_step: usize,
+    /// Detected attacks and benign prompts the fixed edits run on (the first N of each in the
+    /// test split; 0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub sample: usize,
     /// Detected attacks the adaptive search runs on (the first N of the test split).
     #[arg(long, default_value_t = 200)]
     pub adaptive_limit: usize,
+    /// First set the head's threshold (head.json) for this false-positive rate on the
+    /// validation split, judged as served (windows included).
+    #[arg(long)]
+    pub rethreshold: Option<f64>,
     /// Write the report here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -59,10 +67,10 @@ pub struct RobustnessArgs {
 pub fn run(args: &RobustnessArgs) -> anyhow::Result<()> {
     let rows = dataset::load(&args.input, None, false)?;
     let (labels, y) = crate::train::label_ids(&rows)?;
-    let pi = labels
-        .binary_search(&args.positive)
-        .map_err(|_| anyhow::anyhow!("--positive {:?} is not a label ({labels:?})", args.positive))?;
-    let (_, _, test) = crate::train::split3(&y, args.val_fraction, args.test_fraction, args.seed);
+    let pi = labels.binary_search(&args.positive).map_err(|_| {
+        anyhow::anyhow!("--positive {:?} is not a label ({labels:?})", args.positive)
+    })?;
+    let (_, val, test) = crate::train::split3(&y, args.val_fraction, args.test_fraction, args.seed);
 
     let model = Model::load_encoder(
         &args.encoder.parse::<Source>()?,
@@ -73,16 +81,22 @@ pub fn run(args: &RobustnessArgs) -> anyhow::Result<()> {
         .tasks
         .iter()
         .position(|t| t.name == args.task)
-        .ok_or_else(|| anyhow::anyhow!("no head for task {:?} in {}", args.task, args.heads.display()))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no head for task {:?} in {}",
+                args.task,
+                args.heads.display()
+            )
+        })?;
     let hi = model.tasks[ti]
         .labels
         .iter()
         .position(|l| *l == args.positive)
-        .ok_or_else(|| anyhow::anyhow!("the {} head has no label {:?}", args.task, args.positive))?;
-    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        args.heads.join(&args.task).join("head.json"),
-    )?)?;
-    let thr = spec["threshold"].as_f64().unwrap_or(0.5) as f32;
+        .ok_or_else(|| {
+            anyhow::anyhow!("the {} head has no label {:?}", args.task, args.positive)
+        })?;
+    let spec_path = args.heads.join(&args.task).join("head.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec_path)?)?;
     let score = |texts: &[String]| -> anyhow::Result<Vec<f32>> {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         Ok(crate::eval::classify_all(&model, &refs)?
@@ -90,12 +104,44 @@ pub fn run(args: &RobustnessArgs) -> anyhow::Result<()> {
             .map(|p| p[ti][hi])
             .collect())
     };
+    if let Some(max_fpr) = args.rethreshold {
+        let texts: Vec<String> = val.iter().map(|&i| rows[i].text.clone()).collect();
+        let s = score(&texts)?;
+        let (mut vp, mut vn) = (Vec::new(), Vec::new());
+        for (&i, &v) in val.iter().zip(&s) {
+            if y[i] == pi {
+                vp.push(v)
+            } else {
+                vn.push(v)
+            }
+        }
+        let (t, r, f) = dataset::threshold_at_fpr(&vp, &vn, max_fpr);
+        println!("== threshold set as served on validation: {t:.4} (recall {r:.4} at FPR {f:.4}), written to {}", spec_path.display());
+        spec["threshold"] = json!(t);
+        spec["threshold_as_served"] =
+            json!({"max_fpr": max_fpr, "validation_recall": r, "validation_fpr": f});
+        std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)? + "\n")?;
+    }
+    let thr = spec["threshold"].as_f64().unwrap_or(0.5) as f32;
 
-    let pos: Vec<String> = test.iter().filter(|&&i| y[i] == pi).map(|&i| rows[i].text.clone()).collect();
-    let neg: Vec<String> = test.iter().filter(|&&i| y[i] != pi).map(|&i| rows[i].text.clone()).collect();
+    let pos: Vec<String> = test
+        .iter()
+        .filter(|&&i| y[i] == pi)
+        .map(|&i| rows[i].text.clone())
+        .collect();
+    let neg: Vec<String> = test
+        .iter()
+        .filter(|&&i| y[i] != pi)
+        .map(|&i| rows[i].text.clone())
+        .collect();
     let sp = score(&pos)?;
     let sn = score(&neg)?;
-    let detected: Vec<&String> = pos.iter().zip(&sp).filter(|(_, &s)| s >= thr).map(|(t, _)| t).collect();
+    let detected: Vec<&String> = pos
+        .iter()
+        .zip(&sp)
+        .filter(|(_, &s)| s >= thr)
+        .map(|(t, _)| t)
+        .collect();
     let recall = detected.len() as f64 / pos.len().max(1) as f64;
     let fpr = sn.iter().filter(|&&s| s >= thr).count() as f64 / neg.len().max(1) as f64;
     println!(
@@ -106,7 +152,14 @@ pub fn run(args: &RobustnessArgs) -> anyhow::Result<()> {
         neg.len()
     );
 
-    // Fixed edits.
+    // Fixed edits (on a sample when asked: each edit is a full pass over it).
+    let cap = if args.sample == 0 {
+        usize::MAX
+    } else {
+        args.sample
+    };
+    let detected: Vec<&String> = detected.into_iter().take(cap).collect();
+    let neg: Vec<String> = neg.into_iter().take(cap).collect();
     let mut flipped_any = vec![false; detected.len()];
     let mut per_edit = Vec::new();
     for (name, edit) in FIXED_EDITS {
@@ -123,7 +176,11 @@ pub fn run(args: &RobustnessArgs) -> anyhow::Result<()> {
         let bs = score(&benign)?;
         let bfpr = bs.iter().filter(|&&v| v >= thr).count() as f64 / neg.len().max(1) as f64;
         let rate = flips as f64 / detected.len().max(1) as f64;
-        println!("   {name:<60} flips {rate:.4}   benign FPR {bfpr:.4}");
+        println!(
+            "   {name:<60} flips {rate:.4}   benign FPR {bfpr:.4}  (of {} detected, {} benign)",
+            detected.len(),
+            neg.len()
+        );
         per_edit.push(json!({"edit": name, "flip_rate": rate, "benign_fpr": bfpr}));
     }
     let any = flipped_any.iter().filter(|&&f| f).count() as f64 / detected.len().max(1) as f64;

@@ -104,6 +104,11 @@ pub struct TrainArgs {
     /// expected calibration error before / after on the test split goes to metrics and card.
     #[arg(long)]
     pub calibrate: bool,
+    /// A detector that also judges long texts in windows as served: TOKENS,STRIDE,MAX_WINDOWS
+    /// (written to head.json as `window`; `guard-robustness --rethreshold` then sets the
+    /// threshold on the validation split as served).
+    #[arg(long)]
+    pub window: Option<String>,
 }
 
 /// Embeds `texts` with `model`, 32 at a time in length order, cached under `cache_dir` by the
@@ -347,13 +352,21 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             }
         }
         let texts: Vec<&str> = extra.iter().map(|(r, _)| r.text.as_str()).collect();
-        emb.extend(embed_cached(&model, &texts, args.max_length, &args.cache_dir)?);
+        emb.extend(embed_cached(
+            &model,
+            &texts,
+            args.max_length,
+            &args.cache_dir,
+        )?);
         for (r, l) in extra {
             train.push(rows.len());
             rows.push(r);
             y.push(l);
         }
-        eprintln!("augmented: {} perturbed training rows", train.len() - train.len() / (args.augment + 1));
+        eprintln!(
+            "augmented: {} perturbed training rows",
+            train.len() - train.len() / (args.augment + 1)
+        );
     }
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     // As served: the encoder's own limit (512 for MiniLM), whatever --max-length trains on.
@@ -450,7 +463,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let x_test = feats.rows(&test)?;
     let y_test: Vec<usize> = test.iter().map(|&i| y[i]).collect();
     let calibration = if args.calibrate {
-        Some(calibrate(&mut weights, (&x_val, &y_val), (&x_test, &y_test))?)
+        Some(calibrate(
+            &mut weights,
+            (&x_val, &y_val),
+            (&x_test, &y_test),
+        )?)
     } else {
         None
     };
@@ -873,6 +890,16 @@ pub(crate) fn write_head(
     if let Some(d) = &detector {
         spec["positive"] = d["positive"].clone();
         spec["threshold"] = d["threshold"].clone();
+    }
+    if let Some(w) = &args.window {
+        let n: Vec<usize> = w
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--window {w:?}: {e}"))?;
+        anyhow::ensure!(n.len() == 3, "--window is TOKENS,STRIDE,MAX_WINDOWS");
+        anyhow::ensure!(detector.is_some(), "--window needs --positive");
+        spec["window"] = json!({"tokens": n[0], "stride": n[1], "max_windows": n[2]});
     }
     let metrics = json!({
         "task": args.task,

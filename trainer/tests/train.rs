@@ -59,6 +59,7 @@ async fn train_writes_a_head_the_server_loads_and_that_separates_the_data() {
         context: 1,
         augment: 0,
         calibrate: false,
+        window: None,
     };
     train::run(&args).unwrap();
     let e = train::run(&TrainArgs {
