@@ -46,7 +46,7 @@ traffic=models/traffic/data/traffic-dev.jsonl
 "${bin[@]}" guard-robustness --data "$data/jailbreak/jailbreak_injection_prompts.jsonl" \
   --data "$traffic" --text-field text --label-field "label|expected" \
   --label-map small=benign,reasoning=benign --rethreshold 0.02 --sample 200 --adaptive-limit 60 --budget 40 \
-  --json models/heads/jailbreak/robustness.json
+  --json models/heads/jailbreak/robustness.json  # ~1 h on 2 cores: long attacks, windows
 # "Strong model needed" for a weak/strong pair (RouteLLM's win label: the weak model wrong and the
 # strong one right), from MMLU-Pro's per-model correctness; the card reports the quality curve
 # (PGR, APGR, CPT) on the test split for this pair and a second one, and the threshold for each
