@@ -110,7 +110,7 @@ varieties and the first warm afternoon of the year, when everything starts again
 /// Words and short phrases the adaptive search may add (none of them in the training pool).
 pub const ADAPTIVE_WORDS: &[&str] = &[
     "please", "kindly", "thanks", "hello", "friend", "sunshine", "garden", "homework", "lovely",
-    "polite", "briefly", "recipe", "poem", "weekend", "coffee", "puppy", "library", "museum",
+    "polite", "briefly", "recipe", "poem", "weekend", "coffee", "puppy", "bakery", "museum",
     "grandma", "birthday", "holiday", "picnic", "flowers", "music",
 ];
 
