@@ -45,9 +45,11 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
     const FAIL_REASON: HeaderName = HeaderName::from_static("x-vsr-fail-reason");
     const ROUTE: HeaderName = HeaderName::from_static("x-vsr-selected-route");
     const COMPLEXITY: HeaderName = HeaderName::from_static("x-vsr-selected-complexity");
+    const SESSION: HeaderName = HeaderName::from_static("x-vsr-session");
+    const SESSION_ACTION: HeaderName = HeaderName::from_static("x-vsr-session-action");
     const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
     let d = r.decision;
-    h.reserve(12);
+    h.reserve(14);
     let mut fixed = |name: HeaderName, v: &'static str| {
         h.insert(name, HeaderValue::from_static(v));
     };
@@ -61,6 +63,9 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
         },
     );
     fixed(SOURCE, d.source.as_str());
+    if let Some(s) = &d.session {
+        fixed(SESSION_ACTION, s.action.as_str());
+    }
     if d.jailbreak {
         fixed(JAILBREAK, if d.blocked { "blocked" } else { "flagged" });
     }
@@ -93,6 +98,9 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
     }
     if let Some(c) = &d.complexity {
         set(COMPLEXITY, c.clone());
+    }
+    if let Some(s) = &d.session {
+        set(SESSION, s.id.clone());
     }
     let mut timing = String::with_capacity(80);
     for (name, t) in [

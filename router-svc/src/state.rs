@@ -23,6 +23,8 @@ pub struct Runtime {
     pub policy_version: String,
     pub classifier: Arc<Classifier>,
     pub cache: Arc<DecisionCache>,
+    /// Session states (in the decision cache's Redis, an in-process copy in front).
+    pub sessions: Arc<crate::decide::session::Sessions>,
     /// Answers replayed (None when `response_cache.enabled` is off).
     pub response_cache: Option<Arc<crate::response_cache::ResponseCache>>,
     /// Similarity routes (examples embedded in the background).
@@ -49,6 +51,16 @@ impl Runtime {
         let cache = match prev {
             Some(p) if p.cfg.cache == cfg.cache => p.cache.clone(),
             _ => Arc::new(DecisionCache::new(&cfg.cache)?),
+        };
+        // Kept while its section and the Redis it shares with the decision cache stay the same.
+        let sessions = match prev {
+            Some(p) if p.cfg.session == cfg.session && Arc::ptr_eq(&p.cache, &cache) => {
+                p.sessions.clone()
+            }
+            _ => Arc::new(crate::decide::session::Sessions::new(
+                &cfg.session,
+                cache.store(),
+            )),
         };
         let response_cache = match prev {
             Some(p) if p.cfg.response_cache == cfg.response_cache && p.cfg.cache == cfg.cache => {
@@ -104,6 +116,7 @@ impl Runtime {
             cfg,
             classifier,
             cache,
+            sessions,
             response_cache,
             routes,
             upstream,

@@ -163,11 +163,45 @@ async fn method_not_allowed() -> Response {
         .into_response()
 }
 
-/// Step 2 of the road: an explicit model skips classification; the alias classifies.
-async fn decide_for(rt: &Runtime, req: &openai::Parsed) -> Result<decide::Outcome, Error> {
+/// Step 2 of the road: an explicit model skips classification; the alias classifies, within
+/// the request's session when sessions are on (`decide::session`). `commit`: the session keeps
+/// this turn (false for /v1/route, which only explains).
+async fn decide_for(
+    rt: &Runtime,
+    req: &openai::Parsed,
+    who: &Who<'_>,
+    commit: bool,
+) -> Result<decide::Outcome, Error> {
     if req.model == rt.cfg.server.auto_model {
-        let text = req.classify_text(&rt.cfg.classifier.input);
-        Ok(Box::pin(decide::decide(rt, text.as_deref())).await)
+        let input = req.input(&rt.cfg.classifier.input);
+        let session = (rt.cfg.session.enabled && req.kind == Kind::Chat)
+            .then(|| {
+                let keys = match who.native {
+                    Some(n) => {
+                        let mut k = decide::session::Keys::of_body(&n.raw);
+                        k.user = k.user.or_else(|| req.user.clone());
+                        k
+                    }
+                    None => decide::session::Keys {
+                        prompt_cache_key: req.prompt_cache_key.clone(),
+                        user: req.user.clone(),
+                        conversation: None,
+                    },
+                };
+                decide::session::identify(
+                    &rt.cfg.session,
+                    &rt.cfg.classifier.input,
+                    who.headers,
+                    &keys,
+                    who.scope,
+                    &req.messages,
+                )
+            })
+            .flatten();
+        Ok(match session {
+            Some(id) => Box::pin(decide::decide_in_session(rt, &input, id, commit)).await,
+            None => Box::pin(decide::decide(rt, input.text.as_deref())).await,
+        })
     } else if rt.cfg.model(&req.model).is_some() {
         Ok(decide::Outcome {
             decision: Decision::explicit(&req.model),
@@ -273,6 +307,14 @@ pub struct Native {
     pub raw: bytes::Bytes,
 }
 
+/// Who sent a request, as the session step reads it.
+struct Who<'a> {
+    headers: &'a HeaderMap,
+    native: Option<&'a Native>,
+    /// The caller's API key label ("" without keys): sessions never cross tenants.
+    scope: &'a str,
+}
+
 /// The road of a request.
 async fn proxy(
     s: &AppState,
@@ -361,7 +403,13 @@ async fn road(
 
     // 2. decide (cache, classify, policy), within what the key may use
     let decide_span = telemetry::step("decide");
-    let mut outcome = telemetry::traced(decide_span.clone(), decide_for(rt, &req)).await?;
+    let who = Who {
+        headers,
+        native,
+        scope: caller.as_ref().map_or("", |c| c.label()),
+    };
+    let mut outcome =
+        telemetry::traced(decide_span.clone(), decide_for(rt, &req, &who, true)).await?;
     if let (Some(c), Some(a)) = (&caller, &admission) {
         c.confine(cfg, &mut outcome.decision, a.downgrade);
     }
@@ -641,7 +689,12 @@ async fn route(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
                 return Err(Error::ModelNotAllowed(req.model.clone()));
             }
         }
-        let mut outcome = decide_for(&rt, &req).await?;
+        let who = Who {
+            headers: &headers,
+            native: None,
+            scope: caller.as_ref().map_or("", |c| c.label()),
+        };
+        let mut outcome = decide_for(&rt, &req, &who, false).await?;
         if let Some(c) = &caller {
             c.confine(&rt.cfg, &mut outcome.decision, false);
         }

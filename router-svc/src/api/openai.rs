@@ -47,6 +47,10 @@ pub struct Parsed {
     pub prompt: Option<Value>,
     /// `max_completion_tokens`, else `max_tokens`, when a whole number.
     pub max_tokens: Option<u64>,
+    /// `user` and `prompt_cache_key` when strings (session keys; anything else is the
+    /// backend's to judge).
+    pub user: Option<String>,
+    pub prompt_cache_key: Option<String>,
     /// The body as the client sent it.
     bytes: Bytes,
     /// The tree of `bytes`, made on first use.
@@ -147,6 +151,10 @@ pub fn parse(kind: Kind, bytes: &Bytes) -> Result<Parsed, Error> {
             .or(probe.max_tokens)
             .as_ref()
             .and_then(Value::as_u64),
+        user: probe.user.and_then(|v| v.as_str().map(str::to_string)),
+        prompt_cache_key: probe
+            .prompt_cache_key
+            .and_then(|v| v.as_str().map(str::to_string)),
         bytes: bytes.clone(),
         tree: Default::default(),
         changed: false,
@@ -178,9 +186,22 @@ impl Parsed {
 
     /// What is classified (see `decide::text`).
     pub fn classify_text(&self, cfg: &InputConfig) -> Option<String> {
+        self.input(cfg).text
+    }
+
+    /// What is classified and the shape of the turn (a completion is always a new turn).
+    pub fn input(&self, cfg: &InputConfig) -> text::Input {
         match self.kind {
-            Kind::Chat => text::from_messages(&self.messages, cfg),
-            Kind::Completion => self.prompt.as_ref().and_then(|p| text::from_prompt(p, cfg)),
+            Kind::Chat => text::read(&self.messages, cfg),
+            Kind::Completion => {
+                let text = self.prompt.as_ref().and_then(|p| text::from_prompt(p, cfg));
+                text::Input {
+                    new_turn: text.is_some(),
+                    user_turns: usize::from(text.is_some()),
+                    text,
+                    light: false,
+                }
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! One pass over a request body that checks it is JSON and reads only what the router looks at:
-//! `model`, the stream flags, each message's role and content, the prompt, the token budget.
+//! `model`, the stream flags, each message's role and content, the prompt, the token budget,
+//! the session keys (`user`, `prompt_cache_key`).
 //! Every other member is skipped (checked, not stored): a request for a named model goes to its
 //! backend as the client's bytes, so building the tree of all its fields (a map per message, a
 //! string per key) was a named request's largest cost in the router (~9 % of its instructions).
@@ -31,6 +32,10 @@ pub struct Probe {
     pub prompt: Option<Value>,
     pub max_tokens: Option<Value>,
     pub max_completion_tokens: Option<Value>,
+    /// Session keys a client may send (`decide::session`): OpenAI's `user` (Anthropic's
+    /// `metadata.user_id` arrives here translated) and `prompt_cache_key`.
+    pub user: Option<Value>,
+    pub prompt_cache_key: Option<Value>,
 }
 
 /// Reads `bytes`. Err(None): not JSON (with serde_json's reason); Ok(None): JSON but not an
@@ -146,6 +151,8 @@ impl<'de> de::Deserialize<'de> for Top {
                         "prompt" => p.prompt = Some(m.next_value()?),
                         "max_tokens" => p.max_tokens = Some(m.next_value()?),
                         "max_completion_tokens" => p.max_completion_tokens = Some(m.next_value()?),
+                        "user" => p.user = Some(m.next_value()?),
+                        "prompt_cache_key" => p.prompt_cache_key = Some(m.next_value()?),
                         _ => {
                             m.next_value::<Skip>()?;
                         }

@@ -141,6 +141,11 @@ impl RedisLayer {
 }
 
 impl DecisionCache {
+    /// The Redis store, shared with the session states (None: in-process only).
+    pub fn store(&self) -> Option<Arc<Store>> {
+        self.redis.as_ref().map(|r| r.store.clone())
+    }
+
     pub fn new(cfg: &CacheConfig) -> anyhow::Result<Self> {
         let local = moka::future::Cache::builder()
             .max_capacity(cfg.local_capacity)

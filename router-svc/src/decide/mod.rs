@@ -13,6 +13,7 @@ pub use semroute_pii as pii;
 pub mod pii_scan;
 pub mod policy;
 pub mod routes;
+pub mod session;
 pub mod text;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,11 +111,14 @@ pub enum Source {
     FailOpen,
     /// Nothing to classify (no user text) or the classifier serves none of the policy's tasks.
     NoText,
+    /// The session's decision (`session.rs`): a tool-loop or acknowledgement turn, or a new turn
+    /// whose classification did not pay for a switch.
+    Session,
 }
 
 impl Source {
     /// Every source, in declaration order (`as usize` indexes it).
-    pub const ALL: [Source; 7] = [
+    pub const ALL: [Source; 8] = [
         Source::Classified,
         Source::CacheLocal,
         Source::CacheRedis,
@@ -122,6 +126,7 @@ impl Source {
         Source::Explicit,
         Source::FailOpen,
         Source::NoText,
+        Source::Session,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -133,6 +138,7 @@ impl Source {
             Source::Explicit => "explicit",
             Source::FailOpen => "fail_open",
             Source::NoText => "no_text",
+            Source::Session => "session",
         }
     }
 
@@ -182,6 +188,9 @@ pub struct Decision {
     /// timeout, overloaded, circuit_open, unavailable, ...), also sent as `x-vsr-fail-reason`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_reason: Option<String>,
+    /// The session this turn belongs to and what it did (None: sessions off, or not a chat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<session::Note>,
 }
 
 impl Decision {
@@ -210,6 +219,7 @@ impl Decision {
             signals: Vec::new(),
             source,
             fail_reason: None,
+            session: None,
         }
     }
 }
@@ -328,6 +338,86 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
             embedding: embedding.into_inner(),
         },
     )
+}
+
+/// Decides a chat turn of a session (`session.rs`): a turn with no new user words or an
+/// acknowledgement takes the session's decision without classifying; a new user turn is
+/// classified and the session's rules say whether the model switches. `commit`: keep the
+/// session's new state (false for /v1/route, which only explains).
+pub async fn decide_in_session(
+    rt: &Runtime,
+    input: &text::Input,
+    id: session::Identity,
+    commit: bool,
+) -> Outcome {
+    let cfg = &rt.cfg;
+    let sessions = &rt.sessions;
+    let turn = session::turn_of(input);
+    let note = |action, previous: Option<&str>, classified: Option<&str>| session::Note {
+        id: id.id.clone(),
+        key: id.source,
+        action,
+        previous: previous.map(str::to_string),
+        classified: classified.map(str::to_string),
+    };
+    if !input.new_turn || input.light {
+        // The fast path: a tool loop on the replica that saw its user turn.
+        let known = match sessions.current(&id.id, turn).filter(|_| !input.new_turn) {
+            Some(st) => Some(st),
+            None => sessions.load(&id.id).await,
+        }
+        .filter(|st| st.policy == rt.policy_version);
+        if let Some(st) = known {
+            let (mut d, action, next) = session::unclassified(cfg, &st, input);
+            d.session = Some(note(action, Some(&st.model), None));
+            if commit {
+                if action == session::Action::Light || next.model != st.model {
+                    sessions.save(&id.id, next);
+                } else {
+                    sessions.touch(&id.id);
+                }
+                sessions.count(action);
+            }
+            return count(
+                rt,
+                Outcome {
+                    decision: d,
+                    classify: None,
+                    cache: None,
+                    cache_key: None,
+                    embedding: None,
+                },
+            );
+        }
+    }
+    let prev = sessions.load(&id.id).await;
+    let mut outcome = Box::pin(decide(rt, input.text.as_deref())).await;
+    let classified = outcome.decision.model.clone();
+    let (mut d, action, next) = session::apply(
+        cfg,
+        &rt.policy_version,
+        prev.as_deref(),
+        outcome.decision,
+        input,
+    );
+    let overrode = (d.model != classified).then_some(classified.as_str());
+    d.session = Some(note(
+        action,
+        prev.as_deref().map(|p| p.model.as_str()),
+        overrode,
+    ));
+    if commit {
+        if let Some(st) = next {
+            sessions.save(&id.id, st);
+        }
+        sessions.count(action);
+        if action.switched() {
+            // Counted (router_session_turns_total{action}); a line per switch would flood the log.
+            tracing::debug!(session = %id.id, action = action.as_str(), "session switched model");
+        }
+    }
+    outcome.decision = d;
+    outcome
 }
 
 fn count(rt: &Runtime, o: Outcome) -> Outcome {
