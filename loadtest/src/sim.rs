@@ -48,6 +48,12 @@ pub struct SimConfig {
     pub default_max_tokens: usize,
     /// Requests processed at once (vLLM's max_num_seqs); more wait (num_requests_waiting).
     pub max_num_seqs: usize,
+    /// Prefill time per prompt token not in the prefix cache, added to `ttft` (zero: the time
+    /// to first token is `ttft` whatever the prompt).
+    pub prefill_per_token: Duration,
+    /// Automatic prefix caching as vLLM does it: prompt blocks of `PREFIX_BLOCK_TOKENS`,
+    /// chained hashes, this many blocks kept (least recently used evicted; 0: no cache).
+    pub prefix_cache_blocks: usize,
     pub control: Control,
 }
 
@@ -60,6 +66,8 @@ impl Default for SimConfig {
             token_interval: Duration::from_millis(5),
             default_max_tokens: 16,
             max_num_seqs: 256,
+            prefill_per_token: Duration::ZERO,
+            prefix_cache_blocks: 0,
             control: Control::default(),
         }
     }
@@ -101,6 +109,97 @@ struct Sim {
     ids: AtomicU64,
     /// The last request bodies, as received (for tests checking what was forwarded).
     log: Mutex<VecDeque<Value>>,
+    prefix: Mutex<PrefixCache>,
+    /// Prompt tokens looked up in the prefix cache, and those found (vLLM's counters).
+    prefix_queries: AtomicU64,
+    prefix_hits: AtomicU64,
+}
+
+/// Tokens per prefix-cache block (vLLM's default block size).
+pub const PREFIX_BLOCK_TOKENS: usize = 16;
+
+/// An LRU set of prompt-block hashes: what a replica's KV cache still holds.
+#[derive(Default)]
+pub struct PrefixCache {
+    capacity: usize,
+    tick: u64,
+    used: std::collections::HashMap<u64, u64>,
+    order: std::collections::BTreeMap<u64, u64>,
+}
+
+impl PrefixCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    /// Looks `blocks` (chained hashes, in prompt order) up: how many leading ones were cached;
+    /// then every one of them is (re)cached as most recently used.
+    pub fn lookup_and_insert(&mut self, blocks: &[u64]) -> usize {
+        if self.capacity == 0 {
+            return 0;
+        }
+        let hit = blocks
+            .iter()
+            .take_while(|b| self.used.contains_key(b))
+            .count();
+        for &b in blocks {
+            self.tick += 1;
+            if let Some(old) = self.used.insert(b, self.tick) {
+                self.order.remove(&old);
+            }
+            self.order.insert(self.tick, b);
+            while self.used.len() > self.capacity {
+                let Some((_, evict)) = self.order.pop_first() else {
+                    break;
+                };
+                self.used.remove(&evict);
+            }
+        }
+        hit
+    }
+}
+
+/// A prompt's blocks as chained hashes (each covers every token before it, as vLLM's do):
+/// the prompt text in order (roles and contents), `PREFIX_BLOCK_TOKENS` x 4 characters a block;
+/// a last partial block is not cached, as in vLLM.
+pub fn prompt_blocks(req: &Value) -> Vec<u64> {
+    let mut text = String::new();
+    match (&req["messages"], &req["prompt"]) {
+        (Value::Array(msgs), _) => {
+            for m in msgs {
+                text.push_str(m["role"].as_str().unwrap_or(""));
+                text.push('\n');
+                match &m["content"] {
+                    Value::String(c) => text.push_str(c),
+                    Value::Array(parts) => {
+                        for p in parts.iter().filter_map(|p| p["text"].as_str()) {
+                            text.push_str(p);
+                        }
+                    }
+                    _ => {}
+                }
+                text.push('\n');
+            }
+        }
+        (_, Value::String(p)) => text.push_str(p),
+        _ => {}
+    }
+    let size = PREFIX_BLOCK_TOKENS * 4;
+    let mut h: u64 = 0xcbf29ce484222325;
+    text.as_bytes()
+        .chunks_exact(size)
+        .map(|block| {
+            // FNV-1a over the previous hash and the block.
+            for &b in h.to_le_bytes().iter().chain(block) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            h
+        })
+        .collect()
 }
 
 const LOG_LEN: usize = 256;
@@ -114,6 +213,9 @@ pub fn router(cfg: SimConfig) -> Router {
         waiting: AtomicUsize::new(0),
         ids: AtomicU64::new(0),
         log: Mutex::new(VecDeque::new()),
+        prefix: Mutex::new(PrefixCache::new(cfg.prefix_cache_blocks)),
+        prefix_queries: AtomicU64::new(0),
+        prefix_hits: AtomicU64::new(0),
         cfg,
     });
     Router::new()
@@ -260,7 +362,27 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
     } else {
         1.0
     };
-    let ttft = sim.cfg.ttft.mul_f64(factor);
+    // Prefill: the prompt tokens the prefix cache does not hold.
+    let prompt_tokens = prompt_tokens(&req);
+    let cached = if sim.cfg.prefix_cache_blocks > 0 {
+        let blocks = prompt_blocks(&req);
+        let hit = sim
+            .prefix
+            .lock()
+            .expect("prefix lock")
+            .lookup_and_insert(&blocks);
+        (hit * PREFIX_BLOCK_TOKENS).min(prompt_tokens)
+    } else {
+        0
+    };
+    sim.prefix_queries
+        .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+    sim.prefix_hits.fetch_add(cached as u64, Ordering::Relaxed);
+    let prefill = sim
+        .cfg
+        .prefill_per_token
+        .mul_f64((prompt_tokens - cached) as f64);
+    let ttft = (sim.cfg.ttft + prefill).mul_f64(factor);
     let interval = sim.cfg.token_interval.mul_f64(factor);
     let max_tokens = req["max_completion_tokens"]
         .as_u64()
@@ -272,7 +394,6 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
     let include_usage = req["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
-    let prompt_tokens = prompt_tokens(&req);
 
     // Queue for a slot like vLLM's scheduler.
     sim.waiting.fetch_add(1, Ordering::Relaxed);
@@ -634,7 +755,15 @@ async fn metrics(State(sim): State<Arc<Sim>>) -> impl IntoResponse {
          vllm:num_requests_waiting{{model_name=\"{label}\"}} {waiting}\n\
          # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
          # TYPE vllm:kv_cache_usage_perc gauge\n\
-         vllm:kv_cache_usage_perc{{model_name=\"{label}\"}} {usage}\n"
+         vllm:kv_cache_usage_perc{{model_name=\"{label}\"}} {usage}\n\
+         # HELP vllm:prefix_cache_queries_total Prompt tokens looked up in the prefix cache.\n\
+         # TYPE vllm:prefix_cache_queries_total counter\n\
+         vllm:prefix_cache_queries_total{{model_name=\"{label}\"}} {queries}\n\
+         # HELP vllm:prefix_cache_hits_total Prompt tokens found in the prefix cache.\n\
+         # TYPE vllm:prefix_cache_hits_total counter\n\
+         vllm:prefix_cache_hits_total{{model_name=\"{label}\"}} {hits}\n",
+        queries = sim.prefix_queries.load(Ordering::Relaxed),
+        hits = sim.prefix_hits.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
@@ -681,4 +810,46 @@ async fn requests(State(sim): State<Arc<Sim>>) -> Json<Vec<Value>> {
 async fn clear_requests(State(sim): State<Arc<Sim>>) -> StatusCode {
     sim.log.lock().expect("log lock").clear();
     StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    fn conv(turns: usize) -> Value {
+        let mut msgs = vec![json!({"role": "system", "content": "s".repeat(300)})];
+        for i in 0..turns {
+            msgs.push(
+                json!({"role": "user", "content": format!("question {i} {}", "q".repeat(200))}),
+            );
+            msgs.push(json!({"role": "assistant", "content": "a".repeat(200)}));
+        }
+        json!({"messages": msgs})
+    }
+
+    #[test]
+    fn a_conversations_later_turns_hit_its_prefix_and_lru_evicts() {
+        let mut c = PrefixCache::new(1000);
+        let first = prompt_blocks(&conv(1));
+        assert!(!first.is_empty());
+        assert_eq!(c.lookup_and_insert(&first), 0);
+        // The next turn repeats the whole earlier prompt: every one of its blocks is a hit.
+        let second = prompt_blocks(&conv(2));
+        assert_eq!(&second[..first.len() - 1], &first[..first.len() - 1]);
+        assert!(c.lookup_and_insert(&second) >= first.len() - 1);
+        // Another conversation shares no block.
+        let other =
+            prompt_blocks(&json!({"messages": [{"role": "user", "content": "z".repeat(500)}]}));
+        assert_eq!(c.lookup_and_insert(&other), 0);
+        // A cache of 4 blocks keeps only the last 4 inserted.
+        let mut small = PrefixCache::new(4);
+        small.lookup_and_insert(&first);
+        assert_eq!(small.used.len(), 4);
+        assert_eq!(
+            small.lookup_and_insert(&first[..1]),
+            0,
+            "the first block was evicted"
+        );
+        assert_eq!(PrefixCache::new(0).lookup_and_insert(&first), 0);
+    }
 }

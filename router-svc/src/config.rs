@@ -470,6 +470,11 @@ pub struct UpstreamConfig {
     /// ...for this long.
     pub eject_ms: u64,
     pub max_idle_per_host: usize,
+    /// A session's turns go to the same endpoint of its model (rendezvous hashing on the
+    /// session), so the replica holding its prefix cache serves it, while that endpoint's
+    /// requests in flight stay within this many times the mean; 0: no affinity (power of two
+    /// choices for every request).
+    pub affinity_load_bound: f64,
 }
 
 impl Default for UpstreamConfig {
@@ -485,6 +490,7 @@ impl Default for UpstreamConfig {
             eject_after_failures: 3,
             eject_ms: 10_000,
             max_idle_per_host: 512,
+            affinity_load_bound: 1.25,
         }
     }
 }
@@ -1120,6 +1126,13 @@ impl Config {
         }
         if !self.upstream.health_path.starts_with('/') {
             return bad("upstream.health_path".into(), "must start with '/'".into());
+        }
+        let bound = self.upstream.affinity_load_bound;
+        if !(bound == 0.0 || (bound >= 1.0 && bound.is_finite())) {
+            return bad(
+                "upstream.affinity_load_bound".into(),
+                format!("{bound} must be 0 (off) or at least 1"),
+            );
         }
         let ss = &self.session;
         for (i, m) in ss.tiers.iter().enumerate() {

@@ -31,6 +31,13 @@ struct Args {
     default_max_tokens: usize,
     #[arg(long, env = "SIM_MAX_NUM_SEQS", default_value_t = 256)]
     max_num_seqs: usize,
+    /// Prefill time per prompt token not in the prefix cache, microseconds (added to the time
+    /// to first token; 0: TTFT does not depend on the prompt).
+    #[arg(long, env = "SIM_PREFILL_US_PER_TOKEN", default_value_t = 0)]
+    prefill_us_per_token: u64,
+    /// Prefix-cache blocks (16 tokens each) kept, least recently used evicted; 0: no cache.
+    #[arg(long, env = "SIM_PREFIX_CACHE_BLOCKS", default_value_t = 0)]
+    prefix_cache_blocks: usize,
     /// Start in this mode (change at run time with POST /sim/control).
     #[arg(long, env = "SIM_MODE", value_enum, default_value = "ok")]
     mode: Mode,
@@ -56,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
         token_interval: Duration::from_secs_f64(1.0 / a.tokens_per_sec),
         default_max_tokens: a.default_max_tokens,
         max_num_seqs: a.max_num_seqs,
+        prefill_per_token: Duration::from_micros(a.prefill_us_per_token),
+        prefix_cache_blocks: a.prefix_cache_blocks,
         control: Control {
             mode: a.mode,
             fail_status: a.fail_status,

@@ -489,22 +489,28 @@ async fn road(
     };
     // The steps' futures are boxed: inline, each made the road's state (moved whole at every
     // layer) as large as the largest of them.
-    let answered = Box::pin(rt.upstream.send(
-        &rt.pools,
-        &cands.models,
-        |m| {
-            let mask = cands.masks.get(&m.name).map(|k| (k, &cands.scan));
-            match native.filter(|n| m.serves(n.api)) {
-                Some(n) => (n.api.path(), openai::native_body(&n.raw, m, mask)),
-                None => (kind.path(), openai::body_for(&req, cfg, m, d, mask)),
-            }
-        },
-        Outgoing {
-            headers: &forwarded_headers(headers, caller.is_none()),
-            keys: &rt.api_keys,
-            headers_by,
-        },
-    ))
+    let answered = Box::pin(
+        rt.upstream.send(
+            &rt.pools,
+            &cands.models,
+            |m| {
+                let mask = cands.masks.get(&m.name).map(|k| (k, &cands.scan));
+                match native.filter(|n| m.serves(n.api)) {
+                    Some(n) => (n.api.path(), openai::native_body(&n.raw, m, mask)),
+                    None => (kind.path(), openai::body_for(&req, cfg, m, d, mask)),
+                }
+            },
+            Outgoing {
+                headers: &forwarded_headers(headers, caller.is_none()),
+                keys: &rt.api_keys,
+                headers_by,
+                affinity: d
+                    .session
+                    .as_ref()
+                    .and_then(|s| u64::from_str_radix(&s.id, 16).ok()),
+            },
+        ),
+    )
     .await?;
 
     // 5. relay (a cache miss's answer stored if it ends well and came from the decided model)

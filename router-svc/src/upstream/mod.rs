@@ -6,6 +6,7 @@
 pub mod conn;
 pub mod health;
 
+use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -32,6 +33,8 @@ fn now_ms() -> u64 {
 /// One backend server of one model.
 #[derive(Debug)]
 pub struct Endpoint {
+    /// A hash of the URL, the same on every replica (rendezvous hashing).
+    pub key: u64,
     pub model: String,
     /// Base URL without a trailing slash (e.g. `http://10.0.0.5:8000`).
     pub url: String,
@@ -105,7 +108,13 @@ impl Endpoint {
         let host = parsed
             .as_ref()
             .and_then(|u| HeaderValue::from_str(u.authority()?.as_str()).ok());
+        let key = u64::from_le_bytes(
+            sha2::Sha256::digest(url.as_bytes())[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         let ep = Self {
+            key,
             model: model.to_string(),
             in_flight_gauge: metrics::gauge!("router_upstream_in_flight",
                 "model" => model.to_string(), "endpoint" => url.clone()),
@@ -306,14 +315,31 @@ impl Pools {
 }
 
 /// Power of two choices among available endpoints not tried yet; if none is available, among
-/// all not tried yet (a request is better tried than refused).
-fn pick(eps: &[Arc<Endpoint>], tried: &[usize]) -> Option<usize> {
-    crate::balance::pick(
-        eps.len(),
-        |i| tried.contains(&i),
-        |i| eps[i].available(),
-        |i| eps[i].in_flight(),
-    )
+/// all not tried yet (a request is better tried than refused). With an affinity key (a
+/// session), the key's endpoint by rendezvous hashing while its load stays within `bound`.
+fn pick(
+    eps: &[Arc<Endpoint>],
+    tried: &[usize],
+    affinity: Option<u64>,
+    bound: f64,
+) -> Option<usize> {
+    match affinity.filter(|_| bound > 0.0) {
+        Some(key) => crate::balance::pick_affine(
+            eps.len(),
+            |i| tried.contains(&i),
+            |i| eps[i].available(),
+            |i| eps[i].in_flight(),
+            key,
+            |i| eps[i].key,
+            bound,
+        ),
+        None => crate::balance::pick(
+            eps.len(),
+            |i| tried.contains(&i),
+            |i| eps[i].available(),
+            |i| eps[i].in_flight(),
+        ),
+    }
 }
 
 /// A backend's response head, its body still to come.
@@ -350,6 +376,8 @@ pub struct Outgoing<'a> {
     /// The response headers must arrive by then: vLLM sends them with the first token when
     /// streaming, and with the whole answer otherwise.
     pub headers_by: Instant,
+    /// The session's hash: its turns go to the same endpoint of a model (prefix cache).
+    pub affinity: Option<u64>,
 }
 
 /// A backend response whose headers arrived; the body is still to be relayed.
@@ -428,6 +456,7 @@ impl Upstream {
             headers: forward_headers,
             keys,
             headers_by,
+            affinity,
         } = out;
         let started = Instant::now();
         let mut attempts = 0u32;
@@ -446,7 +475,9 @@ impl Upstream {
             let (path, body) = body_for(model);
             let mut tried = Vec::new();
             while tried.len() < self.cfg.max_attempts.min(eps.len()) {
-                let Some(i) = pick(eps, &tried) else { break };
+                let Some(i) = pick(eps, &tried, affinity, self.cfg.affinity_load_bound) else {
+                    break;
+                };
                 tried.push(i);
                 attempts += 1;
                 if attempts > 1 {
@@ -490,7 +521,7 @@ impl Upstream {
                 // Only worth giving up on this endpoint if another one may take the request
                 // (else it waits for its answer or the timeout, as before).
                 let another = tried.len() < self.cfg.max_attempts.min(eps.len())
-                    && pick(eps, &tried).is_some();
+                    && pick(eps, &tried, affinity, self.cfg.affinity_load_bound).is_some();
                 let health_lost = async {
                     if another {
                         ep.health_lost().await
@@ -624,10 +655,10 @@ mod tests {
         let e = eps(2);
         let _busy: Vec<_> = (0..5).map(|_| InFlight::new(e[0].clone())).collect();
         for _ in 0..50 {
-            assert_eq!(pick(&e, &[]), Some(1));
+            assert_eq!(pick(&e, &[], None, 0.0), Some(1));
         }
-        assert_eq!(pick(&e, &[1]), Some(0), "retries go elsewhere");
-        assert_eq!(pick(&e, &[0, 1]), None);
+        assert_eq!(pick(&e, &[1], None, 0.0), Some(0), "retries go elsewhere");
+        assert_eq!(pick(&e, &[0, 1], None, 0.0), None);
     }
 
     #[test]
@@ -641,9 +672,12 @@ mod tests {
         e[1].failed(&cfg);
         e[1].failed(&cfg);
         for _ in 0..50 {
-            assert_eq!(pick(&e, &[]), Some(2));
+            assert_eq!(pick(&e, &[], None, 0.0), Some(2));
         }
-        assert!(pick(&e, &[2]).is_some(), "panic mode: try the others");
+        assert!(
+            pick(&e, &[2], None, 0.0).is_some(),
+            "panic mode: try the others"
+        );
         e[0].set_healthy(true);
         assert!(e[0].available());
     }
