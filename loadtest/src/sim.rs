@@ -451,7 +451,8 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
             }),
         };
         drop((permit, guard));
-        return with_backend(&sim, Json(body).into_response());
+        let resp = with_backend(&sim, Json(body).into_response());
+        return with_prefix(resp, prompt_tokens, cached);
     }
 
     let (mut tx, rx) = futures::channel::mpsc::channel::<Bytes>(16);
@@ -535,7 +536,7 @@ async fn complete(sim: Arc<Sim>, headers: HeaderMap, body: Bytes, kind: Kind) ->
     );
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    with_backend(&sim, resp)
+    with_prefix(with_backend(&sim, resp), prompt_tokens, cached)
 }
 
 /// The tool call the simulator answers with: when tools are offered, `tool_choice` is not
@@ -714,6 +715,15 @@ fn prompt_tokens(req: &Value) -> usize {
         _ => 0,
     };
     chars.div_ceil(4).max(1)
+}
+
+/// `x-sim-prompt-tokens` and `x-sim-cached-tokens` (prefix-cache hits): what a benchmark
+/// reads to tell whether a conversation's turn found its prefix on this replica.
+fn with_prefix(mut resp: Response, prompt: usize, cached: usize) -> Response {
+    let h = resp.headers_mut();
+    h.insert("x-sim-prompt-tokens", HeaderValue::from(prompt));
+    h.insert("x-sim-cached-tokens", HeaderValue::from(cached));
+    resp
 }
 
 fn with_backend(sim: &Sim, mut resp: Response) -> Response {

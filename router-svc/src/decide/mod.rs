@@ -360,9 +360,12 @@ pub async fn decide_in_session(
         previous: previous.map(str::to_string),
         classified: classified.map(str::to_string),
     };
-    if !input.new_turn || input.light {
-        // The fast path: a tool loop on the replica that saw its user turn.
-        let known = match sessions.current(&id.id, turn).filter(|_| !input.new_turn) {
+    // The fast path: a tool loop (or the same turn again) on a replica that saw its user turn.
+    let here = sessions
+        .current(&id.id, turn)
+        .filter(|st| st.policy == rt.policy_version);
+    if here.is_some() || !input.new_turn || input.light {
+        let known = match here {
             Some(st) => Some(st),
             None => sessions.load(&id.id).await,
         }
@@ -371,7 +374,10 @@ pub async fn decide_in_session(
             let (mut d, action, next) = session::unclassified(cfg, &st, input);
             d.session = Some(note(action, Some(&st.model), None));
             if commit {
-                if action == session::Action::Light || next.model != st.model {
+                if action == session::Action::Light
+                    || next.model != st.model
+                    || next.turn != st.turn
+                {
                     sessions.save(&id.id, next);
                 } else {
                     sessions.touch(&id.id);
@@ -390,7 +396,13 @@ pub async fn decide_in_session(
             );
         }
     }
-    let prev = sessions.load(&id.id).await;
+    // The first user turn of a conversation named by its opening has no earlier state (the
+    // opening is in its name): Redis is not asked.
+    let prev = if id.source == session::KeySource::Fingerprint && input.user_turns <= 1 {
+        None
+    } else {
+        sessions.load(&id.id).await
+    };
     let mut outcome = Box::pin(decide(rt, input.text.as_deref())).await;
     let classified = outcome.decision.model.clone();
     let (mut d, action, next) = session::apply(

@@ -185,10 +185,14 @@ pub enum Action {
     SteppedDown,
     /// The classification failed (fail open) or said nothing: the session's decision.
     Held,
+    /// The same user turn again (a retry, a regenerate): its decision, not classified.
+    Repeated,
+    /// Refused by the guard: this request's business, the session untouched.
+    Refused,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 9] = [
         Action::Started,
         Action::Kept,
         Action::ToolLoop,
@@ -196,6 +200,8 @@ impl Action {
         Action::Escalated,
         Action::SteppedDown,
         Action::Held,
+        Action::Repeated,
+        Action::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -207,6 +213,8 @@ impl Action {
             Action::Escalated => "escalated",
             Action::SteppedDown => "stepped_down",
             Action::Held => "held",
+            Action::Repeated => "repeated",
+            Action::Refused => "refused",
         }
     }
 
@@ -255,9 +263,14 @@ fn from_state(st: &State, source: Source) -> Decision {
     d
 }
 
-/// A turn that is not classified (tool loop or acknowledgement) with the session's state.
+/// A turn that is not classified (tool loop, acknowledgement, or the turn that set the state
+/// again) with the session's state.
 pub fn unclassified(cfg: &Config, st: &State, input: &Input) -> (Decision, Action, State) {
-    let action = if input.new_turn && input.light {
+    let action = if !input.new_turn {
+        Action::ToolLoop
+    } else if st.turn == turn_of(input) {
+        Action::Repeated
+    } else if input.light {
         Action::Light
     } else {
         Action::ToolLoop
@@ -268,6 +281,10 @@ pub fn unclassified(cfg: &Config, st: &State, input: &Input) -> (Decision, Actio
         d.use_reasoning = false;
         next.turn = turn_of(input);
         next.use_reasoning = st.use_reasoning;
+    }
+    if input.light {
+        // An acknowledgement never turns reasoning on, repeated or not.
+        d.use_reasoning = false;
     }
     // A model dropped from the config since: the default model, as a fresh decision would.
     if cfg.model(&d.model).is_none() {
@@ -295,9 +312,9 @@ pub fn apply(
         lighter,
         switches,
     };
-    // A refusal or a named model is this request's business, never the session's.
-    if classified.blocked || classified.source == Source::Explicit {
-        return (classified, Action::Kept, None);
+    // A refusal is this request's business, never the session's.
+    if classified.blocked {
+        return (classified, Action::Refused, None);
     }
     let failed = matches!(classified.source, Source::FailOpen | Source::NoText);
     let Some(prev) = prev.filter(|p| cfg.model(&p.model).is_some() && p.policy == policy) else {
@@ -810,11 +827,12 @@ mod tests {
             &turn("x", 3),
         );
         assert_eq!((d.model.as_str(), a), (small, Action::Started));
-        // Blocked and explicit decisions never touch the session.
+        // A refusal never touches the session.
         let mut blocked = decided(small, false, Source::Classified);
         blocked.blocked = true;
-        let (d, _, st3) = apply(&c, "p", Some(&st), blocked, &turn("attack", 3));
+        let (d, a, st3) = apply(&c, "p", Some(&st), blocked, &turn("attack", 3));
         assert!(d.blocked && st3.is_none());
+        assert_eq!(a, Action::Refused);
     }
 
     #[test]
@@ -872,6 +890,15 @@ mod tests {
             ("qwen3-8b", false, Action::Light)
         );
         assert_eq!(next.turn, turn_of(&thanks));
+        // The turn that set the state, sent again: its decision.
+        let again = turn("the task", 1);
+        let st = State {
+            turn: turn_of(&again),
+            ..st
+        };
+        let (d, a, next) = unclassified(&c, &st, &again);
+        assert_eq!((d.use_reasoning, a), (true, Action::Repeated));
+        assert_eq!(next, st);
     }
 
     #[tokio::test]
