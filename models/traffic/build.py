@@ -21,6 +21,9 @@ Usage:
 
 Output: models/traffic/data/traffic.jsonl, one JSON object per line:
     {"id", "text", "kind", "expected", "source", "split"}
+plus traffic-dev.jsonl (the dev part alone: training and selection) and traffic-pool.jsonl
+(candidates the sampler did not pick, split "pool", from sources whose rows are independent:
+more training rows of the same kinds; never judged, never equal to a sampled row).
 Stdlib only (Python 3.11).
 """
 from __future__ import annotations
@@ -636,7 +639,17 @@ def norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def build(fetcher: Fetcher, only: set[str] | None = None) -> list[dict]:
+# Sources left out of the pool: their rows share a passage or are translations of one another
+# (the same XQuAD article, FOLIO premises, MGSM problem or chatterbot conversation in several
+# languages), so an unsampled row would leak a held-out one.
+POOL_EXCLUDE = {"xquad_en_questions", "xquad_en_writing", "xquad_multilingual_questions", "xquad_long",
+                "folio", "mgsm", "chatterbot_multilingual"}
+
+
+def build(fetcher: Fetcher, only: set[str] | None = None,
+          pool: list | None = None) -> list[dict]:
+    """The sampled rows (held-out and dev). With `pool`, the candidates each source did not
+    sample are appended to it as (source, n, text, expected), for `pool_rows`."""
     seen: set[str] = set()
     rows: list[dict] = []
     for src in SOURCES:
@@ -658,6 +671,9 @@ def build(fetcher: Fetcher, only: set[str] | None = None) -> list[dict]:
             cands.append((n, text, expected))
         rng = random.Random(f"{SEED}:{src.name}")
         chosen = sorted(rng.sample(cands, min(src.cap, len(cands))))
+        if pool is not None and src.name not in POOL_EXCLUDE:
+            picked = {n for n, _, _ in chosen}
+            pool.extend((src, n, text, expected) for n, text, expected in cands if n not in picked)
         for n, text, expected in chosen:
             seen.add(norm(text))
             rid = f"{src.name}:{n}"
@@ -666,6 +682,23 @@ def build(fetcher: Fetcher, only: set[str] | None = None) -> list[dict]:
         print(f"{src.name:30s} {src.kind:13s} candidates={len(cands):5d} kept={len(chosen):4d}",
               file=sys.stderr)
     return rows
+
+
+def pool_rows(pool: list, rows: list[dict], per_source: int) -> list[dict]:
+    """Extra training rows: candidates no source sampled, none equal (after normalising) to a
+    sampled row, at most `per_source` of each. Never in the held-out part by construction."""
+    taken = {norm(r["text"]) for r in rows}
+    out: list[dict] = []
+    count: Counter = Counter()
+    for src, n, text, expected in pool:
+        key = norm(text)
+        if key in taken or count[src.name] >= per_source:
+            continue
+        taken.add(key)
+        count[src.name] += 1
+        out.append({"id": f"{src.name}:{n}", "text": text, "kind": src.kind, "expected": expected,
+                    "source": src.name, "split": "pool"})
+    return out
 
 
 def print_table(rows: list[dict]) -> None:
@@ -688,8 +721,11 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="download cache (without --mirror)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--only", nargs="*", help="build only these source names (debugging)")
+    ap.add_argument("--pool-per-source", type=int, default=600,
+                    help="at most this many unsampled rows per source in the -pool file")
     args = ap.parse_args()
-    rows = build(Fetcher(args.mirror, args.cache), set(args.only) if args.only else None)
+    pool: list = []
+    rows = build(Fetcher(args.mirror, args.cache), set(args.only) if args.only else None, pool)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         for r in rows:
@@ -701,7 +737,15 @@ def main() -> None:
         for r in rows:
             if r["split"] == "dev":
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"wrote {len(rows)} rows to {args.out} (dev part also in {dev})", file=sys.stderr)
+    # The pool: rows the sampler left, for training only (more of the same kinds; never judged).
+    extra = pool_rows(pool, rows, args.pool_per_source)
+    pool_out = args.out.with_name(args.out.stem + "-pool.jsonl")
+    with open(pool_out, "w", encoding="utf-8") as f:
+        for r in extra:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"wrote {len(rows)} rows to {args.out} (dev part also in {dev}); "
+          f"{len(extra)} unsampled rows for training in {pool_out}", file=sys.stderr)
+    print("pool by kind:", dict(Counter(r["kind"] for r in extra)), file=sys.stderr)
     print_table(rows)
 
 

@@ -231,7 +231,7 @@ impl Default for InputConfig {
             max_chars: 8000,
             skip_prefixes: owned(SKIP_PREFIXES),
             strip_tags: owned(STRIP_TAGS),
-            follow_up_words: 10,
+            follow_up_words: 16,
             follow_up_turns: 2,
             light_words: owned(LIGHT_WORDS),
         }

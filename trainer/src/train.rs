@@ -106,7 +106,8 @@ pub struct TrainArgs {
     pub calibrate: bool,
     /// A detector that also judges long texts in windows as served: TOKENS,STRIDE,MAX_WINDOWS
     /// (written to head.json as `window`; `guard-robustness --rethreshold` then sets the
-    /// threshold on the validation split as served).
+    /// threshold on the validation split as served). With --augment, every positive training
+    /// row also gets a copy padded with benign training text to about a window's length.
     #[arg(long)]
     pub window: Option<String>,
 }
@@ -351,6 +352,32 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
                 extra.push((r, y[i]));
             }
         }
+        // A windowed detector also meets its attacks inside a window of harmless text (an
+        // attack padded with an essay): one padded copy of every positive training row, the
+        // padding drawn from the benign training rows.
+        let window_tokens = args
+            .window
+            .as_deref()
+            .and_then(|w| w.split(',').next()?.trim().parse::<usize>().ok());
+        let positive = args
+            .positive
+            .as_ref()
+            .and_then(|p| labels.iter().position(|l| l == p));
+        if let (Some(tokens), Some(pos)) = (window_tokens, positive) {
+            let benign: Vec<usize> = train.iter().copied().filter(|&i| y[i] != pos).collect();
+            // About 0.7 words a token for English prose under a WordPiece vocabulary.
+            let words = tokens * 7 / 10;
+            for &i in train.iter().filter(|&&i| y[i] == pos) {
+                if benign.is_empty() {
+                    break;
+                }
+                let mut r = rows[i].clone();
+                r.text = crate::perturb::pad_to_window(&mut rng, &r.text, words, |g| {
+                    rows[benign[g.random_range(0..benign.len())]].text.as_str()
+                });
+                extra.push((r, pos));
+            }
+        }
         let texts: Vec<&str> = extra.iter().map(|(r, _)| r.text.as_str()).collect();
         emb.extend(embed_cached(
             &model,
@@ -358,15 +385,13 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             args.max_length,
             &args.cache_dir,
         )?);
+        let n_extra = extra.len();
         for (r, l) in extra {
             train.push(rows.len());
             rows.push(r);
             y.push(l);
         }
-        eprintln!(
-            "augmented: {} perturbed training rows",
-            train.len() - train.len() / (args.augment + 1)
-        );
+        eprintln!("augmented: {n_extra} perturbed training rows");
     }
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     // As served: the encoder's own limit (512 for MiniLM), whatever --max-length trains on.

@@ -689,10 +689,10 @@ mod tests {
         assert!(!i.light);
         assert_eq!(
             i.text.as_deref(),
-            Some(format!("{proof}\nthanks!\nwhat about primes of the form 4k+1?").as_str())
+            Some(format!("{proof}\nwhat about primes of the form 4k+1?").as_str())
         );
         // A long turn stands alone.
-        let long = "Write a function that parses an RFC 3339 timestamp and returns the Unix time in milliseconds.";
+        let long = "Write a function that parses an RFC 3339 timestamp and returns the Unix time in milliseconds, handling UTC offsets.";
         assert_eq!(conv(&[proof, long]).text.as_deref(), Some(long));
         // Tags inside a turn are cut, a turn of boilerplate only is not a turn.
         let msgs = vec![

@@ -193,9 +193,12 @@ pub fn read<M: Turn>(messages: &[M], cfg: &InputConfig) -> Input {
     {
         // A short follow-up ("now in Rust", "what about 4k+1?") means little alone: the
         // user's earlier turns (newest first, within the budget) come before it.
+        // Acknowledgements among them add nothing ("thanks!" between a proof and "what about
+        // 4k+1?" made the pair read as chat).
         for (_, t) in turns[..turns.len() - 1]
             .iter()
             .rev()
+            .filter(|(_, t)| !is_light(t, &cfg.light_words))
             .take(cfg.follow_up_turns)
         {
             let n = t.chars().count();
