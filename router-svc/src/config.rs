@@ -490,7 +490,7 @@ impl Default for UpstreamConfig {
             eject_after_failures: 3,
             eject_ms: 10_000,
             max_idle_per_host: 512,
-            affinity_load_bound: 1.25,
+            affinity_load_bound: 2.0,
         }
     }
 }

@@ -421,8 +421,11 @@ impl Sessions {
     pub async fn load(&self, id: &str) -> Option<Arc<State>> {
         if let Some(store) = &self.redis {
             let key = self.key(id);
+            // A new user turn is classified anyway (tens of milliseconds): the state is worth a
+            // few times the decision cache's budget before the session is taken as unknown.
+            let budget = Some(store.timeout() * 4);
             let got = store
-                .call("session_get", None, |mut c| async move {
+                .call("session_get", budget, |mut c| async move {
                     c.get::<_, Option<Vec<u8>>>(key).await
                 })
                 .await;
