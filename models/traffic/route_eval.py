@@ -46,6 +46,14 @@ KIND_ORDER = ["chitchat", "intent", "everyday", "factoid", "writing", "math", "l
               "hard", "multilingual", "long"]
 
 
+def prepare(no_build):
+    """From the repository root, with the release binaries of the stack built (unless asked not)."""
+    os.chdir(ROOT)
+    if not no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "classifier-svc",
+                        "-p", "router-svc", "-p", "loadtest"], check=True)
+
+
 def load_rows(path, split):
     rows = []
     with open(path) as f:
@@ -235,10 +243,7 @@ def main():
     ap.add_argument("--decisions", help="JSONL of every decision (ids and signals, no text)")
     ap.add_argument("--json", help="JSON report")
     args = ap.parse_args()
-    os.chdir(ROOT)
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "classifier-svc",
-                        "-p", "router-svc", "-p", "loadtest"], check=True)
+    prepare(args.no_build)
     rows = load_rows(args.data, args.split)
     price = prices(args.config)
     small = min(price, key=lambda m: price[m][1])

@@ -25,7 +25,6 @@ import collections
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -86,10 +85,7 @@ def main():
     ap.add_argument("--out", help="markdown report")
     ap.add_argument("--json", help="JSON report")
     args = ap.parse_args()
-    os.chdir(ROOT)
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "classifier-svc",
-                        "-p", "router-svc", "-p", "loadtest"], check=True)
+    route_eval.prepare(args.no_build)
     convs = [json.loads(l) for l in open(args.data) if l.strip()]
     price = route_eval.prices(args.config)
     small = min(price, key=lambda m: price[m][1])

@@ -344,18 +344,7 @@ impl ResponseCache {
         let entry = Arc::new(entry);
         if let Some(store) = &self.redis {
             let (key, bytes, ttl) = (t.key.clone(), entry.encode(), self.cfg.ttl_secs.max(1));
-            let store = store.clone();
-            tokio::spawn(async move {
-                let budget = Some(store.timeout() * 4);
-                let out = store
-                    .call("set", budget, |mut c| async move {
-                        c.set_ex::<_, _, ()>(key, bytes, ttl).await
-                    })
-                    .await;
-                if out.is_err() {
-                    stored("redis_error");
-                }
-            });
+            store.set_later("set", key, bytes, ttl, |_| stored("redis_error"));
         }
         if let Some((group, vector, guard)) = t.semantic {
             let items = self

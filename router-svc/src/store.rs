@@ -314,6 +314,34 @@ impl Store {
         None
     }
 
+    /// `SET key bytes EX ttl` off the request path (a spawned task with 4x the call budget):
+    /// the decision cache, the session states and the response cache write this way. `failed`
+    /// runs when the write did not happen (Redis skipped or failing).
+    pub fn set_later(
+        self: &Arc<Self>,
+        op: &'static str,
+        key: String,
+        bytes: Vec<u8>,
+        ttl_secs: u64,
+        failed: impl FnOnce(Unavailable) + Send + 'static,
+    ) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let budget = Some(store.timeout() * 4);
+            let out = store
+                .call(op, budget, |mut c| async move {
+                    deadpool_redis::redis::AsyncCommands::set_ex::<_, _, ()>(
+                        &mut c, key, bytes, ttl_secs,
+                    )
+                    .await
+                })
+                .await;
+            if let Err(u) = out {
+                failed(u);
+            }
+        });
+    }
+
     /// Runs one call within `budget` (the handle's timeout when None). An error or a timeout
     /// marks Redis lost for the back-off time.
     pub async fn call<T, F, Fut>(

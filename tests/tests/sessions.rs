@@ -314,9 +314,13 @@ async fn agent_and_chat_sessions_follow_the_task_and_keep_one_model_across_repli
 async fn a_session_stays_on_one_endpoint_and_escalates_when_its_task_needs_it() {
     let st = Stack::start().await;
     let c = client();
-    let hard: Vec<String> = hard_candidates()
-        .into_iter()
-        .filter(|t| t.split_whitespace().count() >= 10)
+    // Long enough to stand alone (a shorter turn is classified after the earlier ones).
+    let short = hard_candidates();
+    let hard: Vec<String> = short
+        .iter()
+        .zip(short.iter().skip(1))
+        .map(|(a, b)| format!("{a} Then: {b}"))
+        .filter(|t| t.split_whitespace().count() >= 16)
         .collect();
     let (task, stronger) = routed_among(&c, &st.routers[0], &["big", "ds", "oss"], &hard).await;
     // A chat on `small` (two endpoints): every turn, on either replica, on the same endpoint.

@@ -124,16 +124,8 @@ impl RedisLayer {
         let Ok(bytes) = serde_json::to_vec(d) else {
             return;
         };
-        let store = self.store.clone();
-        let ttl = self.ttl_secs;
-        tokio::spawn(async move {
-            let budget = Some(store.timeout() * 4);
-            let out = store
-                .call("set", budget, |mut c| async move {
-                    c.set_ex::<_, _, ()>(key, bytes, ttl).await
-                })
-                .await;
-            if let Err(Unavailable::Failed) = out {
+        self.store.set_later("set", key, bytes, self.ttl_secs, |u| {
+            if let Unavailable::Failed = u {
                 Self::count("error");
             }
         });

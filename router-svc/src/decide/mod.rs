@@ -360,12 +360,12 @@ pub async fn decide_in_session(
         previous: previous.map(str::to_string),
         classified: classified.map(str::to_string),
     };
-    // The fast path: a tool loop (or the same turn again) on a replica that saw its user turn.
+    // The fast path: a tool loop on a replica that saw its user turn.
     let here = sessions
         .current(&id.id, turn)
         .filter(|st| st.policy == rt.policy_version);
-    if here.is_some() || !input.new_turn || input.light {
-        let known = match here {
+    if !input.new_turn || input.light {
+        let known = match here.clone() {
             Some(st) => Some(st),
             None => sessions.load(&id.id).await,
         }
@@ -374,10 +374,7 @@ pub async fn decide_in_session(
             let (mut d, action, next) = session::unclassified(cfg, &st, input);
             d.session = Some(note(action, Some(&st.model), None));
             if commit {
-                if action == session::Action::Light
-                    || next.model != st.model
-                    || next.turn != st.turn
-                {
+                if next != *st {
                     sessions.save(&id.id, next);
                 } else {
                     sessions.touch(&id.id);
@@ -395,6 +392,27 @@ pub async fn decide_in_session(
                 },
             );
         }
+    }
+    if let Some(st) = here {
+        // The turn that set the state, again (a retry, a regenerate): decided as before (the
+        // decision cache answers), on the session's model; nothing stored.
+        let mut outcome = Box::pin(decide(rt, input.text.as_deref())).await;
+        let classified = outcome.decision.model.clone();
+        let (mut d, action) = if outcome.decision.blocked {
+            (outcome.decision, session::Action::Refused)
+        } else {
+            (
+                session::repeat(outcome.decision, &st),
+                session::Action::Repeated,
+            )
+        };
+        let overrode = (d.model != classified).then_some(classified.as_str());
+        d.session = Some(note(action, Some(&st.model), overrode));
+        if commit {
+            sessions.count(action);
+        }
+        outcome.decision = d;
+        return outcome;
     }
     // The first user turn of a conversation named by its opening has no earlier state (the
     // opening is in its name): Redis is not asked.

@@ -263,17 +263,26 @@ fn from_state(st: &State, source: Source) -> Decision {
     d
 }
 
-/// A turn that is not classified (tool loop, acknowledgement, or the turn that set the state
-/// again) with the session's state.
+/// The turn that set `st`, classified again: the session's model and reasoning, the
+/// classification's signals (and its source where the model is the same).
+pub fn repeat(mut d: Decision, st: &State) -> Decision {
+    if d.model != st.model {
+        d.alternatives.retain(|m| *m != st.model);
+        d.model = st.model.clone();
+        d.source = Source::Session;
+    }
+    d.use_reasoning = st.use_reasoning;
+    d
+}
+
+/// A turn that is not classified (tool loop or acknowledgement) with the session's state.
 pub fn unclassified(cfg: &Config, st: &State, input: &Input) -> (Decision, Action, State) {
     let action = if !input.new_turn {
         Action::ToolLoop
     } else if st.turn == turn_of(input) {
         Action::Repeated
-    } else if input.light {
-        Action::Light
     } else {
-        Action::ToolLoop
+        Action::Light
     };
     let mut d = from_state(st, Source::Session);
     let mut next = st.clone();
@@ -456,15 +465,7 @@ impl Sessions {
         let Ok(bytes) = serde_json::to_vec(&*st) else {
             return;
         };
-        let (key, ttl) = (self.key(id), self.ttl_secs);
-        tokio::spawn(async move {
-            let budget = Some(store.timeout() * 4);
-            let _ = store
-                .call("session_set", budget, |mut c| async move {
-                    c.set_ex::<_, _, ()>(key, bytes, ttl).await
-                })
-                .await;
-        });
+        store.set_later("session_set", self.key(id), bytes, self.ttl_secs, |_| {});
     }
 
     /// Renews the TTL of a session used without change (a tool loop), off the request path, at
@@ -893,15 +894,14 @@ mod tests {
             ("qwen3-8b", false, Action::Light)
         );
         assert_eq!(next.turn, turn_of(&thanks));
-        // The turn that set the state, sent again: its decision.
-        let again = turn("the task", 1);
-        let st = State {
-            turn: turn_of(&again),
-            ..st
-        };
-        let (d, a, next) = unclassified(&c, &st, &again);
-        assert_eq!((d.use_reasoning, a), (true, Action::Repeated));
-        assert_eq!(next, st);
+        // The turn that set the state, classified again: the session's model and reasoning.
+        let again = repeat(decided("qwen3-0.6b", false, Source::CacheLocal), &st);
+        assert_eq!(
+            (again.model.as_str(), again.use_reasoning, again.source),
+            ("qwen3-8b", true, Source::Session)
+        );
+        let same = repeat(decided("qwen3-8b", true, Source::CacheLocal), &st);
+        assert_eq!(same.source, Source::CacheLocal);
     }
 
     #[tokio::test]
