@@ -266,6 +266,7 @@ fn from_state(st: &State, source: Source) -> Decision {
 /// The turn that set `st`, classified again: the session's model and reasoning, the
 /// classification's signals (and its source where the model is the same).
 pub fn repeat(mut d: Decision, st: &State) -> Decision {
+    d.category = st.category.clone();
     if d.model != st.model {
         d.alternatives.retain(|m| *m != st.model);
         d.model = st.model.clone();
@@ -344,10 +345,10 @@ pub fn apply(
     let (now, was) = (rank(cfg, &classified.model), rank(cfg, &prev.model));
     if classified.model == prev.model || (now > was && !cfg.session.escalate) {
         let mut d = classified;
-        let keep = d.model != prev.model;
-        if keep {
+        if d.model != prev.model {
             d = keep_model(cfg, d, prev);
         }
+        d.category = prev.category.clone();
         let st = state_of(&d, 0, prev.switches);
         return (d, Action::Kept, Some(st));
     }
@@ -368,8 +369,11 @@ pub fn apply(
 }
 
 /// The classification's signals on the session's model: reasoning as classified where that
-/// model can switch it, the session's model tried first.
+/// model can switch it, the session's model tried first, the session's category kept (it picks
+/// the system prompt the router adds: a new one would change the conversation's prefix and its
+/// voice).
 fn keep_model(cfg: &Config, mut d: Decision, prev: &State) -> Decision {
+    d.category = prev.category.clone();
     let can_reason = cfg
         .model(&prev.model)
         .is_some_and(|m| m.reasoning_family.is_some());
@@ -798,7 +802,10 @@ mod tests {
             (d.model.as_str(), a, d.use_reasoning),
             (large, Action::Escalated, true)
         );
-        let st = st.unwrap();
+        let st = State {
+            category: Some("math".into()),
+            ..st.unwrap()
+        };
         assert_eq!(st.switches, 1);
         let (d, a, st2) = apply(
             &c,
@@ -814,6 +821,10 @@ mod tests {
         assert!(
             !d.use_reasoning,
             "a lighter turn turns reasoning off, not the model"
+        );
+        assert_eq!(
+            d.category, st.category,
+            "the session's category (its system prompt) stays"
         );
         assert_eq!(st2.unwrap().lighter, 1);
         // The classifier failing holds the session's model.
