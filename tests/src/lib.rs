@@ -357,3 +357,21 @@ pub fn chat(model: &str, prompt: &str) -> Value {
 pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
+
+/// Runs a Python script with the router's base URL; panics with its stderr if it fails.
+pub fn python_client(dir: &std::path::Path, package: &str, script: &str, base: &str) -> String {
+    let py = dir.join(format!("{package}_client.py"));
+    std::fs::write(&py, script).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&py)
+        .arg(base)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains(&format!("No module named '{package}'")),
+        "the {package} package is missing: `python3 -m pip install {package}` (scripts/test.sh does)"
+    );
+    assert!(out.status.success(), "{err}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

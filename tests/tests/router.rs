@@ -488,24 +488,6 @@ print("openai client OK")
     assert!(out.contains("openai client OK"), "{out}");
 }
 
-/// Runs a Python script with the router's base URL; panics with its stderr if it fails.
-fn python_client(dir: &std::path::Path, package: &str, script: &str, base: &str) -> String {
-    let py = dir.join(format!("{package}_client.py"));
-    std::fs::write(&py, script).unwrap();
-    let out = std::process::Command::new("python3")
-        .arg(&py)
-        .arg(base)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !err.contains(&format!("No module named '{package}'")),
-        "the {package} package is missing: `python3 -m pip install {package}` (scripts/test.sh does)"
-    );
-    assert!(out.status.success(), "{err}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_anthropic_client_through_the_messages_api_translated_and_native() {
     let dir = tempfile::tempdir().unwrap();

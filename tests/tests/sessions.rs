@@ -391,3 +391,76 @@ async fn a_session_stays_on_one_endpoint_and_escalates_when_its_task_needs_it() 
     assert_eq!(r["decision"]["model"], stronger.as_str());
     drop(st.sims);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_clients_send_agent_sessions_that_keep_one_model() {
+    let st = Stack::start().await;
+    let c = client();
+    let task = routed_to(&c, &st.routers[0], "big", &hard_candidates()).await;
+    let consts = format!(
+        "TASK = {}\nBOIL = {}\n",
+        serde_json::to_string(&task).unwrap(),
+        serde_json::to_string(&boilerplate()).unwrap()
+    );
+    let bases = format!("{},{}", st.routers[0].base, st.routers[1].base);
+
+    // Claude Code's shape through the anthropic client: reminders, tool_use / tool_result.
+    let script = format!(
+        r##"
+import sys, anthropic
+{consts}
+cs = [anthropic.Anthropic(base_url=b, api_key="unused", max_retries=0) for b in sys.argv[1].split(",")]
+tools = [{{"name": "Bash", "description": "run", "input_schema": {{"type": "object"}}}}]
+system = "You are Claude Code, Anthropic's official CLI for Claude."
+reminder = {{"type": "text", "text": "<system-reminder>\n" + BOIL + "\n</system-reminder>"}}
+msgs = [{{"role": "user", "content": [reminder, {{"type": "text", "text": TASK}}]}}]
+def turn(i):
+    r = cs[i % 2].messages.with_raw_response.create(model="auto", max_tokens=8, system=system,
+        tools=tools, messages=msgs, metadata={{"user_id": "user_a_account_b_session_c"}})
+    r.parse()
+    return r.headers
+h = turn(0)
+assert (h["x-vsr-selected-model"], h["x-vsr-session-action"]) == ("big", "started"), dict(h)
+sid = h["x-vsr-session"]
+for i in range(1, 4):
+    msgs += [{{"role": "assistant", "content": [{{"type": "tool_use", "id": f"toolu_{{i}}", "name": "Bash", "input": {{}}}}]}},
+             {{"role": "user", "content": [{{"type": "tool_result", "tool_use_id": f"toolu_{{i}}", "content": BOIL}}, reminder]}}]
+    h = turn(i)
+    assert (h["x-vsr-selected-model"], h["x-vsr-session-action"], h["x-vsr-session"]) == ("big", "tool_loop", sid), dict(h)
+print("anthropic session OK")
+"##
+    );
+    let out = python_client(st._dirs[0].path(), "anthropic", &script, &bases);
+    assert!(out.contains("anthropic session OK"), "{out}");
+
+    // Codex's shape through the openai client's Responses API: AGENTS.md and environment
+    // items, prompt_cache_key, function calls and their outputs.
+    let script = format!(
+        r##"
+import sys, openai
+{consts}
+cs = [openai.OpenAI(base_url=b + "/v1", api_key="unused", max_retries=0) for b in sys.argv[1].split(",")]
+item = lambda role, text: {{"type": "message", "role": role, "content": [{{"type": "input_text", "text": text}}]}}
+inp = [item("developer", BOIL),
+       item("user", "# AGENTS.md instructions for /repo\n\n<INSTRUCTIONS>\n" + BOIL + "\n</INSTRUCTIONS>"),
+       item("user", "<environment_context>\n  <cwd>/repo</cwd>\n</environment_context>"),
+       item("user", TASK)]
+def turn(i):
+    r = cs[i % 2].responses.with_raw_response.create(model="auto", instructions="You are Codex.",
+        input=inp, store=False, max_output_tokens=8, extra_body={{"prompt_cache_key": "codex-official-1"}})
+    r.parse()
+    return r.headers
+h = turn(0)
+assert (h["x-vsr-selected-model"], h["x-vsr-session-action"]) == ("big", "started"), dict(h)
+sid = h["x-vsr-session"]
+for i in range(1, 4):
+    inp += [{{"type": "function_call", "name": "shell", "arguments": "{{}}", "call_id": f"call_{{i}}"}},
+            {{"type": "function_call_output", "call_id": f"call_{{i}}", "output": BOIL}}]
+    h = turn(i)
+    assert (h["x-vsr-selected-model"], h["x-vsr-session-action"], h["x-vsr-session"]) == ("big", "tool_loop", sid), dict(h)
+print("openai session OK")
+"##
+    );
+    let out = python_client(st._dirs[0].path(), "openai", &script, &bases);
+    assert!(out.contains("openai session OK"), "{out}");
+}
