@@ -315,7 +315,7 @@ impl Store {
     }
 
     /// `SET key bytes EX ttl` off the request path (a spawned task with 4x the call budget):
-    /// the decision cache, the session states and the response cache write this way. `failed`
+    /// the decision cache and the response cache write this way. `failed`
     /// runs when the write did not happen (Redis skipped or failing).
     pub fn set_later(
         self: &Arc<Self>,

@@ -375,7 +375,7 @@ pub async fn decide_in_session(
             d.session = Some(note(action, Some(&st.model), None));
             if commit {
                 if next != *st {
-                    sessions.save(&id.id, next);
+                    sessions.save(&id.id, next).await;
                 } else {
                     sessions.touch(&id.id);
                 }
@@ -438,7 +438,7 @@ pub async fn decide_in_session(
     ));
     if commit {
         if let Some(st) = next {
-            sessions.save(&id.id, st);
+            sessions.save(&id.id, st).await;
         }
         sessions.count(action);
         if action.switched() {

@@ -7,8 +7,9 @@
 //!   conversation's stable start (the client's `user`, the system prompt and the user's first
 //!   own turn). Only a hash is kept or shown (`x-vsr-session`).
 //! - State (`State`): the session's model and reasoning, versioned by the user turn that set it,
-//!   in the decision cache's Redis (shared by every replica, TTL renewed each turn) with an
-//!   in-process copy in front (and serving alone while Redis is away).
+//!   in the decision cache's Redis (shared by every replica, written before a new turn is
+//!   forwarded, TTL renewed while in use) with an in-process copy in front (and serving alone
+//!   while Redis is away).
 //! - Rules (`apply`): a turn with no new user words (a tool loop, boilerplate) keeps the
 //!   decision without classifying; an acknowledgement keeps the model with reasoning off; a new
 //!   user turn is classified and switches only up (`escalate`), or down after
@@ -458,8 +459,8 @@ impl Sessions {
         self.local.get(id)
     }
 
-    /// Keeps `st` here and (off the request path) in Redis, its TTL renewed.
-    pub fn save(&self, id: &str, st: State) {
+    /// Keeps `st` here and in Redis, its TTL renewed.
+    pub async fn save(&self, id: &str, st: State) {
         let st = Arc::new(st);
         self.local.insert(id.to_string(), st.clone());
         self.touched.insert(id.to_string(), ());
@@ -469,7 +470,17 @@ impl Sessions {
         let Ok(bytes) = serde_json::to_vec(&*st) else {
             return;
         };
-        store.set_later("session_set", self.key(id), bytes, self.ttl_secs, |_| {});
+        // Written before the request goes on (a new user turn only, which was classified
+        // anyway): when the client has its answer, every replica sees the session's state, so
+        // the next turn on another replica never meets the state before it.
+        let (key, ttl) = (self.key(id), self.ttl_secs);
+        let _ = store
+            .call(
+                "session_set",
+                Some(store.timeout() * 4),
+                |mut c| async move { c.set_ex::<_, _, ()>(key, bytes, ttl).await },
+            )
+            .await;
     }
 
     /// Renews the TTL of a session used without change (a tool loop), off the request path, at
@@ -930,7 +941,7 @@ mod tests {
             lighter: 0,
             switches: 0,
         };
-        s.save("abc", st.clone());
+        s.save("abc", st.clone()).await;
         assert_eq!(s.load("abc").await.as_deref(), Some(&st));
         assert!(s.current("abc", 9).is_some());
         assert!(s.current("abc", 10).is_none(), "another turn: not current");
