@@ -112,6 +112,17 @@ pub struct TrainArgs {
     pub window: Option<String>,
 }
 
+/// `--window TOKENS,STRIDE,MAX_WINDOWS`.
+fn parse_window(w: &str) -> anyhow::Result<[usize; 3]> {
+    let n: Vec<usize> = w
+        .split(',')
+        .map(|x| x.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--window {w:?}: {e}"))?;
+    n.try_into()
+        .map_err(|_| anyhow::anyhow!("--window {w:?} is TOKENS,STRIDE,MAX_WINDOWS"))
+}
+
 /// Embeds `texts` with `model`, 32 at a time in length order, cached under `cache_dir` by the
 /// encoder revision, max length and the texts themselves.
 pub fn embed_cached(
@@ -358,7 +369,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         let window_tokens = args
             .window
             .as_deref()
-            .and_then(|w| w.split(',').next()?.trim().parse::<usize>().ok());
+            .map(parse_window)
+            .transpose()?
+            .map(|[tokens, _, _]| tokens);
         let positive = args
             .positive
             .as_ref()
@@ -917,14 +930,9 @@ pub(crate) fn write_head(
         spec["threshold"] = d["threshold"].clone();
     }
     if let Some(w) = &args.window {
-        let n: Vec<usize> = w
-            .split(',')
-            .map(|x| x.trim().parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| anyhow::anyhow!("--window {w:?}: {e}"))?;
-        anyhow::ensure!(n.len() == 3, "--window is TOKENS,STRIDE,MAX_WINDOWS");
+        let [tokens, stride, max_windows] = parse_window(w)?;
         anyhow::ensure!(detector.is_some(), "--window needs --positive");
-        spec["window"] = json!({"tokens": n[0], "stride": n[1], "max_windows": n[2]});
+        spec["window"] = json!({"tokens": tokens, "stride": stride, "max_windows": max_windows});
     }
     let metrics = json!({
         "task": args.task,

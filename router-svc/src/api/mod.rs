@@ -176,18 +176,16 @@ async fn decide_for(
         let input = req.input(&rt.cfg.classifier.input);
         let session = (rt.cfg.session.enabled && req.kind == Kind::Chat)
             .then(|| {
-                let keys = match who.native {
-                    Some(n) => {
-                        let mut k = decide::session::Keys::of_body(&n.raw);
-                        k.user = k.user.or_else(|| req.user.clone());
-                        k
-                    }
-                    None => decide::session::Keys {
-                        prompt_cache_key: req.prompt_cache_key.clone(),
-                        user: req.user.clone(),
-                        conversation: None,
-                    },
-                };
+                // Responses' `prompt_cache_key` and `conversation` are not in its chat
+                // translation: read from the client's body (no other API needs a second look).
+                let responses = who
+                    .native
+                    .filter(|n| n.api == crate::config::Api::Responses);
+                let keys = decide::session::Keys::of_request(
+                    req.prompt_cache_key.as_deref(),
+                    req.user.as_deref(),
+                    responses.map(|n| &n.raw[..]),
+                );
                 decide::session::identify(
                     &rt.cfg.session,
                     &rt.cfg.classifier.input,

@@ -367,9 +367,11 @@ pub async fn decide_in_session(
     if !input.new_turn || input.light {
         let known = match here.clone() {
             Some(st) => Some(st),
-            None => sessions.load(&id.id).await,
-        }
-        .filter(|st| st.policy == rt.policy_version);
+            None => sessions
+                .load(&id.id)
+                .await
+                .filter(|st| st.policy == rt.policy_version),
+        };
         if let Some(st) = known {
             let (mut d, action, next) = session::unclassified(cfg, &st, input);
             d.session = Some(note(action, Some(&st.model), None));

@@ -75,6 +75,21 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// A chat request's keys (`prompt_cache_key`, `user`: Anthropic's `metadata.user_id` arrives
+    /// translated), with those of the client's Responses body when it was one.
+    pub fn of_request(
+        prompt_cache_key: Option<&str>,
+        user: Option<&str>,
+        responses: Option<&[u8]>,
+    ) -> Self {
+        let mut k = responses.map(Self::of_body).unwrap_or_default();
+        k.prompt_cache_key = k
+            .prompt_cache_key
+            .or_else(|| prompt_cache_key.map(str::to_string));
+        k.user = k.user.or_else(|| user.map(str::to_string));
+        k
+    }
+
     /// The keys of a client's body in another API (Responses), read without building its tree.
     pub fn of_body(raw: &[u8]) -> Self {
         #[derive(Deserialize)]
@@ -348,8 +363,9 @@ pub fn apply(
         let mut d = classified;
         if d.model != prev.model {
             d = keep_model(cfg, d, prev);
+        } else {
+            d.category = prev.category.clone();
         }
-        d.category = prev.category.clone();
         let st = state_of(&d, 0, prev.switches);
         return (d, Action::Kept, Some(st));
     }
@@ -761,6 +777,19 @@ mod tests {
         let h0 = HeaderMap::new();
         let d = identify(&c.session, &c.classifier.input, &h0, &conv, "", &msgs).unwrap();
         assert_eq!(d.source, KeySource::Conversation);
+        // A chat request's own keys, and a Responses body's over them.
+        let k = Keys::of_request(Some("k"), Some("u"), None);
+        assert_eq!(
+            (k.prompt_cache_key.as_deref(), k.user.as_deref()),
+            (Some("k"), Some("u"))
+        );
+        let k = Keys::of_request(
+            None,
+            Some("u"),
+            Some(br#"{"prompt_cache_key": "r", "conversation": "c"}"#),
+        );
+        assert_eq!(k.prompt_cache_key.as_deref(), Some("r"));
+        assert_eq!(k.conversation, Some(json!("c")));
         assert!(identify(
             &c.session,
             &c.classifier.input,
@@ -770,6 +799,20 @@ mod tests {
             &[json!({"role": "system", "content": "x"})]
         )
         .is_none());
+    }
+
+    /// A session on qwen3-8b set by `turn` under policy "p".
+    fn large_state(use_reasoning: bool, turn: u64) -> State {
+        State {
+            model: "qwen3-8b".into(),
+            use_reasoning,
+            category: None,
+            complexity: None,
+            turn,
+            policy: "p".into(),
+            lighter: 0,
+            switches: 0,
+        }
     }
 
     fn decided(model: &str, reasoning: bool, source: Source) -> Decision {
@@ -865,16 +908,7 @@ mod tests {
     fn step_down_after_n_lighter_turns_when_configured() {
         let mut c = cfg();
         c.session.step_down_after = 2;
-        let st = State {
-            model: "qwen3-8b".into(),
-            use_reasoning: true,
-            category: None,
-            complexity: None,
-            turn: 1,
-            policy: "p".into(),
-            lighter: 0,
-            switches: 0,
-        };
+        let st = large_state(true, 1);
         let small = || decided("qwen3-0.6b", false, Source::Classified);
         let (d, a, st) = apply(&c, "p", Some(&st), small(), &turn("a", 2));
         assert_eq!((d.model.as_str(), a), ("qwen3-8b", Action::Kept));
@@ -890,14 +924,9 @@ mod tests {
     fn unclassified_turns_keep_the_state() {
         let c = cfg();
         let st = State {
-            model: "qwen3-8b".into(),
-            use_reasoning: true,
             category: Some("math".into()),
             complexity: Some("reasoning".into()),
-            turn: 7,
-            policy: "p".into(),
-            lighter: 0,
-            switches: 0,
+            ..large_state(true, 7)
         };
         let mut tool = turn("task", 1);
         tool.new_turn = false;
@@ -931,16 +960,7 @@ mod tests {
         let c = cfg();
         let s = Sessions::new(&c.session, None);
         assert!(s.load("abc").await.is_none());
-        let st = State {
-            model: "qwen3-8b".into(),
-            use_reasoning: false,
-            category: None,
-            complexity: None,
-            turn: 9,
-            policy: "p".into(),
-            lighter: 0,
-            switches: 0,
-        };
+        let st = large_state(false, 9);
         s.save("abc", st.clone()).await;
         assert_eq!(s.load("abc").await.as_deref(), Some(&st));
         assert!(s.current("abc", 9).is_some());

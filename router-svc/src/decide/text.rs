@@ -102,6 +102,10 @@ pub fn user_words(content: &Value, cfg: &InputConfig) -> Option<String> {
 /// runs to the end). Borrowed when there is nothing to cut.
 fn strip_tags<'a>(text: &'a str, tags: &[String]) -> std::borrow::Cow<'a, str> {
     let mut out = std::borrow::Cow::Borrowed(text);
+    // Most text holds no tag at all: no pattern is built for it.
+    if !text.contains('<') {
+        return out;
+    }
     for tag in tags.iter().filter(|t| !t.is_empty()) {
         let open = format!("<{tag}");
         if !out.contains(open.as_str()) {
