@@ -318,13 +318,27 @@ pub fn write_head(
     hidden_layers: &[usize],
     seed: u64,
 ) -> anyhow::Result<()> {
+    write_head_with_bag(heads_dir, task, labels, input, (0, 0), hidden_layers, seed)
+}
+
+/// `write_head` for a head that also reads a token bag of `(vocab, bigram buckets)` beside the
+/// embedding of `input` dimensions.
+pub fn write_head_with_bag(
+    heads_dir: &Path,
+    task: &str,
+    labels: &[&str],
+    input: usize,
+    (vocab, bigrams): (usize, usize),
+    hidden_layers: &[usize],
+    seed: u64,
+) -> anyhow::Result<()> {
     let dir = heads_dir.join(task);
     std::fs::create_dir_all(&dir)?;
     let mut w = Weights {
         rng: StdRng::seed_from_u64(seed),
         map: HashMap::new(),
     };
-    let mut dims = vec![input];
+    let mut dims = vec![input + vocab + bigrams];
     dims.extend_from_slice(hidden_layers);
     dims.push(labels.len());
     for (k, pair) in dims.windows(2).enumerate() {
@@ -337,8 +351,8 @@ pub fn write_head(
         task: task.to_string(),
         labels: labels.iter().map(|s| s.to_string()).collect(),
         activation: "relu".into(),
-        token_features: 0,
-        bigram_buckets: 0,
+        token_features: vocab,
+        bigram_buckets: bigrams,
         kind: String::new(),
         context: 0,
         positive: None,

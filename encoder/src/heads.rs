@@ -146,6 +146,32 @@ pub fn token_bag_with(ids: &[u32], vocab: usize, bigrams: usize) -> Vec<(usize, 
     v
 }
 
+/// One text's token bag: `(feature index, value)` pairs (`token_bag_with`).
+pub type Bag = Vec<(usize, f32)>;
+
+/// `x + bags · w`: row `r` of `x` `(b, out)` gets `value · w[index]` for every `(index, value)`
+/// of `bags[r]` (indices past `w`'s rows are ignored).
+fn add_sparse(x: &Tensor, w: &Tensor, bags: &[Bag]) -> candle_core::Result<Tensor> {
+    let n = w.dim(0)?;
+    let (mut rows, mut idx, mut val) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, bag) in bags.iter().enumerate() {
+        for &(i, v) in bag.iter().filter(|(i, _)| *i < n) {
+            rows.push(r as u32);
+            idx.push(i as u32);
+            val.push(v);
+        }
+    }
+    if idx.is_empty() {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let nnz = idx.len();
+    let picked = w.index_select(&Tensor::new(idx, dev)?, 0)?;
+    let scaled =
+        picked.broadcast_mul(&Tensor::from_vec(val, (nnz, 1), dev)?.to_dtype(picked.dtype())?)?;
+    x.index_add(&Tensor::new(rows, dev)?, &scaled, 0)
+}
+
 fn default_act() -> String {
     "relu".into()
 }
@@ -153,12 +179,19 @@ fn default_act() -> String {
 pub enum Head {
     /// Over the normalised pooled embedding: `layers.0`, `layers.1`, ... with `act` between.
     Mlp {
+        /// With token features, `layers.0` holds only the embedding's columns of the stored
+        /// first layer; the bag's columns are `bag_weight`.
         layers: Vec<Linear>,
         act: Activation,
         /// Width of the token-bag input beside the embedding (0 = embedding only), bigram
         /// buckets included.
         token_features: usize,
         bigram_buckets: usize,
+        /// The first layer's token-bag columns, transposed `(token_features, out)`: a text's
+        /// bag has a few dozen entries, so its product is a gather of that many rows instead
+        /// of a dense product over the whole vocabulary (whose weights would be read from
+        /// memory in full for every batch).
+        bag_weight: Option<Tensor>,
     },
     /// Per token over `model::spans::token_inputs` (hidden state, `context` neighbours each side,
     /// spelling features): `layers.0`, ... with `act` between; labels are BIO tags.
@@ -273,28 +306,32 @@ impl TaskHead {
     }
 
     /// Label probabilities `(b, labels)` from the hidden states, the pooled embedding and (for
-    /// heads with lexical features) the batch's token bags, at least as wide as the head's.
+    /// heads with lexical features) each row's token bag of this head's `bag_shape`.
     pub fn probabilities(
         &self,
         hidden: &Tensor,
         lengths: &[usize],
         embedding: &Tensor,
-        bag: Option<&Tensor>,
+        bags: Option<&[Bag]>,
     ) -> candle_core::Result<Tensor> {
         let logits = match &self.head {
             Head::Mlp {
                 layers,
                 act,
-                token_features,
+                bag_weight,
                 ..
             } => {
-                let mut x = match (bag, *token_features) {
-                    (_, 0) => embedding.clone(),
-                    (Some(bag), n) => Tensor::cat(&[embedding, &bag.narrow(1, 0, n)?], 1)?,
-                    (None, _) => candle_core::bail!("head needs token features"),
-                };
+                let mut x = embedding.clone();
                 for (i, l) in layers.iter().enumerate() {
                     x = l.forward(&x)?;
+                    if i == 0 {
+                        if let Some(w) = bag_weight {
+                            let Some(bags) = bags else {
+                                candle_core::bail!("head {} needs token features", self.name)
+                            };
+                            x = add_sparse(&x, w, bags)?;
+                        }
+                    }
                     if i + 1 < layers.len() {
                         x = ops::activate(&x, *act)?;
                     }
@@ -527,6 +564,18 @@ impl TaskHead {
                 Some(Window { spec: w, positive })
             }
         };
+        let bag_width = spec.token_features + spec.bigram_buckets;
+        let bag_weight = if bag_width > 0 {
+            // Split the first layer: the embedding's columns stay a Linear, the bag's are
+            // kept one row per bag entry for gathers.
+            let (emb, bag) = layers[0]
+                .split_inputs(hidden_size)
+                .map_err(|e| Error::load(&name, format!("layers.0.weight: {e}")))?;
+            layers[0] = emb;
+            Some(bag)
+        } else {
+            None
+        };
         Ok(TaskHead {
             window,
             name: spec.task,
@@ -534,8 +583,9 @@ impl TaskHead {
             head: Head::Mlp {
                 layers,
                 act,
-                token_features: spec.token_features + spec.bigram_buckets,
+                token_features: bag_width,
                 bigram_buckets: spec.bigram_buckets,
+                bag_weight,
             },
         })
     }

@@ -15,6 +15,7 @@ pub mod source;
 pub mod spans;
 pub mod tokenize;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -306,34 +307,26 @@ impl Model {
         };
         let embedding = ops::l2_normalize(&pooled.to_dtype(DType::F32)?)?;
         let head_input = embedding.to_dtype(hidden.dtype())?;
-        // Lexical features for heads that read them: one bag of token ids per text, built
-        // from the ids already in the batch (no second pass).
-        let vocab = self
-            .tasks
-            .iter()
-            .map(|t| t.bag_shape().0)
-            .max()
-            .unwrap_or(0);
-        let bigrams = self
-            .tasks
-            .iter()
-            .map(|t| t.bag_shape().1)
-            .max()
-            .unwrap_or(0);
-        let bag_dim = vocab + bigrams;
-        let bag = if bag_dim > 0 {
-            let ids: Vec<Vec<u32>> = batch.ids.to_vec2()?;
-            let mut dense = vec![0f32; b * bag_dim];
-            for (row, (ids, &len)) in ids.iter().zip(lengths).enumerate() {
-                let ids = &ids[..len.min(ids.len())];
-                for (i, v) in heads::token_bag_with(ids, vocab, bigrams) {
-                    dense[row * bag_dim + i] = v;
+        // Lexical features for heads that read them: each text's bag of token ids, of each head's
+        // own shape (as it was trained), built from the ids already in the batch (no second
+        // pass); sparse, a few dozen entries a text.
+        let mut bags: HashMap<(usize, usize), Vec<heads::Bag>> = HashMap::new();
+        let mut ids: Vec<Vec<u32>> = Vec::new();
+        for shape in self.tasks.iter().map(|t| t.bag_shape()) {
+            if shape.0 + shape.1 > 0 && !bags.contains_key(&shape) {
+                if ids.is_empty() {
+                    ids = batch.ids.to_vec2()?;
                 }
+                let rows = ids
+                    .iter()
+                    .zip(lengths)
+                    .map(|(ids, &len)| {
+                        heads::token_bag_with(&ids[..len.min(ids.len())], shape.0, shape.1)
+                    })
+                    .collect();
+                bags.insert(shape, rows);
             }
-            Some(Tensor::from_vec(dense, (b, bag_dim), &self.device)?.to_dtype(hidden.dtype())?)
-        } else {
-            None
-        };
+        }
         // Token heads read every token's hidden state (padding left out), once for all of them;
         // only when some text in the batch asked for them (it then carries spelling features).
         let states: Option<Vec<Vec<Vec<f32>>>> =
@@ -365,8 +358,13 @@ impl Model {
                 }
                 _ => {
                     per_task.push(
-                        task.probabilities(&hidden, lengths, &head_input, bag.as_ref())?
-                            .to_vec2()?,
+                        task.probabilities(
+                            &hidden,
+                            lengths,
+                            &head_input,
+                            bags.get(&task.bag_shape()).map(Vec::as_slice),
+                        )?
+                        .to_vec2()?,
                     );
                     per_task_tokens.push(vec![Vec::new(); b]);
                 }

@@ -315,6 +315,19 @@ impl Linear {
     pub fn dtype(&self) -> candle_core::DType {
         self.weight_t.dtype()
     }
+    /// Splits the inputs at `at`: a `Linear` over the first `at` (with the bias) and the
+    /// weights of the others, `(in - at, out)`, one row per input.
+    pub fn split_inputs(&self, at: usize) -> Result<(Linear, Tensor)> {
+        let inputs = self.weight_t.dim(0)?;
+        let head = Linear {
+            weight_t: self.weight_t.narrow(0, 0, at)?.contiguous()?,
+            bias: self.bias.clone(),
+        };
+        Ok((
+            head,
+            self.weight_t.narrow(0, at, inputs - at)?.contiguous()?,
+        ))
+    }
     /// Loads `<prefix>.weight` `(out, in)` and `<prefix>.bias` if the checkpoint has it.
     pub fn load(vb: &candle_nn::VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         let w = vb.get((out_dim, in_dim), "weight")?;

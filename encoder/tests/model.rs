@@ -318,3 +318,65 @@ fn a_windowed_head_judges_long_texts_in_windows_beyond_the_max_length() {
     let dir2 = dir.path().join("enc");
     assert!(Model::load_encoder(&Source::Local(dir2), Some(&heads), &opts).is_err());
 }
+
+/// Heads reading token bags of different shapes (one with bigram buckets, one without) beside
+/// each other: each gets the bag it was trained on (normalised over its own entries), and the
+/// sparse first layer equals the dense product over `[embedding; bag]` that training computes.
+#[test]
+fn token_bag_heads_get_their_own_bags_and_match_the_dense_product() {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = dir.path().join("enc");
+    let spec = Spec::tiny(Arch::Bert);
+    fixtures::write_checkpoint(&enc, &spec).unwrap();
+    let heads = dir.path().join("heads");
+    let vocab = Model::load_encoder(&Source::Local(enc.clone()), None, &LoadOptions::default())
+        .unwrap()
+        .meta
+        .vocab_size;
+    fixtures::write_head_with_bag(&heads, "lex", &["a", "b"], 32, (vocab, 0), &[8], 1).unwrap();
+    fixtures::write_head_with_bag(&heads, "lexbi", &["x", "y", "z"], 32, (vocab, 16), &[], 2)
+        .unwrap();
+    let model =
+        Model::load_encoder(&Source::Local(enc), Some(&heads), &LoadOptions::default()).unwrap();
+    let ids = tokenize(&model, TEXTS);
+    let seqs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let out = model.run(&seqs).unwrap();
+    for (ti, task) in model.tasks.iter().enumerate() {
+        let w = candle_core::safetensors::load(
+            heads.join(&task.name).join("head.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let bigrams = if task.name == "lexbi" { 16 } else { 0 };
+        for (row, ids) in ids.iter().enumerate() {
+            let mut x = out.embeddings[row].clone();
+            let mut bag = vec![0f32; vocab + bigrams];
+            for (i, v) in semroute_encoder::heads::token_bag_with(ids, vocab, bigrams) {
+                bag[i] = v;
+            }
+            x.extend(bag);
+            let mut h = Tensor::from_vec(x.clone(), (1, x.len()), &Device::Cpu).unwrap();
+            let layers = if task.name == "lex" { 2 } else { 1 };
+            for l in 0..layers {
+                h = h
+                    .matmul(&w[&format!("layers.{l}.weight")].t().unwrap())
+                    .unwrap()
+                    .broadcast_add(&w[&format!("layers.{l}.bias")])
+                    .unwrap();
+                if l + 1 < layers {
+                    h = h.relu().unwrap();
+                }
+            }
+            let want = candle_nn::ops::softmax(&h, 1)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let d = max_diff(&out.probs[row][ti], &want[0]);
+            assert!(
+                d < 1e-4,
+                "{} row {row}: served vs dense differ by {d}",
+                task.name
+            );
+        }
+    }
+}

@@ -20,6 +20,7 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use serde_json::json;
 
+use crate::checkpoint;
 use crate::dataset::{self, Row};
 use crate::train::{self, argmax, probs, weighted_ce, Head, TrainArgs};
 use semroute_encoder::config::Activation;
@@ -71,6 +72,12 @@ pub struct FinetuneArgs {
     pub train_layers: Option<usize>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Continue from `<out>/checkpoint` (written at every validation: the weights reached, the
+    /// best so far, the step): the steps done are skipped and the run goes on with the same
+    /// batches; only `--epochs`, `--max-steps` and `--eval-every` may differ. The optimizers'
+    /// moments start afresh.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// One task line: `train`'s own arguments.
@@ -323,9 +330,28 @@ impl Trainable {
         Ok(all)
     }
 
+    /// The trained tensors' current values (what a checkpoint stores).
+    fn trained(&self) -> candle_core::Result<HashMap<String, Tensor>> {
+        self.vars
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+            .collect()
+    }
+
+    /// `snap` with the frozen tensors added (a full encoder from a checkpoint's trained ones).
+    fn with_fixed(&self, mut snap: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+        for (n, t) in &self.fixed {
+            snap.entry(n.clone()).or_insert_with(|| t.clone());
+        }
+        snap
+    }
+
     fn restore(&self, snap: &HashMap<String, Tensor>) -> candle_core::Result<()> {
         for (n, v) in &self.vars {
-            v.set(&snap[n])?;
+            let t = snap
+                .get(n)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {n} to restore")))?;
+            v.set(t)?;
         }
         Ok(())
     }
@@ -349,6 +375,26 @@ fn head_input(
     }
     let bag = Tensor::from_vec(dense, (seqs.len(), dim), emb.device())?;
     Tensor::cat(&[emb, &bag], 1)
+}
+
+/// What must match for `--resume`: the tasks file and every setting that shapes the batches,
+/// the model or the optimizer (not `--epochs`, `--max-steps` or `--eval-every`).
+fn run_fingerprint(args: &FinetuneArgs) -> anyhow::Result<String> {
+    let tasks = std::fs::read_to_string(&args.tasks)
+        .map_err(|e| anyhow::anyhow!("--tasks {}: {e}", args.tasks.display()))?;
+    let settings = format!(
+        "{} {} {} {} {} {} {} {:?} {}",
+        args.encoder,
+        args.batch_size,
+        args.max_length,
+        args.lr,
+        args.head_lr,
+        args.weight_decay,
+        args.max_train_rows,
+        args.train_layers,
+        args.seed
+    );
+    Ok(checkpoint::fingerprint(&[&tasks, &settings]))
 }
 
 /// Label probabilities of `idx` rows of a task under the current encoder and head (no dropout).
@@ -468,18 +514,43 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
     let mut best: Option<Best> = None;
     let mut step = 0usize;
     let mut history = Vec::new();
-    'epochs: for epoch in 1..=args.epochs {
-        // Every task's training rows in batches, all batches interleaved at random.
+    let fingerprint = run_fingerprint(args)?;
+    let (mut first_epoch, mut skip) = (1usize, 0usize);
+    if args.resume {
+        let (state, live, saved) = checkpoint::load(&args.out, &fingerprint, tasks.len(), &device)?;
+        enc.restore(&live.encoder)?;
+        for (t, w) in tasks.iter().zip(&live.heads) {
+            t.head.restore(w)?;
+        }
+        best = Some((
+            state.best_mean,
+            state.best_step,
+            enc.with_fixed(saved.encoder),
+            saved.heads,
+        ));
+        (step, history, first_epoch, skip) =
+            (state.step, state.history, state.epoch, state.batches_done);
+        eprintln!(
+            "resumed at step {step} (epoch {first_epoch}, {skip} batches done); best so far: step {}, mean validation macro-F1 {:.4}",
+            state.best_step, state.best_mean
+        );
+    }
+    'epochs: for epoch in first_epoch..=args.epochs {
+        // Every task's training rows in batches, all batches interleaved at random, in an order
+        // that depends on the seed and the epoch only (a resumed run sees the same batches).
+        let mut order_rng =
+            StdRng::seed_from_u64(args.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9));
         let mut batches: Vec<(usize, Vec<usize>)> = Vec::new();
         for (ti, t) in tasks.iter().enumerate() {
             let mut order = t.train.clone();
-            order.shuffle(&mut rng);
+            order.shuffle(&mut order_rng);
             batches.extend(order.chunks(args.batch_size).map(|c| (ti, c.to_vec())));
         }
-        batches.shuffle(&mut rng);
+        batches.shuffle(&mut order_rng);
         let total = batches.len();
-        let (mut loss_sum, mut seen, t0) = (0.0, 0usize, Instant::now());
-        for (bi, (ti, rows)) in batches.into_iter().enumerate() {
+        let (mut loss_sum, mut done, mut seen, t0) = (0.0, 0usize, 0usize, Instant::now());
+        let skipped = std::mem::take(&mut skip);
+        for (bi, (ti, rows)) in batches.into_iter().enumerate().skip(skipped) {
             let task = &mut tasks[ti];
             let seqs: Vec<&[u32]> = rows.iter().map(|&i| task.ids[i].as_slice()).collect();
             let x = head_input(&enc.embed(&seqs)?, &seqs, task.bag)?;
@@ -495,6 +566,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
             enc_opt.step(&grads)?;
             task.opt.step(&grads)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
+            done += 1;
             seen += rows.len();
             step += 1;
             if step.is_multiple_of(20) || bi + 1 == total {
@@ -502,7 +574,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
                 eprintln!(
                     "epoch {epoch} step {step} ({}/{total}): loss {:.4}, {rate:.1} texts/s",
                     bi + 1,
-                    loss_sum / (bi + 1) as f64
+                    loss_sum / done as f64
                 );
             }
             let last = (args.max_steps > 0 && step >= args.max_steps) || bi + 1 == total;
@@ -517,6 +589,33 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
                         .map(|t| t.head.snapshot())
                         .collect::<candle_core::Result<_>>()?;
                     best = Some((mean, step, enc.snapshot()?, heads));
+                }
+                if let Some((best_mean, best_step, best_enc, best_heads)) = &best {
+                    let state = checkpoint::State {
+                        fingerprint: fingerprint.clone(),
+                        step,
+                        epoch: if bi + 1 == total { epoch + 1 } else { epoch },
+                        batches_done: if bi + 1 == total { 0 } else { bi + 1 },
+                        best_step: *best_step,
+                        best_mean: *best_mean,
+                        history: history.clone(),
+                    };
+                    let live = checkpoint::Weights {
+                        encoder: enc.trained()?,
+                        heads: tasks
+                            .iter()
+                            .map(|t| t.head.snapshot())
+                            .collect::<candle_core::Result<_>>()?,
+                    };
+                    let kept = checkpoint::Weights {
+                        encoder: best_enc
+                            .iter()
+                            .filter(|(n, _)| enc.vars.contains_key(*n))
+                            .map(|(n, t)| (n.clone(), t.clone()))
+                            .collect(),
+                        heads: best_heads.clone(),
+                    };
+                    checkpoint::save(&args.out, &state, &live, &kept)?;
                 }
             }
             if args.max_steps > 0 && step >= args.max_steps {
@@ -688,13 +787,10 @@ mod tests {
         );
     }
 
-    /// Fine-tunes a tiny random BERT on a task its frozen random embedding barely separates,
-    /// then serves the written directory: the encoder changed, the served embedding is the
-    /// trained one, and the served head classifies the held-out rows.
-    #[test]
-    fn finetuned_encoder_is_served_as_trained() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("base");
+    /// A tiny random BERT, a two-topic data set its frozen random embedding barely separates,
+    /// and the settings of a short run on them (texts and labels returned for checks).
+    fn tiny_run(dir: &Path) -> (FinetuneArgs, Vec<(String, &'static str)>) {
+        let base = dir.join("base");
         write_checkpoint(&base, &Spec::tiny(Arch::Bert)).unwrap();
         let fillers = ["the", "a", "what", "is", "of", "how", "do", "i", "my", "me"];
         let mut rows = String::new();
@@ -714,17 +810,16 @@ mod tests {
             rows += &format!("{}\n", json!({"text": text, "label": label}));
             texts.push((text, label));
         }
-        let data = dir.path().join("data.jsonl");
+        let data = dir.join("data.jsonl");
         std::fs::write(&data, rows).unwrap();
         let tasks = write_tasks(
-            dir.path(),
+            dir,
             &format!("--task topic --data {} --hidden 0", data.display()),
         );
-        let out = dir.path().join("tuned");
         let args = FinetuneArgs {
             tasks,
             encoder: base.display().to_string(),
-            out: out.clone(),
+            out: dir.join("tuned"),
             epochs: 4,
             batch_size: 8,
             max_length: 32,
@@ -736,7 +831,18 @@ mod tests {
             max_train_rows: 0,
             train_layers: None,
             seed: 3,
+            resume: false,
         };
+        (args, texts)
+    }
+
+    /// Fine-tunes the tiny BERT, then serves the written directory: the encoder changed, the
+    /// served embedding is the trained one, and the served head classifies the held-out rows.
+    #[test]
+    fn finetuned_encoder_is_served_as_trained() {
+        let dir = tempfile::tempdir().unwrap();
+        let (args, texts) = tiny_run(dir.path());
+        let (base, out) = (PathBuf::from(&args.encoder), args.out.clone());
         run(&args).unwrap();
 
         let before =
@@ -793,5 +899,50 @@ mod tests {
                 .unwrap();
         assert!(summary["test"]["topic"]["test_accuracy"].as_f64().unwrap() > 0.95);
         assert!(out.join("heads/topic/CARD.md").is_file());
+    }
+
+    /// A run cut off after 4 steps resumes from its checkpoint: it goes on at step 5 with the
+    /// best so far kept, and a checkpoint is never resumed under other settings.
+    #[test]
+    fn a_cut_off_run_resumes_from_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut args, _) = tiny_run(dir.path());
+        (args.max_steps, args.eval_every) = (4, 2);
+        run(&args).unwrap();
+        let state = |args: &FinetuneArgs| -> serde_json::Value {
+            let p = checkpoint::dir(&args.out).join("state.json");
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        };
+        assert_eq!(state(&args)["step"], 4);
+        assert_eq!(state(&args)["history"].as_array().unwrap().len(), 2);
+
+        let other = FinetuneArgs {
+            seed: 4,
+            resume: true,
+            ..args.clone()
+        };
+        let err = run(&other).unwrap_err().to_string();
+        assert!(err.contains("other data or settings"), "{err}");
+
+        (args.max_steps, args.resume) = (9, true);
+        run(&args).unwrap();
+        let s = state(&args);
+        assert_eq!(s["step"], 9);
+        let steps: Vec<u64> = s["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            [2, 4, 6, 8, 9],
+            "the resumed run went on from step 5"
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(args.out.join("finetune.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["steps"], 9);
+        assert_eq!(summary["history"].as_array().unwrap().len(), 5);
     }
 }

@@ -5,6 +5,7 @@
 //! heads without training; `route_bench` replays per-model correctness through routing policies.
 
 pub mod centroid;
+pub mod checkpoint;
 pub mod dataset;
 pub mod eval;
 pub mod finetune;

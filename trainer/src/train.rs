@@ -265,6 +265,22 @@ impl Head {
             .collect()
     }
 
+    /// Sets every layer from `weights` (a `snapshot` of a head of the same shape).
+    pub(crate) fn restore(&self, weights: &[(Tensor, Tensor)]) -> candle_core::Result<()> {
+        if weights.len() != self.layers.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "head has {} layers, the weights {}",
+                self.layers.len(),
+                weights.len()
+            )));
+        }
+        for ((w, b), (tw, tb)) in self.layers.iter().zip(weights) {
+            w.set(tw)?;
+            b.set(tb)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn snapshot(&self) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
         self.layers
             .iter()
