@@ -14,7 +14,8 @@
 //!   decision without classifying; an acknowledgement keeps the model with reasoning off; a new
 //!   user turn is classified and switches only up (`escalate`), or down after
 //!   `step_down_after` lighter turns in a row; a blocked, explicit or failed classification
-//!   never moves the session.
+//!   never moves the session. A first turn that fails open leaves a provisional state (the
+//!   default model) that the tool loop keeps and the first classified user turn replaces.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,6 +172,13 @@ pub struct State {
     pub lighter: u32,
     #[serde(default)]
     pub switches: u32,
+    /// Set by a first turn the classifier did not answer (fail-open: the default model, never
+    /// a decision). The turns without new user words keep it without asking the classifier
+    /// again: under overload, classifying every tool-loop turn of every new session again is
+    /// what keeps the classifier overloaded (measured: 74 % of all turns failed open at 192
+    /// sessions). The next user turn that is classified replaces it as a first turn would.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
 }
 
 /// The version of a request's latest user turn (`State::turn`).
@@ -337,18 +345,19 @@ pub fn apply(
         policy: policy.to_string(),
         lighter,
         switches,
+        provisional: false,
     };
     // A refusal is this request's business, never the session's.
     if classified.blocked {
         return (classified, Action::Refused, None);
     }
     let failed = matches!(classified.source, Source::FailOpen | Source::NoText);
-    let Some(prev) = prev.filter(|p| cfg.model(&p.model).is_some() && p.policy == policy) else {
-        if failed {
-            // Nothing worth remembering: the next turn tries again.
-            return (classified, Action::Started, None);
-        }
-        let st = state_of(&classified, 0, 0);
+    // A provisional state (a first turn that failed open) gives way to the first classification.
+    let Some(prev) = prev.filter(|p| {
+        cfg.model(&p.model).is_some() && p.policy == policy && !(p.provisional && !failed)
+    }) else {
+        let mut st = state_of(&classified, 0, 0);
+        st.provisional = failed;
         return (classified, Action::Started, Some(st));
     };
     if failed {
@@ -812,7 +821,51 @@ mod tests {
             policy: "p".into(),
             lighter: 0,
             switches: 0,
+            provisional: false,
         }
+    }
+
+    /// A first turn that fails open leaves a provisional state on the default model: the tool
+    /// loop keeps it without the classifier, another failure holds it, and the first user turn
+    /// classified replaces it as a first turn would (no switch counted).
+    #[test]
+    fn a_failed_first_turn_leaves_a_provisional_state() {
+        let c = cfg();
+        let default = c.routing.default_model.clone();
+        let mut failed = decided(&default, false, Source::FailOpen);
+        failed.fail_reason = Some("shed".into());
+        let (d, a, st) = apply(&c, "p", None, failed.clone(), &turn("task", 1));
+        assert_eq!((d.model.as_str(), a), (default.as_str(), Action::Started));
+        let st = st.expect("a provisional state is kept");
+        assert!(st.provisional);
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(json.contains("provisional"), "{json}");
+        let plain = serde_json::to_string(&large_state(false, 1)).unwrap();
+        assert!(
+            !plain.contains("provisional"),
+            "stored only when set: {plain}"
+        );
+
+        let mut tool = turn("task", 1);
+        tool.new_turn = false;
+        let (d, a, _) = unclassified(&c, &st, &tool);
+        assert_eq!((d.model.as_str(), a), (default.as_str(), Action::ToolLoop));
+
+        let (_, a, again) = apply(&c, "p", Some(&st), failed, &turn("more", 2));
+        assert_eq!(a, Action::Held);
+        assert!(again.unwrap().provisional);
+
+        let (d, a, next) = apply(
+            &c,
+            "p",
+            Some(&st),
+            decided("qwen3-8b", true, Source::Classified),
+            &turn("more", 2),
+        );
+        assert_eq!((d.model.as_str(), a), ("qwen3-8b", Action::Started));
+        let next = next.unwrap();
+        assert!(!next.provisional);
+        assert_eq!(next.switches, 0);
     }
 
     fn decided(model: &str, reasoning: bool, source: Source) -> Decision {
