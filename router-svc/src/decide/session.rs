@@ -354,7 +354,7 @@ pub fn apply(
     let failed = matches!(classified.source, Source::FailOpen | Source::NoText);
     // A provisional state (a first turn that failed open) gives way to the first classification.
     let Some(prev) = prev.filter(|p| {
-        cfg.model(&p.model).is_some() && p.policy == policy && !(p.provisional && !failed)
+        cfg.model(&p.model).is_some() && p.policy == policy && (!p.provisional || failed)
     }) else {
         let mut st = state_of(&classified, 0, 0);
         st.provisional = failed;
