@@ -116,7 +116,7 @@ pub fn parse_tasks(path: &Path) -> anyhow::Result<Vec<TrainArgs>> {
     Ok(out)
 }
 
-/// The best checkpoint so far: mean validation macro-F1, step, encoder tensors, head weights.
+/// The best checkpoint so far: mean validation macro-F1, step, trained encoder tensors, heads.
 type Best = (
     f64,
     usize,
@@ -321,15 +321,6 @@ impl Trainable {
         pooled.broadcast_div(&norm)
     }
 
-    /// Every encoder tensor's current value, by name (the trained ones copied).
-    fn snapshot(&self) -> candle_core::Result<HashMap<String, Tensor>> {
-        let mut all: HashMap<String, Tensor> = self.fixed.clone();
-        for (n, v) in &self.vars {
-            all.insert(n.clone(), v.as_tensor().copy()?);
-        }
-        Ok(all)
-    }
-
     /// The trained tensors' current values (what a checkpoint stores).
     fn trained(&self) -> candle_core::Result<HashMap<String, Tensor>> {
         self.vars
@@ -522,12 +513,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
         for (t, w) in tasks.iter().zip(&live.heads) {
             t.head.restore(w)?;
         }
-        best = Some((
-            state.best_mean,
-            state.best_step,
-            enc.with_fixed(saved.encoder),
-            saved.heads,
-        ));
+        best = Some((state.best_mean, state.best_step, saved.encoder, saved.heads));
         (step, history, first_epoch, skip) =
             (state.step, state.history, state.epoch, state.batches_done);
         eprintln!(
@@ -588,7 +574,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
                         .iter()
                         .map(|t| t.head.snapshot())
                         .collect::<candle_core::Result<_>>()?;
-                    best = Some((mean, step, enc.snapshot()?, heads));
+                    best = Some((mean, step, enc.trained()?, heads));
                 }
                 if let Some((best_mean, best_step, best_enc, best_heads)) = &best {
                     let state = checkpoint::State {
@@ -608,11 +594,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
                             .collect::<candle_core::Result<_>>()?,
                     };
                     let kept = checkpoint::Weights {
-                        encoder: best_enc
-                            .iter()
-                            .filter(|(n, _)| enc.vars.contains_key(*n))
-                            .map(|(n, t)| (n.clone(), t.clone()))
-                            .collect(),
+                        encoder: best_enc.clone(),
                         heads: best_heads.clone(),
                     };
                     checkpoint::save(&args.out, &state, &live, &kept)?;
@@ -626,6 +608,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
     let (best_mean, best_step, enc_snap, head_snaps) =
         best.ok_or_else(|| anyhow::anyhow!("no training step ran (empty training splits?)"))?;
     enc.restore(&enc_snap)?;
+    let enc_snap = enc.with_fixed(enc_snap);
     eprintln!("best: step {best_step}, mean validation macro-F1 {best_mean:.4}");
 
     // The encoder directory: weights, plus the base checkpoint's config, tokenizer and pooling.
@@ -782,7 +765,7 @@ mod tests {
             .count();
         assert!(with_grad > 0, "no gradient reached the trained layer");
         assert_eq!(
-            enc.snapshot().unwrap().len(),
+            enc.with_fixed(enc.trained().unwrap()).len(),
             enc.vars.len() + enc.fixed.len()
         );
     }
