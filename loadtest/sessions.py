@@ -7,8 +7,8 @@ cache away, and the whole conversation is computed again. vllm-sim keeps a per-r
 cache here (16-token blocks, LRU) and charges prefill time for each prompt token not in it, so
 the cost of losing the prefix shows as time to first token.
 
-The stack: redis-server, classifier-svc (MiniLM + models/heads), four vllm-sim replicas (two for
-each model of the embedded config, prefix cache on), and two router-svc replicas per setting
+The stack: redis-server, classifier-svc (MiniLM + models/heads), --replicas vllm-sim replicas for
+each model of the embedded config (4 by default, prefix cache on), and two router-svc replicas per setting
 (affinity on: `upstream.affinity_load_bound: 2.0`; off: 0), all sharing Redis. Each phase plays
 --sessions sessions at once, each of --turns turns, every turn on a random router replica of the
 phase, streamed; half the sessions are agent-like (a long system prompt, a task, then tool calls
@@ -165,7 +165,11 @@ def summarise(results, pools):
                 later_ttft.append(t["ttft_ms"])
                 c["later"] += 1
                 # The whole previous prompt (less its last, partial block) was cached here.
-                c["hit"] += int(t["cached"] >= sess[i - 1]["prompt"] - 16)
+                hit = t["cached"] >= sess[i - 1]["prompt"] - 16
+                c["hit"] += int(hit)
+                if not hit:
+                    moved = "same replica" if t["backend"] == sess[i - 1]["backend"] else "moved"
+                    c[f"miss:{t['action']} ({moved})"] += 1
     spread = {}
     for model, names in pools.items():
         counts = [per_backend[n] for n in names]
@@ -182,6 +186,7 @@ def summarise(results, pools):
                                 if k in ("action:started", "action:kept", "action:escalated",
                                          "action:stepped_down")) / n,
         "prefix_hit_share_later_turns": c["hit"] / c["later"] if c["later"] else None,
+        "prefix_misses": {k[5:]: v for k, v in sorted(c.items()) if k.startswith("miss:")},
         "ttft_ms": {"p50": pct(ttft, 0.5), "p99": pct(ttft, 0.99)},
         "ttft_later_turns_ms": {"p50": pct(later_ttft, 0.5), "p99": pct(later_ttft, 0.99)},
         "spread": spread,
@@ -251,6 +256,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", type=int, default=48)
     ap.add_argument("--turns", type=int, default=8)
+    ap.add_argument("--replicas", type=int, default=4,
+                    help="vllm-sim replicas per model (with 2, a random pick finds a session's "
+                         "last replica half of the time)")
     ap.add_argument("--prefill-us-per-token", type=int, default=200)
     ap.add_argument("--prefix-cache-blocks", type=int, default=200000)
     ap.add_argument("--timeout-ms", type=int, default=2000, help="classifier deadline")
@@ -281,7 +289,8 @@ def main():
                            "CLASSIFIER_HTTP_ADDR": f"127.0.0.1:{http}", "RUST_LOG": "warn"})
         bench.wait_http(f"http://127.0.0.1:{http}/healthz", cls)
         sims, pools = {}, {"qwen3-0.6b": [], "qwen3-8b": []}
-        for model, names in (("qwen3-0.6b", ["small-1", "small-2"]), ("qwen3-8b", ["large-1", "large-2"])):
+        for model, kind in (("qwen3-0.6b", "small"), ("qwen3-8b", "large")):
+            names = [f"{kind}-{i + 1}" for i in range(args.replicas)]
             for name in names:
                 port = bench.free_port()
                 p = procs.start(name, [os.path.join(BIN, "vllm-sim"), "--addr", f"127.0.0.1:{port}",
@@ -328,7 +337,7 @@ def main():
         w.write(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on this "
                 f"machine (2 cores, everything on it) with `{cmd}`: {args.sessions} concurrent sessions "
                 f"of {args.turns} turns per phase (half agent-like with tool loops, half chats), two "
-                "router replicas per phase sharing Redis, two vllm-sim replicas per model with a "
+                f"router replicas per phase sharing Redis, {args.replicas} vllm-sim replicas per model with a "
                 f"prefix cache ({args.prefill_us_per_token} us of prefill per uncached prompt token, "
                 "5 ms base time to first token), Redis budget 50 ms (everything shares the two cores). "
                 "Affinity on and off in the same run.\n\n")
@@ -348,7 +357,8 @@ def main():
             w.write(f"| {model}: busiest replica / mean (requests) | {fa} {a['requests']} | {fb} {b['requests']} |\n")
         ratio = off["ttft_ms"]["p50"] / on["ttft_ms"]["p50"] if on["ttft_ms"]["p50"] else float("nan")
         w.write(f"\nTime to first token p50, off / on: **{ratio:.2f}x**. Turns by session action "
-                f"(on): {on['actions']}; (off): {off['actions']}.\n")
+                f"(on): {on['actions']}; (off): {off['actions']}. Later turns that missed the "
+                f"prefix, by action and replica (on): {on['prefix_misses']}.\n")
         if "cpu" in res:
             c = res["cpu"]
             w.write(f"\nRouter CPU per request of a tool-loop turn at {c['rate']} req/s (one worker, "

@@ -470,10 +470,10 @@ pub struct UpstreamConfig {
     /// ...for this long.
     pub eject_ms: u64,
     pub max_idle_per_host: usize,
-    /// A session's turns go to the same endpoint of its model (rendezvous hashing on the
-    /// session), so the replica holding its prefix cache serves it, while that endpoint's
-    /// requests in flight stay within this many times the mean; 0: no affinity (power of two
-    /// choices for every request).
+    /// A session's turns go to the endpoint of its model that its first turn was placed on, so
+    /// the replica holding its prefix cache serves it, while that endpoint's requests in flight
+    /// stay within this many times the mean; 0: no affinity (power of two choices for every
+    /// request).
     pub affinity_load_bound: f64,
 }
 

@@ -31,7 +31,7 @@ use crate::response_cache;
 use crate::state::{Runtime, Shared};
 use crate::telemetry;
 use crate::tenant::{Caller, TenantReport};
-use crate::upstream::Outgoing;
+use crate::upstream::{self, Outgoing};
 use openai::Kind;
 
 pub struct AppState {
@@ -487,29 +487,38 @@ async fn road(
     };
     // The steps' futures are boxed: inline, each made the road's state (moved whole at every
     // layer) as large as the largest of them.
-    let answered = Box::pin(
-        rt.upstream.send(
-            &rt.pools,
-            &cands.models,
-            |m| {
-                let mask = cands.masks.get(&m.name).map(|k| (k, &cands.scan));
-                match native.filter(|n| m.serves(n.api)) {
-                    Some(n) => (n.api.path(), openai::native_body(&n.raw, m, mask)),
-                    None => (kind.path(), openai::body_for(&req, cfg, m, d, mask)),
-                }
-            },
-            Outgoing {
-                headers: &forwarded_headers(headers, caller.is_none()),
-                keys: &rt.api_keys,
-                headers_by,
-                affinity: d
-                    .session
-                    .as_ref()
-                    .and_then(|s| u64::from_str_radix(&s.id, 16).ok()),
-            },
-        ),
-    )
+    let answered = Box::pin(rt.upstream.send(
+        &rt.pools,
+        &cands.models,
+        |m| {
+            let mask = cands.masks.get(&m.name).map(|k| (k, &cands.scan));
+            match native.filter(|n| m.serves(n.api)) {
+                Some(n) => (n.api.path(), openai::native_body(&n.raw, m, mask)),
+                None => (kind.path(), openai::body_for(&req, cfg, m, d, mask)),
+            }
+        },
+        Outgoing {
+            headers: &forwarded_headers(headers, caller.is_none()),
+            keys: &rt.api_keys,
+            headers_by,
+            affinity: d.session.as_ref().and_then(|s| {
+                Some(upstream::Affinity {
+                    key: u64::from_str_radix(&s.id, 16).ok()?,
+                    endpoint: s.endpoint,
+                    place: s.places(),
+                })
+            }),
+        },
+    ))
     .await?;
+    // A session's first turn on its model: its turns go where this one went (its prefix is
+    // cached there now).
+    if let Some(s) = d.session.as_ref().filter(|s| s.places()) {
+        if answered.model == d.model {
+            let placed = rt.sessions.place(&s.id, &d.model, answered.endpoint.key);
+            Box::pin(placed).await;
+        }
+    }
 
     // 5. relay (a cache miss's answer stored if it ends well and came from the decided model)
     let served = answered.model.clone();

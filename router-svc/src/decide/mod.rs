@@ -353,12 +353,15 @@ pub async fn decide_in_session(
     let cfg = &rt.cfg;
     let sessions = &rt.sessions;
     let turn = session::turn_of(input);
-    let note = |action, previous: Option<&str>, classified: Option<&str>| session::Note {
-        id: id.id.clone(),
-        key: id.source,
-        action,
-        previous: previous.map(str::to_string),
-        classified: classified.map(str::to_string),
+    let note = |action, previous: Option<&str>, classified: Option<&str>, endpoint: Option<u64>| {
+        session::Note {
+            id: id.id.clone(),
+            key: id.source,
+            action,
+            previous: previous.map(str::to_string),
+            classified: classified.map(str::to_string),
+            endpoint,
+        }
     };
     // The fast path: a tool loop on a replica that saw its user turn.
     let here = sessions
@@ -374,7 +377,7 @@ pub async fn decide_in_session(
         };
         if let Some(st) = known {
             let (mut d, action, next) = session::unclassified(cfg, &st, input);
-            d.session = Some(note(action, Some(&st.model), None));
+            d.session = Some(note(action, Some(&st.model), None, next.endpoint));
             if commit {
                 if next != *st {
                     sessions.save(&id.id, next).await;
@@ -409,7 +412,7 @@ pub async fn decide_in_session(
             )
         };
         let overrode = (d.model != classified).then_some(classified.as_str());
-        d.session = Some(note(action, Some(&st.model), overrode));
+        d.session = Some(note(action, Some(&st.model), overrode, st.endpoint));
         if commit {
             sessions.count(action);
         }
@@ -437,6 +440,7 @@ pub async fn decide_in_session(
         action,
         prev.as_deref().map(|p| p.model.as_str()),
         overrode,
+        next.as_ref().and_then(|st| st.endpoint),
     ));
     if commit {
         if let Some(st) = next {

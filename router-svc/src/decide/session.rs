@@ -179,6 +179,11 @@ pub struct State {
     /// sessions). The next user turn that is classified replaces it as a first turn would.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub provisional: bool,
+    /// The endpoint of `model` that holds the session's prefix cache (`Endpoint::key` of
+    /// upstream): where its first turn on the model was placed, by load. Kept while the model
+    /// is; None: not placed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<u64>,
 }
 
 /// The version of a request's latest user turn (`State::turn`).
@@ -260,6 +265,20 @@ pub struct Note {
     /// What this turn's classification alone chose, when the session overrode it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classified: Option<String>,
+    /// The session's endpoint on its model (`State::endpoint`), for the forward step.
+    #[serde(skip)]
+    pub endpoint: Option<u64>,
+}
+
+impl Note {
+    /// This turn starts the session on its model: its endpoint is to be placed by load.
+    pub fn places(&self) -> bool {
+        self.endpoint.is_none()
+            && matches!(
+                self.action,
+                Action::Started | Action::Escalated | Action::SteppedDown
+            )
+    }
 }
 
 /// The rank of a model for "stronger": its place in `session.tiers` when listed (unlisted
@@ -324,6 +343,7 @@ pub fn unclassified(cfg: &Config, st: &State, input: &Input) -> (Decision, Actio
     if cfg.model(&d.model).is_none() {
         d.model = cfg.routing.default_model.clone();
         next.model = d.model.clone();
+        next.endpoint = None;
     }
     (d, action, next)
 }
@@ -346,6 +366,8 @@ pub fn apply(
         lighter,
         switches,
         provisional: false,
+        // The same model: the same endpoint (its prefix cache); another model, placed anew.
+        endpoint: prev.filter(|p| p.model == d.model).and_then(|p| p.endpoint),
     };
     // A refusal is this request's business, never the session's.
     if classified.blocked {
@@ -498,6 +520,39 @@ impl Sessions {
         // Written before the request goes on (a new user turn only, which was classified
         // anyway): when the client has its answer, every replica sees the session's state, so
         // the next turn on another replica never meets the state before it.
+        let (key, ttl) = (self.key(id), self.ttl_secs);
+        let _ = store
+            .call(
+                "session_set",
+                Some(store.timeout() * 4),
+                |mut c| async move { c.set_ex::<_, _, ()>(key, bytes, ttl).await },
+            )
+            .await;
+    }
+
+    /// The session's first turn on `model` was served by `endpoint`: its turns go there from
+    /// now on (`State::endpoint`). Written before the answer is relayed, so that the next
+    /// turn, on whichever replica, finds it. Only the placement is written: a turn that the
+    /// load bound sends elsewhere is not a move (every replica would have to learn of it, and
+    /// a replica's in-process copy would not), so the session comes back when the load allows.
+    pub async fn place(&self, id: &str, model: &str, endpoint: u64) {
+        let Some(st) = self
+            .local
+            .get(id)
+            .filter(|st| st.model == model && st.endpoint.is_none())
+        else {
+            return;
+        };
+        let mut st = (*st).clone();
+        st.endpoint = Some(endpoint);
+        let st = Arc::new(st);
+        self.local.insert(id.to_string(), st.clone());
+        let Some(store) = self.redis.clone().filter(|s| s.usable()) else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(&*st) else {
+            return;
+        };
         let (key, ttl) = (self.key(id), self.ttl_secs);
         let _ = store
             .call(
@@ -822,6 +877,7 @@ mod tests {
             lighter: 0,
             switches: 0,
             provisional: false,
+            endpoint: None,
         }
     }
 
@@ -866,6 +922,64 @@ mod tests {
         let next = next.unwrap();
         assert!(!next.provisional);
         assert_eq!(next.switches, 0);
+    }
+
+    /// A session's endpoint stays with its model: kept by classified, held, light and tool-loop
+    /// turns, dropped when the model changes (the new one is placed anew), stored only when set.
+    #[test]
+    fn the_placed_endpoint_stays_with_the_model() {
+        let c = cfg();
+        let mut st = large_state(true, 1);
+        st.endpoint = Some(42);
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(json.contains("\"endpoint\":42"), "{json}");
+        assert!(!serde_json::to_string(&large_state(true, 1))
+            .unwrap()
+            .contains("endpoint"));
+        let kept = apply(
+            &c,
+            "p",
+            Some(&st),
+            decided("qwen3-8b", true, Source::Classified),
+            &turn("more", 2),
+        );
+        assert_eq!((kept.1, kept.2.unwrap().endpoint), (Action::Kept, Some(42)));
+        let held = apply(
+            &c,
+            "p",
+            Some(&st),
+            decided("qwen3-0.6b", false, Source::FailOpen),
+            &turn("more", 2),
+        );
+        assert_eq!((held.1, held.2.unwrap().endpoint), (Action::Held, Some(42)));
+        let mut ack = turn("thanks", 2);
+        ack.light = true;
+        let (_, a, next) = unclassified(&c, &st, &ack);
+        assert_eq!((a, next.endpoint), (Action::Light, Some(42)));
+        // Stepped down to the small model: another pool, placed anew.
+        let mut c2 = cfg();
+        c2.session.step_down_after = 1;
+        let down = apply(
+            &c2,
+            "p",
+            Some(&st),
+            decided("qwen3-0.6b", false, Source::Classified),
+            &turn("more", 2),
+        );
+        assert_eq!(down.1, Action::SteppedDown);
+        assert_eq!(down.2.unwrap().endpoint, None);
+        let note = |action, endpoint| Note {
+            id: "s".into(),
+            key: KeySource::Fingerprint,
+            action,
+            previous: None,
+            classified: None,
+            endpoint,
+        };
+        assert!(note(Action::Started, None).places());
+        assert!(note(Action::Escalated, None).places());
+        assert!(!note(Action::Kept, Some(42)).places());
+        assert!(!note(Action::ToolLoop, None).places(), "unknown: hashed");
     }
 
     fn decided(model: &str, reasoning: bool, source: Source) -> Decision {

@@ -30,6 +30,10 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
+/// How long a session placed on an endpoint counts against it when the next is placed (it
+/// fades with this time constant): about the life of an agent session or a conversation.
+const SESSION_FADE: Duration = Duration::from_secs(600);
+
 /// One backend server of one model.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -39,6 +43,8 @@ pub struct Endpoint {
     /// Base URL without a trailing slash (e.g. `http://10.0.0.5:8000`).
     pub url: String,
     in_flight: AtomicUsize,
+    /// Sessions placed here by this replica lately (fading over `SESSION_FADE`).
+    sessions: crate::balance::Fading,
     /// Last active health check.
     healthy: AtomicBool,
     failures: AtomicU32,
@@ -129,6 +135,7 @@ impl Endpoint {
             tokens: TokenMetrics::new(model),
             url,
             in_flight: AtomicUsize::new(0),
+            sessions: crate::balance::Fading::new(SESSION_FADE),
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -315,24 +322,38 @@ impl Pools {
 }
 
 /// Power of two choices among available endpoints not tried yet; if none is available, among
-/// all not tried yet (a request is better tried than refused). With an affinity key (a
-/// session), the key's endpoint by rendezvous hashing while its load stays within `bound`.
+/// all not tried yet (a request is better tried than refused). A session's turns go to its
+/// endpoint (`Affinity`) while its load stays within `bound`.
 fn pick(
     eps: &[Arc<Endpoint>],
     tried: &[usize],
-    affinity: Option<u64>,
+    affinity: Option<Affinity>,
     bound: f64,
 ) -> Option<usize> {
     match affinity.filter(|_| bound > 0.0) {
-        Some(key) => crate::balance::pick_affine(
-            eps.len(),
-            |i| tried.contains(&i),
-            |i| eps[i].available(),
-            |i| eps[i].in_flight(),
-            key,
-            |i| eps[i].key,
-            bound,
-        ),
+        Some(a) => {
+            let placed = a.endpoint.and_then(|k| eps.iter().position(|e| e.key == k));
+            if a.place && placed.is_none() {
+                // The sessions given lately plus the requests in flight: a session's requests
+                // come and go, its turns to come stay with it.
+                return crate::balance::pick_least(
+                    eps.len(),
+                    |i| tried.contains(&i),
+                    |i| eps[i].available(),
+                    |i| eps[i].sessions.get() + eps[i].in_flight() as f64,
+                );
+            }
+            crate::balance::pick_affine(
+                eps.len(),
+                |i| tried.contains(&i),
+                |i| eps[i].available(),
+                |i| eps[i].in_flight(),
+                a.key,
+                |i| eps[i].key,
+                bound,
+                placed,
+            )
+        }
         None => crate::balance::pick(
             eps.len(),
             |i| tried.contains(&i),
@@ -376,8 +397,20 @@ pub struct Outgoing<'a> {
     /// The response headers must arrive by then: vLLM sends them with the first token when
     /// streaming, and with the whole answer otherwise.
     pub headers_by: Instant,
-    /// The session's hash: its turns go to the same endpoint of a model (prefix cache).
-    pub affinity: Option<u64>,
+    /// The session's claim on an endpoint (its prefix cache).
+    pub affinity: Option<Affinity>,
+}
+
+/// A session's turns go to one endpoint of its model, where its prefix is cached: the one it
+/// was placed on (`endpoint`, an `Endpoint::key`), else, on its first turn on the model
+/// (`place`), the least loaded, else the first of its key's rendezvous order within the load
+/// bound. The endpoint that served comes back in `Answered::endpoint`; the session keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Affinity {
+    /// The session's hash.
+    pub key: u64,
+    pub endpoint: Option<u64>,
+    pub place: bool,
 }
 
 /// A backend response whose headers arrived; the body is still to be relayed.
@@ -480,6 +513,9 @@ impl Upstream {
                 };
                 tried.push(i);
                 attempts += 1;
+                if affinity.is_some_and(|a| a.place && a.endpoint.is_none()) {
+                    eps[i].sessions.add(1.0);
+                }
                 if attempts > 1 {
                     metrics::counter!("router_upstream_retries_total", "model" => model.name.clone())
                         .increment(1);
