@@ -311,6 +311,8 @@ fn forward_flops(arch: Arch, h: usize, layers: usize, inter: usize, batch: usize
     let linear = match arch {
         Arch::Bert => 4.0 * hf * hf + 2.0 * hf * inter,
         Arch::ModernBert => 4.0 * hf * hf + 3.0 * hf * inter,
+        // A table look-up per token.
+        Arch::Static => return 0.0,
     };
     let keys = |window: Option<usize>| -> f64 {
         (0..t)
@@ -334,6 +336,95 @@ struct Subject {
     name: String,
     model: Arc<Model>,
     dims: (Arch, usize, usize, usize),
+}
+
+/// The cascade's two tiers, texts/s per core count, as served: the encoder tokenizes and runs
+/// batches of 32 (what the batch former makes under load), the fast tier tokenizes and runs one
+/// text at a time in the caller's thread (what a request does). One core: a one-thread pool;
+/// two: the encoder's pool of both, the fast tier on two threads.
+fn tiers(args: &BenchArgs, report: &mut String) -> anyhow::Result<()> {
+    let encoder = minilm(args)?.model;
+    let fast = crate::cascade::FastTier::load(
+        &Source::Local(args.fast_encoder.clone()),
+        &args.fast_heads,
+        &LoadOptions::default(),
+    )?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    writeln!(
+        report,
+        "## The cascade's tiers: {} (encoder) and {} (fast tier, {} heads)
+",
+        encoder.meta.versioned_id(),
+        fast.version(),
+        fast.model.tasks.len()
+    )?;
+    writeln!(
+        report,
+        "Tokenization included in both. The encoder in batches of 32, the fast tier one text at a \
+         time on each thread.\n\n| prompt tokens | cores | encoder texts/s | fast tier texts/s | \
+         fast / encoder | fast tier µs a text |\n|---|---|---|---|---|---|"
+    )?;
+    for &len in &args.lengths {
+        let sample = texts(&encoder, len, 256, len as u64);
+        for threads in [1, cores.min(2)] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            let enc = pool.install(|| -> anyhow::Result<f64> {
+                let mut done = 0usize;
+                let start = Instant::now();
+                let mut i = 0;
+                while done < 64 || start.elapsed().as_secs_f64() < args.seconds {
+                    let chunk: Vec<Vec<u32>> = (0..32)
+                        .map(|k| {
+                            let t = &sample[(i + k) % sample.len()];
+                            encoder.tokenize(t, Truncation::Truncate).map(|e| e.ids)
+                        })
+                        .collect::<Result<_, _>>()?;
+                    let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+                    encoder.run(&seqs)?;
+                    done += 32;
+                    i += 32;
+                }
+                Ok(done as f64 / start.elapsed().as_secs_f64())
+            })?;
+            let fast_rate = {
+                let start = Instant::now();
+                let counts: Vec<usize> = std::thread::scope(|sc| {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|t| {
+                            let (fast, sample) = (&fast, &sample);
+                            sc.spawn(move || {
+                                let mut n = 0usize;
+                                while n < 1000 || start.elapsed().as_secs_f64() < args.seconds {
+                                    let text = &sample[(n * 7 + t) % sample.len()];
+                                    let _ = fast.classify_now(
+                                        std::slice::from_ref(text),
+                                        Truncation::Truncate,
+                                    );
+                                    n += 1;
+                                }
+                                n
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+                });
+                counts.iter().sum::<usize>() as f64 / start.elapsed().as_secs_f64()
+            };
+            writeln!(
+                report,
+                "| {len} | {threads} | {enc:.1} | {fast_rate:.0} | **{:.0}x** | {:.1} |",
+                fast_rate / enc,
+                threads as f64 * 1e6 / fast_rate
+            )?;
+            tracing::info!(len, threads, enc, fast_rate, "tiers");
+        }
+    }
+    writeln!(report)?;
+    Ok(())
 }
 
 fn minilm(args: &BenchArgs) -> anyhow::Result<Subject> {
@@ -416,11 +507,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )?;
     tracing::info!(peak, "matmul");
 
-    for name in &args.models {
+    if args.models.iter().any(|m| m == "tiers") {
+        tiers(&args, &mut report)?;
+    }
+    for name in args.models.iter().filter(|m| *m != "tiers") {
         let subject = match name.as_str() {
             "minilm" => minilm(&args)?,
             "modernbert" => modernbert(&args)?,
-            other => anyhow::bail!("unknown bench model {other:?} (minilm, modernbert)"),
+            other => anyhow::bail!("unknown bench model {other:?} (minilm, modernbert, tiers)"),
         };
         let model = subject.model.clone();
         writeln!(report, "## {}\n", subject.name)?;

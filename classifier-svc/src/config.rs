@@ -59,6 +59,22 @@ pub struct ModelArgs {
     /// Pooling for embeddings and heads (default: the checkpoint's own, else mean).
     #[arg(long, env = "CLASSIFIER_POOLING", value_parser = parse_pooling)]
     pub pooling: Option<Pooling>,
+    /// The cascade's fast tier: a static token-embedding model (`semroute-train distill`), a
+    /// local directory or hf:org/name[@revision]; "none" for none. A local directory that is
+    /// not there means no fast tier (said once at start).
+    #[arg(
+        long,
+        env = "CLASSIFIER_FAST_ENCODER",
+        default_value = "models/static-minilm"
+    )]
+    pub fast_encoder: String,
+    /// The fast tier's heads (<task>/head.json with `cascade.threshold`).
+    #[arg(
+        long,
+        env = "CLASSIFIER_FAST_HEADS",
+        default_value = "models/heads-static"
+    )]
+    pub fast_heads: PathBuf,
 }
 
 fn parse_pooling(s: &str) -> Result<Pooling, String> {
@@ -128,6 +144,28 @@ impl ModelArgs {
             max_length: self.max_length,
             pooling: self.pooling,
         })
+    }
+
+    /// The fast tier to load, if any: its source and heads (None: "none", or a local directory
+    /// that is not there).
+    pub fn fast_plan(&self) -> anyhow::Result<Option<(Source, PathBuf)>> {
+        if self.fast_encoder == "none" {
+            return Ok(None);
+        }
+        let source: Source = self.fast_encoder.parse()?;
+        if let Source::Local(dir) = &source {
+            if !dir.is_dir() {
+                tracing::info!(dir = %dir.display(), "no fast tier: its directory is not there (semroute-train distill makes it)");
+                return Ok(None);
+            }
+        }
+        anyhow::ensure!(
+            self.fast_heads.is_dir(),
+            "--fast-heads {}: not a directory (heads trained on {}, or --fast-encoder none)",
+            self.fast_heads.display(),
+            self.fast_encoder
+        );
+        Ok(Some((source, self.fast_heads.clone())))
     }
 
     /// Parses sources and task names up front, so a typo fails at start-up, not after loading.
@@ -293,6 +331,11 @@ pub struct BenchArgs {
     /// Where random-weight bench models are cached.
     #[arg(long, default_value = "target/bench-models")]
     pub cache: PathBuf,
+    /// The fast tier for `--models tiers`.
+    #[arg(long, default_value = "models/static-minilm")]
+    pub fast_encoder: PathBuf,
+    #[arg(long, default_value = "models/heads-static")]
+    pub fast_heads: PathBuf,
     /// MiniLM serves the heads of this directory (e.g. models/heads: the shipped heads, a
     /// windowed guard included) instead of three random-weight ones.
     #[arg(long)]

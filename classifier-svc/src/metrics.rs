@@ -16,6 +16,10 @@ pub const BATCH_TOKENS: &str = "classifier_batch_tokens";
 pub const DROPPED: &str = "classifier_requests_dropped_total";
 pub const TRUNCATED: &str = "classifier_texts_truncated_total";
 pub const MODEL_LOADED: &str = "classifier_model_loaded";
+/// Texts answered, by tier (`encoder`, `fast`) and the fast tier's reason.
+pub const ANSWERS: &str = "classifier_answers_total";
+/// The fast tier's time per text (tokenization and look-ups, heads included).
+pub const FAST_SECONDS: &str = "classifier_fast_tier_duration_seconds";
 
 /// Installs the global recorder (once per process) and returns the handle that renders /metrics.
 pub fn install() -> anyhow::Result<PrometheusHandle> {

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
+use crate::cascade::FastTier;
 use crate::config::{Limits, ModelArgs, ModelPlan, ServeArgs};
 use crate::service::ClassifierService;
 use semroute_encoder::{LoadOptions, Model};
@@ -135,6 +136,21 @@ pub async fn load_all(
             "model loaded"
         );
         running.service.add_model(model, batch.clone()).await;
+    }
+    if let Some((source, heads)) = args.fast_plan()? {
+        // On the CPU whatever the encoder runs on: a look-up per token, in the request's task.
+        let o = LoadOptions {
+            max_length: opts.max_length,
+            ..LoadOptions::default()
+        };
+        let fast =
+            tokio::task::spawn_blocking(move || FastTier::load(&source, &heads, &o)).await??;
+        tracing::info!(
+            model = %fast.version(),
+            thresholds = ?fast.model.tasks.iter().map(|t| (t.name.as_str(), fast.threshold(&t.name))).collect::<Vec<_>>(),
+            "fast tier loaded"
+        );
+        running.service.set_fast_tier(Some(fast));
     }
     running.service.mark_ready().await;
 

@@ -16,6 +16,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::batch::{Admission, Batcher, Output};
+use crate::cascade::{FastRun, FastTier, Reason};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::metrics as m;
@@ -53,6 +54,8 @@ struct Inner {
     admission: Admission,
     limits: Limits,
     health: HealthReporter,
+    /// The cascade's fast tier, when one is loaded.
+    fast: RwLock<Option<Arc<FastTier>>>,
 }
 
 #[derive(Clone)]
@@ -69,8 +72,18 @@ impl ClassifierService {
                 admission: Admission::new(limits.max_concurrent),
                 limits,
                 health,
+                fast: RwLock::new(None),
             }),
         }
+    }
+
+    /// Loads the cascade's fast tier (or takes it away with None).
+    pub fn set_fast_tier(&self, fast: Option<FastTier>) {
+        *self.inner.fast.write().expect("fast tier lock") = fast.map(Arc::new);
+    }
+
+    pub fn fast_tier(&self) -> Option<Arc<FastTier>> {
+        self.inner.fast.read().expect("fast tier lock").clone()
     }
 
     /// Marks the server and these tasks NOT_SERVING until their models are added.
@@ -315,12 +328,132 @@ impl ClassifierService {
             // The default encoder's embedding: free when it serves a task, one more pass if not.
             wanted.entry(0).or_default();
         }
+        let n = req.texts.len();
+        let include_embedding = req.include_embedding;
+        let tier = pb::Tier::try_from(req.tier)
+            .map_err(|_| Error::InvalidArgument(format!("unknown tier value {}", req.tier)))?;
+        let texts = Arc::new(req.texts);
+        // The fast tier stands in only for requests it can answer whole: every asked task is
+        // one of its sentence heads, and no encoder embedding is asked for.
+        let names: Vec<String> = wanted.values().flatten().map(|(n, _)| n.clone()).collect();
+        let loaded = self.fast_tier();
+        let fast = loaded.clone().filter(|f| {
+            tier != pb::Tier::Encoder
+                && !include_embedding
+                && !names.is_empty()
+                && names.iter().all(|t| f.head(t).is_some())
+        });
+        if tier == pb::Tier::Fast && fast.is_none() {
+            return Err(Error::InvalidArgument(match &loaded {
+                None => "tier FAST: no fast tier is loaded".into(),
+                Some(_) => format!(
+                    "tier FAST: the fast tier does not serve every asked task ({}) or an \
+                     embedding was asked for",
+                    names.join(", ")
+                ),
+            }));
+        }
+        let fast_runs = match &fast {
+            Some(f) => {
+                let runs = f.run(texts.clone(), truncation).await?;
+                for r in &runs {
+                    metrics::histogram!(m::FAST_SECONDS).record(r.took.as_secs_f64());
+                }
+                runs
+            }
+            None => Vec::new(),
+        };
+        // Per text: the encoder, or the fast tier and why.
+        let mut reasons: Vec<Reason> = match &fast {
+            Some(_) if tier == pb::Tier::Fast => vec![Reason::Requested; n],
+            Some(f) => fast_runs
+                .iter()
+                .map(|r| {
+                    let sure = names.iter().all(|t| {
+                        let (hi, th) = (f.head(t), f.threshold(t));
+                        match (hi, th) {
+                            (Some(hi), Some(th)) => top(&r.probs[hi]).1 >= th,
+                            _ => false,
+                        }
+                    });
+                    if sure {
+                        Reason::Confident
+                    } else {
+                        Reason::Encoder
+                    }
+                })
+                .collect(),
+            None => vec![Reason::Encoder; n],
+        };
+        let need: Vec<usize> = (0..n).filter(|&i| reasons[i] == Reason::Encoder).collect();
+        let mut results: Vec<pb::TextResult> = (0..n).map(|_| pb::TextResult::default()).collect();
+        if !need.is_empty() {
+            let sub = if need.len() == n {
+                texts.clone()
+            } else {
+                Arc::new(need.iter().map(|&i| texts[i].clone()).collect())
+            };
+            // With the fast tier to fall back on, the encoder gets the deadline less a margin
+            // for the fast answer to reach the caller in time.
+            let by = match (&fast, deadline) {
+                (Some(_), Some(d)) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    Some(d - (left / 5).min(Duration::from_millis(5)))
+                }
+                _ => deadline,
+            };
+            let encoded = self
+                .encoder_results(&reg, &wanted, sub, truncation, by, include_embedding)
+                .await;
+            match encoded {
+                Ok(rs) => {
+                    for (&i, r) in need.iter().zip(rs) {
+                        results[i] = r;
+                    }
+                }
+                Err(e) if fast.is_some() && matches!(e, Error::Overloaded { .. }) => {
+                    need.iter().for_each(|&i| reasons[i] = Reason::Shed);
+                }
+                Err(e) if fast.is_some() && matches!(e, Error::DeadlineExceeded(_)) => {
+                    need.iter().for_each(|&i| reasons[i] = Reason::Deadline);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for (i, reason) in reasons.iter().enumerate() {
+            let tier_name = if *reason == Reason::Encoder {
+                "encoder"
+            } else {
+                "fast"
+            };
+            metrics::counter!(m::ANSWERS, "tier" => tier_name, "reason" => reason.as_str())
+                .increment(1);
+            if let (Some(f), false) = (&fast, *reason == Reason::Encoder) {
+                results[i] = fast_result(f, &names, &fast_runs[i], *reason);
+            }
+        }
+        Ok(pb::ClassifyResponse {
+            results,
+            total_us: start.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// The encoder's answers for `texts` (admission, batches, heads): every asked task of every
+    /// text, tier ENCODER.
+    async fn encoder_results(
+        &self,
+        reg: &Registry,
+        wanted: &BTreeMap<usize, Vec<(String, usize)>>,
+        texts: Arc<Vec<String>>,
+        truncation: Truncation,
+        deadline: Option<Instant>,
+        include_embedding: bool,
+    ) -> Result<Vec<pb::TextResult>, Error> {
         let _permit = self
             .inner
             .admission
-            .try_admit(req.texts.len() * wanted.len())
+            .try_admit(texts.len() * wanted.len())
             .inspect_err(|_| metrics::counter!(m::REJECTED).increment(1))?;
-        let texts = Arc::new(req.texts);
         let runs = wanted.iter().map(|(&mi, heads)| {
             let batcher = &reg.models[mi];
             let token_tasks = heads
@@ -348,7 +481,7 @@ impl ClassifierService {
             let version = model.meta.versioned_id();
             for ((text_result, run), text) in results.iter_mut().zip(outs).zip(texts.iter()) {
                 let out = &run.output;
-                if req.include_embedding && *mi == 0 {
+                if include_embedding && *mi == 0 {
                     text_result.embedding = out.embedding.clone();
                 }
                 text_result.num_tokens = text_result.num_tokens.max(run.num_tokens);
@@ -383,33 +516,17 @@ impl ClassifierService {
                         windowed = Some(p);
                     }
                     let probs = windowed.as_ref().unwrap_or(&out.probs[*hi]);
-                    let (top, p) = probs
-                        .iter()
-                        .enumerate()
-                        .max_by(|a, b| a.1.total_cmp(b.1))
-                        .map(|(i, p)| (i, *p))
-                        .unwrap_or((0, 0.0));
-                    text_result.results.push(pb::TaskResult {
-                        task: name.clone(),
-                        label: labels[top].clone(),
-                        probability: p,
-                        scores: labels
-                            .iter()
-                            .zip(probs)
-                            .map(|(l, p)| pb::LabelScore {
-                                label: l.clone(),
-                                probability: *p,
-                            })
-                            .collect(),
-                        model: version.clone(),
-                    });
+                    text_result.results.push(task_result(
+                        name,
+                        labels,
+                        probs,
+                        &version,
+                        Reason::Encoder,
+                    ));
                 }
             }
         }
-        Ok(pb::ClassifyResponse {
-            results,
-            total_us: start.elapsed().as_micros() as u64,
-        })
+        Ok(results)
     }
 
     async fn embed_request(
@@ -563,8 +680,74 @@ fn token_task(
         probability,
         scores: Vec::new(),
         model: version.to_string(),
+        tier: pb::Tier::Encoder as i32,
+        tier_reason: String::new(),
     };
     (result, entities)
+}
+
+/// The top label's index and probability.
+fn top(probs: &[f32]) -> (usize, f32) {
+    probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, p)| (i, *p))
+        .unwrap_or((0, 0.0))
+}
+
+/// One sentence task's answer from `probs`, said to come from the tier that `reason` names.
+fn task_result(
+    name: &str,
+    labels: &[String],
+    probs: &[f32],
+    version: &str,
+    reason: Reason,
+) -> pb::TaskResult {
+    let (i, p) = top(probs);
+    pb::TaskResult {
+        task: name.to_string(),
+        label: labels.get(i).cloned().unwrap_or_default(),
+        probability: p,
+        scores: labels
+            .iter()
+            .zip(probs)
+            .map(|(l, p)| pb::LabelScore {
+                label: l.clone(),
+                probability: *p,
+            })
+            .collect(),
+        model: version.to_string(),
+        tier: if reason == Reason::Encoder {
+            pb::Tier::Encoder
+        } else {
+            pb::Tier::Fast
+        } as i32,
+        tier_reason: reason.as_str().into(),
+    }
+}
+
+/// A text's answer from the fast tier, every asked task.
+fn fast_result(f: &FastTier, names: &[String], run: &FastRun, reason: Reason) -> pb::TextResult {
+    let version = f.version();
+    pb::TextResult {
+        results: names
+            .iter()
+            .filter_map(|t| {
+                let hi = f.head(t)?;
+                let labels = &f.model.tasks[hi].labels;
+                Some(task_result(t, labels, &run.probs[hi], &version, reason))
+            })
+            .collect(),
+        num_tokens: run.num_tokens,
+        truncated: run.truncated,
+        timings: vec![pb::Timings {
+            tokenization_us: run.took.as_micros() as u64,
+            batch_size: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 fn truncation(v: i32) -> Result<Truncation, Error> {

@@ -707,6 +707,7 @@ async fn random_requests_are_answered_or_invalid_argument() {
             tasks: tasks.clone(),
             truncation,
             include_embedding,
+            ..Default::default()
         };
         let deadline = Some(Instant::now() + Duration::from_secs(10));
         match running.service.classify_request(req, deadline).await {
@@ -729,4 +730,191 @@ async fn random_requests_are_answered_or_invalid_argument() {
         answered > 0 && refused > 0,
         "{answered} answered, {refused} refused"
     );
+}
+
+/// A static fast tier beside the encoder: its heads for domain and complexity, with
+/// `cascade.threshold` where given (None: the head never answers alone).
+fn fast_tier(dir: &Path, thresholds: [Option<f32>; 2]) -> classifier_svc::cascade::FastTier {
+    let enc = dir.join("static");
+    fixtures::write_checkpoint(&enc, &Spec::tiny(Arch::Static)).unwrap();
+    let heads = dir.join("fast-heads");
+    fixtures::write_head(&heads, "domain", &["math", "law", "other"], 32, &[], 3).unwrap();
+    fixtures::write_head(&heads, "complexity", &["simple", "reasoning"], 32, &[], 4).unwrap();
+    for (task, th) in ["domain", "complexity"].iter().zip(thresholds) {
+        let p = heads.join(task).join("head.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        if let Some(th) = th {
+            spec["cascade"] = serde_json::json!({"threshold": th});
+        }
+        std::fs::write(&p, spec.to_string()).unwrap();
+    }
+    classifier_svc::cascade::FastTier::load(&Source::Local(enc), &heads, &LoadOptions::default())
+        .unwrap()
+}
+
+fn tiers(r: &pb::ClassifyResponse) -> Vec<(i32, String)> {
+    r.results
+        .iter()
+        .flat_map(|t| t.results.iter().map(|x| (x.tier, x.tier_reason.clone())))
+        .collect()
+}
+
+/// The cascade: the fast tier answers where every asked task clears its threshold, the encoder
+/// where one does not (or it has no threshold), when an embedding or a task the fast tier lacks
+/// is asked for, or when the caller asks for it; the fast tier answers whatever its confidence
+/// when admission sheds the encoder's share; tier FAST without one loaded is refused.
+#[tokio::test]
+async fn the_cascade_answers_by_tier_and_says_which() {
+    let (running, dir) = full_server(Limits::default()).await;
+    let svc = &running.service;
+    let deadline = || Some(Instant::now() + Duration::from_secs(10));
+    let fast_only = pb::ClassifyRequest {
+        tier: pb::Tier::Fast as i32,
+        ..req(&["hello"], &["domain"])
+    };
+    let e = svc.classify_request(fast_only.clone(), deadline()).await;
+    assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+
+    let fast = (pb::Tier::Fast as i32, "confident".to_string());
+    let enc = (pb::Tier::Encoder as i32, String::new());
+    // Thresholds 0: sure of everything.
+    svc.set_fast_tier(Some(fast_tier(dir.path(), [Some(0.0), Some(0.0)])));
+    let r = svc
+        .classify_request(
+            req(
+                &["what is the capital", "prove the theorem"],
+                &["domain", "complexity"],
+            ),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), vec![fast.clone(); 4]);
+    assert!(
+        r.results[0].results[0].model.starts_with("static@"),
+        "{:?}",
+        r.results[0].results[0].model
+    );
+    // The caller may ask for one tier.
+    let r = svc
+        .classify_request(
+            pb::ClassifyRequest {
+                tier: pb::Tier::Encoder as i32,
+                ..req(&["hello"], &["domain"])
+            },
+            deadline(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), vec![enc.clone()]);
+    let r = svc.classify_request(fast_only, deadline()).await.unwrap();
+    assert_eq!(
+        tiers(&r),
+        vec![(pb::Tier::Fast as i32, "requested".to_string())]
+    );
+    // A task the fast tier does not serve, or an embedding: the encoder for all.
+    let r = svc
+        .classify_request(req(&["hello"], &["domain", "jailbreak"]), deadline())
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), vec![enc.clone(); 2]);
+    let with_embedding = pb::ClassifyRequest {
+        include_embedding: true,
+        ..req(&["hello"], &["domain"])
+    };
+    let r = svc
+        .classify_request(with_embedding, deadline())
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), vec![enc.clone()]);
+    assert!(!r.results[0].embedding.is_empty());
+
+    // Complexity has no threshold: never answered alone, so its texts go to the encoder
+    // (every asked task from it), while domain alone stays with the fast tier.
+    svc.set_fast_tier(Some(fast_tier(dir.path(), [Some(0.0), None])));
+    let r = svc
+        .classify_request(req(&["hello"], &["domain", "complexity"]), deadline())
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), vec![enc.clone(); 2]);
+    let r = svc
+        .classify_request(req(&["hello"], &["domain"]), deadline())
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), vec![fast.clone()]);
+    // Thresholds above any probability: the encoder.
+    svc.set_fast_tier(Some(fast_tier(dir.path(), [Some(1.0), Some(1.0)])));
+    let r = svc
+        .classify_request(req(&["hello"], &["domain"]), deadline())
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), vec![enc.clone()]);
+    running.shutdown().await;
+
+    // Admission sheds the encoder's share: the fast tier answers it, not an error.
+    let limits = Limits {
+        max_concurrent: 1,
+        ..Limits::default()
+    };
+    let (running, dir) = full_server(limits).await;
+    running
+        .service
+        .set_fast_tier(Some(fast_tier(dir.path(), [Some(1.0), Some(1.0)])));
+    let r = running
+        .service
+        .classify_request(req(&["a", "b"], &["domain"]), deadline())
+        .await
+        .unwrap();
+    assert_eq!(
+        tiers(&r),
+        vec![(pb::Tier::Fast as i32, "shed".to_string()); 2]
+    );
+    // Without the fast tier the same call is refused, as before.
+    running.service.set_fast_tier(None);
+    let e = running
+        .service
+        .classify_request(req(&["a", "b"], &["domain"]), deadline())
+        .await;
+    assert!(matches!(e, Err(Error::Overloaded { .. })), "{e:?}");
+    running.shutdown().await;
+}
+
+/// The encoder cannot meet the deadline (every batch slowed past it): the fast tier answers
+/// instead of DEADLINE_EXCEEDED, without waiting for the slowed batch.
+#[tokio::test]
+async fn past_the_encoders_deadline_the_fast_tier_answers_in_time() {
+    let (running, dir) = full_server(Limits::default()).await;
+    running
+        .service
+        .set_fast_tier(Some(fast_tier(dir.path(), [Some(1.0), Some(1.0)])));
+    // Warm the encoder's batch-time estimate with one request first.
+    running
+        .service
+        .classify_request(req(&["hello"], &["domain"]), None)
+        .await
+        .unwrap();
+    classifier_svc::batch::set_inference_delay(Duration::from_millis(400));
+    let started = Instant::now();
+    let r = running
+        .service
+        .classify_request(
+            req(&["hello there"], &["domain"]),
+            Some(Instant::now() + Duration::from_millis(150)),
+        )
+        .await;
+    classifier_svc::batch::set_inference_delay(Duration::ZERO);
+    let r = r.unwrap();
+    assert_eq!(
+        tiers(&r),
+        vec![(pb::Tier::Fast as i32, "deadline".to_string())]
+    );
+    // Answered near the deadline (the encoder was given it less a 5 ms margin), not after the
+    // slowed batch (400 ms); the bound leaves room for a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+    running.shutdown().await;
 }

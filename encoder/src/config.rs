@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 pub enum Arch {
     Bert,
     ModernBert,
+    /// Static token embeddings (model2vec): no layers, a text is the mean of its tokens.
+    Static,
 }
 
 impl Arch {
@@ -21,6 +23,7 @@ impl Arch {
         match self {
             Arch::Bert => "bert",
             Arch::ModernBert => "modernbert",
+            Arch::Static => "static",
         }
     }
 }
@@ -134,8 +137,54 @@ fn default_max_pos() -> usize {
     512
 }
 
+/// A static model's `config.json` (model2vec's keys).
+#[derive(Deserialize)]
+struct StaticRaw {
+    hidden_dim: usize,
+    #[serde(default)]
+    vocab_size: usize,
+    #[serde(default)]
+    pad_token_id: Option<u32>,
+}
+
 impl EncoderConfig {
+    /// A static model's: its dimension (`hidden_dim`); the vocabulary is the table's rows,
+    /// known once the weights are read (0 until then, unless the config says).
+    fn static_model(text: &str, model: &str) -> Result<Self> {
+        let raw: StaticRaw = serde_json::from_str(text)
+            .map_err(|e| Error::load(model, format!("config.json: {e}")))?;
+        if raw.hidden_dim == 0 {
+            return Err(Error::load(model, "config.json: hidden_dim is 0"));
+        }
+        Ok(EncoderConfig {
+            arch: Arch::Static,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_dim,
+            num_layers: 0,
+            num_heads: 0,
+            intermediate_size: 0,
+            // No positions: a text of any length is one look-up per token.
+            max_position_embeddings: usize::MAX,
+            layer_norm_eps: 0.0,
+            hidden_act: Activation::GeluErf,
+            pad_token_id: raw.pad_token_id.unwrap_or(0),
+            type_vocab_size: 0,
+            global_attn_every_n_layers: 1,
+            global_rope_theta: 0.0,
+            local_attention: 0,
+            local_rope_theta: 0.0,
+            classifier_pooling: Pooling::Mean,
+            classifier_activation: Activation::GeluErf,
+            labels: None,
+        })
+    }
+
     pub fn from_json(text: &str, model: &str) -> Result<Self> {
+        let kind: Value = serde_json::from_str(text)
+            .map_err(|e| Error::load(model, format!("config.json: {e}")))?;
+        if matches!(kind["model_type"].as_str(), Some("model2vec" | "static")) {
+            return Self::static_model(text, model);
+        }
         let raw: Raw = serde_json::from_str(text)
             .map_err(|e| Error::load(model, format!("config.json: {e}")))?;
         let arch = match raw.model_type.as_deref() {
@@ -147,7 +196,8 @@ impl EncoderConfig {
                 return Err(Error::load(
                     model,
                     format!(
-                        "config.json: model_type {other:?} is not supported (bert, modernbert)"
+                        "config.json: model_type {other:?} is not supported (bert, modernbert, \
+                         model2vec)"
                     ),
                 ))
             }
@@ -183,8 +233,8 @@ impl EncoderConfig {
             intermediate_size: raw.intermediate_size,
             max_position_embeddings: raw.max_position_embeddings,
             layer_norm_eps: raw.layer_norm_eps.or(raw.norm_eps).unwrap_or(match arch {
-                Arch::Bert => 1e-12,
                 Arch::ModernBert => 1e-5,
+                _ => 1e-12,
             }),
             hidden_act: Activation::parse(act).map_err(|e| Error::load(model, e))?,
             pad_token_id: raw.pad_token_id.unwrap_or(0),

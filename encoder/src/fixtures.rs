@@ -283,6 +283,14 @@ pub fn write_checkpoint(dir: &Path, spec: &Spec) -> anyhow::Result<()> {
                 "classifier_bias": false
             })
         }
+        Arch::Static => {
+            anyhow::ensure!(spec.labels.is_none(), "a static model has no classifier");
+            w.randn("embeddings", &[vocab, h], 0.5);
+            json!({
+                "model_type": "model2vec", "architectures": ["StaticModel"], "hidden_dim": h,
+                "normalize": true
+            })
+        }
     };
     if let Some(labels) = &spec.labels {
         w.linear("classifier", labels.len(), h, true);

@@ -383,6 +383,12 @@ impl TaskHead {
             )
         })?;
         let head = match cfg.arch {
+            Arch::Static => {
+                return Err(Error::load(
+                    model,
+                    "a static model has no sequence-classification head (train heads for it)",
+                ))
+            }
             Arch::Bert => {
                 let p = super::bert::prefix(vb);
                 Head::BertPooler {

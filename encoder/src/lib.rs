@@ -13,6 +13,7 @@ pub mod modernbert;
 pub mod ops;
 pub mod source;
 pub mod spans;
+pub mod static_embed;
 pub mod tokenize;
 
 use std::collections::HashMap;
@@ -65,6 +66,7 @@ impl Default for LoadOptions {
 enum Encoder {
     Bert(bert::Bert),
     ModernBert(modernbert::ModernBert),
+    Static(static_embed::StaticEmbed),
 }
 
 /// Static facts about a loaded model (for Info, metrics and responses).
@@ -160,7 +162,7 @@ impl Model {
         let id = files.id.clone();
         let text = std::fs::read_to_string(&files.config)
             .map_err(|e| Error::load(&id, format!("config.json: {e}")))?;
-        let cfg = EncoderConfig::from_json(&text, &id)?;
+        let mut cfg = EncoderConfig::from_json(&text, &id)?;
         // SAFETY: the weights file is memory-mapped read-only and not modified while loaded.
         let vb = unsafe {
             VarBuilder::from_mmaped_safetensors(&[&files.weights], opts.dtype, &opts.device)
@@ -170,6 +172,11 @@ impl Model {
             Arch::Bert => bert::Bert::load(vb.clone(), &cfg).map(Encoder::Bert),
             Arch::ModernBert => {
                 modernbert::ModernBert::load(vb.clone(), &cfg).map(Encoder::ModernBert)
+            }
+            Arch::Static => {
+                let table = static_embed::StaticEmbed::load(&vb, cfg.hidden_size, &id)?;
+                cfg.vocab_size = table.vocab_size();
+                Ok(Encoder::Static(table))
             }
         }
         .map_err(|e| Error::load(&id, format!("{} weights: {e}", cfg.arch.as_str())))?;
@@ -209,6 +216,16 @@ impl Model {
     /// `tokenize` with each token's byte offsets (token heads read the text through them).
     pub fn tokenize_with_offsets(&self, text: &str, truncation: Truncation) -> Result<Encoded> {
         self.tokenizer.encode_with(text, truncation, true)
+    }
+
+    /// The special tokens the tokenizer puts before and after a text's own.
+    pub fn wrap(&self) -> (&[u32], &[u32]) {
+        self.tokenizer.wrap()
+    }
+
+    /// A text's own token ids, whole (no special tokens, no truncation).
+    pub fn content_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.content_ids(text)
     }
 
     /// The windowed head's settings, if a head judges long texts in windows (the first one's:
@@ -288,6 +305,12 @@ impl Model {
         } else {
             self.forward_here(batch)
         }
+    }
+
+    /// `forward` on the calling thread, outside the rayon pool: for a model whose pass is a
+    /// few look-ups (a static model), where a hop into the pool would cost more than the work.
+    pub fn forward_inline(&self, batch: &Prepared) -> Result<BatchOutput> {
+        self.forward_here(batch)
     }
 
     fn forward_here(&self, batch: &Prepared) -> Result<BatchOutput> {
@@ -391,6 +414,7 @@ impl Model {
         Ok(match &self.encoder {
             Encoder::Bert(m) => m.forward(&batch.ids, &batch.lengths)?,
             Encoder::ModernBert(m) => m.forward(&batch.ids, &batch.lengths)?,
+            Encoder::Static(m) => m.forward(&batch.ids)?,
         })
     }
 

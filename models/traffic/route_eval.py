@@ -54,6 +54,19 @@ def prepare(no_build):
                         "-p", "router-svc", "-p", "loadtest"], check=True)
 
 
+def answered_by_tier(http):
+    """classifier_answers_total by tier and reason (the cascade: who answered the texts)."""
+    out = {}
+    with urllib.request.urlopen(f"{http}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            m = re.match(r'classifier_answers_total\{(.*)\} (\S+)', line)
+            if m:
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+                key = labels.get("tier", "") + (f":{labels['reason']}" if labels.get("reason") else "")
+                out[key] = out.get(key, 0) + int(float(m.group(2)))
+    return out
+
+
 def load_rows(path, split):
     rows = []
     with open(path) as f:
@@ -224,6 +237,10 @@ def write_md(path, args, kinds, total, cmd):
                 f"{t['cost_expected_per_1k']:.4f} at the expected tiers (input = characters / 4 "
                 f"tokens, answers {args.answer_tokens} tokens, x{args.reasoning_factor} with "
                 "reasoning; the config's prices).\n")
+        if t.get("classifier_answers"):
+            w.write(f"\nTexts answered by the classifier's tiers (classifier_answers_total, tier:reason): "
+                    f"{t['classifier_answers']}. The fast tier is on where `models/static-minilm` "
+                    "and `models/heads-static` exist (CLASSIFIER_FAST_ENCODER=none turns it off).\n")
 
 
 def main():
@@ -258,9 +275,11 @@ def main():
         cfg = router_config(args.config, args.timeout_ms, work, thr)
         st = bench.Stack(procs, bench.INSTANT_SIM, router_args=["--config", cfg])
         res = evaluate(st.router, rows, small, price, args)
+        tiers = answered_by_tier(st.classifier_http)
     finally:
         procs.stop_all()
     kinds, total = per_kind(res), summarise(res)
+    total["classifier_answers"] = tiers
     cmd = "python3 models/traffic/route_eval.py " + " ".join(sys.argv[1:])
     order = [k for k in KIND_ORDER if k in kinds] + sorted(set(kinds) - set(KIND_ORDER))
     for k in order:
@@ -270,6 +289,7 @@ def main():
     print(f"overall {total['accuracy']:.3f}  simple->reasoning {total['simple_to_reasoning']:.3f}  "
           f"hard->small {total['hard_to_small']:.3f}  cost/1k {total['cost_per_1k']:.4f} "
           f"(all large {total['cost_all_large_per_1k']:.4f}, expected {total['cost_expected_per_1k']:.4f})")
+    print(f"classifier answers by tier and reason: {tiers}")
     if args.out:
         write_md(args.out, args, kinds, total, cmd)
     if args.json:

@@ -125,6 +125,7 @@ async fn remote(args: &EvalArgs, addr: &str, texts: &[&str]) -> anyhow::Result<P
                 tasks: vec![args.task.clone()],
                 truncation: pb::Truncation::Truncate as i32,
                 include_embedding: false,
+                ..Default::default()
             })
             .await
             .map_err(|s| anyhow::anyhow!("Classify: {:?}: {}", s.code(), s.message()))?

@@ -4,9 +4,11 @@
 //! judges a head in process or through a running classifier-svc; `centroid` writes few-shot
 //! heads without training; `route_bench` replays per-model correctness through routing policies.
 
+pub mod cascade;
 pub mod centroid;
 pub mod checkpoint;
 pub mod dataset;
+pub mod distill;
 pub mod eval;
 pub mod finetune;
 pub mod perturb;

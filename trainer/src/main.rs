@@ -1,5 +1,5 @@
 //! semroute-train: train, fine-tune and judge the classifier's heads (`train`, `finetune`,
-//! `eval`, `centroid-heads`, `route-bench`, `guard-robustness`). The server binary (classifier-svc) serves what this writes.
+//! `eval`, `centroid-heads`, `route-bench`, `guard-robustness`, `distill`, `cascade`). The server binary (classifier-svc) serves what this writes.
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +33,10 @@ enum Command {
     RouteBench(semroute_trainer::route_bench::RouteBenchArgs),
     /// Judge the guard under small harmless edits: fixed ones and an adaptive greedy search.
     GuardRobustness(semroute_trainer::robustness::RobustnessArgs),
+    /// Distil the shared encoder into static token embeddings (model2vec): the fast tier.
+    Distill(semroute_trainer::distill::DistillArgs),
+    /// Choose the fast tier's threshold for a task on validation, for a stated accuracy loss.
+    Cascade(semroute_trainer::cascade::CascadeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         Command::CentroidHeads(args) => semroute_trainer::centroid::run(&args),
         Command::RouteBench(args) => semroute_trainer::route_bench::run(&args),
         Command::GuardRobustness(args) => semroute_trainer::robustness::run(&args),
+        Command::Distill(args) => semroute_trainer::distill::run(&args),
+        Command::Cascade(args) => semroute_trainer::cascade::run(&args),
         Command::Eval(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

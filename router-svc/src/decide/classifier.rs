@@ -429,6 +429,7 @@ impl Classifier {
             tasks: tasks.to_vec(),
             truncation: pb::Truncation::Truncate as i32,
             include_embedding: with_embedding,
+            ..Default::default()
         });
         req.set_timeout(budget);
         // The trace goes on to classifier-svc (W3C traceparent in the gRPC metadata).
