@@ -47,9 +47,10 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
     const COMPLEXITY: HeaderName = HeaderName::from_static("x-vsr-selected-complexity");
     const SESSION: HeaderName = HeaderName::from_static("x-vsr-session");
     const SESSION_ACTION: HeaderName = HeaderName::from_static("x-vsr-session-action");
+    const TIER: HeaderName = HeaderName::from_static("x-vsr-classifier-tier");
     const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
     let d = r.decision;
-    h.reserve(14);
+    h.reserve(15);
     let mut fixed = |name: HeaderName, v: &'static str| {
         h.insert(name, HeaderValue::from_static(v));
     };
@@ -101,6 +102,9 @@ pub fn report_headers(h: &mut HeaderMap, r: &Report) {
     }
     if let Some(s) = &d.session {
         set(SESSION, s.id.clone());
+    }
+    if let Some(t) = &d.classifier_tier {
+        set(TIER, t.clone());
     }
     let mut timing = String::with_capacity(80);
     for (name, t) in [

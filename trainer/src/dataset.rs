@@ -64,6 +64,20 @@ pub fn field_str(v: &Value, field: &str) -> Option<String> {
     }
 }
 
+/// Every JSON record of a JSONL file (blank lines skipped); a bad line is an error that says
+/// where.
+pub fn records(f: &std::path::Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", f.display(), i + 1))
+        })
+        .collect()
+}
+
 /// Which labelled file(s) to read and how: shared by `train` and `eval`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataArgs {
@@ -95,14 +109,7 @@ pub fn load(
     let mut rows = Vec::new();
     let mut skipped = 0usize;
     for f in files {
-        let text =
-            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(line)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", f.display(), i + 1))?;
+        for v in records(f)? {
             let (Some(t), Some(l)) = (field_str(&v, text_field), field_str(&v, label_field)) else {
                 skipped += 1;
                 continue;

@@ -12,11 +12,11 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use semroute_encoder::{LoadOptions, Model, Source};
 
-use crate::dataset::field_str;
+use crate::dataset::{field_str, records};
 
 #[derive(Debug, Clone, Args)]
 pub struct DistillArgs {
@@ -192,14 +192,7 @@ fn token_probabilities(
     let mut counts = vec![1u64; vocab];
     let mut total = vocab as u64;
     for f in &args.corpus {
-        let text =
-            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(line)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", f.display(), i + 1))?;
+        for v in records(f)? {
             let Some(t) = field_str(&v, &args.text_field) else {
                 continue;
             };

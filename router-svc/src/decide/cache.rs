@@ -177,7 +177,8 @@ impl DecisionCache {
     }
 
     /// The cached decision for `key`, or the result of `classify` (stored in both layers).
-    /// Errors are not cached: every coalesced waiter gets the same error and fails open.
+    /// Errors are not cached: every coalesced waiter gets the same error and fails open; nor
+    /// are stand-in decisions (`Decision::cacheable`).
     pub async fn get_or_classify<F, E>(
         &self,
         key: &str,
@@ -216,12 +217,17 @@ impl DecisionCache {
                     }
                 }
                 let d = classify.await?;
-                if let Some(r) = &self.redis {
+                if let Some(r) = self.redis.as_ref().filter(|_| d.cacheable()) {
                     r.set(key.to_string(), &d);
                 }
                 Ok(Arc::new(d))
             })
             .await?;
+        // A stand-in (the fast tier for an encoder that could not answer) serves the requests
+        // that shared its classification, and is not kept for later ones.
+        if entry.is_fresh() && !entry.value().cacheable() {
+            self.local.invalidate(key).await;
+        }
         let hit = if !entry.is_fresh() {
             Hit::Coalesced
         } else if origin.load(Ordering::Relaxed) == 1 {
@@ -251,5 +257,40 @@ mod tests {
             key,
             key_tagged("semroute:", "What is the capital of Ohio?", "abc123")
         );
+    }
+
+    /// A decision the fast tier made for an encoder that could not answer is not cached: the
+    /// next request classifies again; an encoder's (or a confident fast tier's) is.
+    #[tokio::test]
+    async fn stand_in_decisions_are_not_cached() {
+        let cache = DecisionCache::new(&CacheConfig {
+            redis_url: None,
+            ..CacheConfig::default()
+        })
+        .unwrap();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let decide = |tier: &'static str| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let mut d = Decision::explicit("m");
+            d.classifier_tier = Some(tier.into());
+            async move { Ok::<_, ()>(d) }
+        };
+        for tier in ["fast:deadline", "fast:shed"] {
+            let key = format!("k-{tier}");
+            let (_, hit) = cache.get_or_classify(&key, decide(tier)).await.unwrap();
+            assert_eq!(hit, Hit::Miss);
+            let (_, hit) = cache.get_or_classify(&key, decide(tier)).await.unwrap();
+            assert_eq!(hit, Hit::Miss, "{tier}: classified again");
+        }
+        for tier in ["encoder", "fast"] {
+            let key = format!("k-{tier}");
+            cache.get_or_classify(&key, decide(tier)).await.unwrap();
+            let (d, hit) = cache.get_or_classify(&key, decide(tier)).await.unwrap();
+            assert_eq!(
+                (hit, d.classifier_tier.as_deref()),
+                (Hit::Local, Some(tier))
+            );
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 8);
     }
 }

@@ -191,6 +191,11 @@ pub struct Decision {
     /// The session this turn belongs to and what it did (None: sessions off, or not a chat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<session::Note>,
+    /// Which classifier tier made the classification (`x-vsr-classifier-tier`): `encoder`,
+    /// `fast` (the fast tier was sure), or `fast:deadline` / `fast:shed` (it stood in for an
+    /// encoder that could not answer in time or was shedding load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_tier: Option<String>,
 }
 
 impl Decision {
@@ -220,7 +225,33 @@ impl Decision {
             source,
             fail_reason: None,
             session: None,
+            classifier_tier: None,
         }
+    }
+}
+
+impl Decision {
+    /// Whether the decision cache may keep it: not a stand-in that the fast tier made for an
+    /// encoder that could not answer (deadline, shed), which is this request's business.
+    pub fn cacheable(&self) -> bool {
+        !self
+            .classifier_tier
+            .as_deref()
+            .is_some_and(|t| t.starts_with("fast:"))
+    }
+}
+
+/// The tier that answered a text's tasks, as `Decision::classifier_tier` says it: the fast
+/// tier when it answered any of them (it answers a text whole), with its reason unless it was
+/// sure; the encoder otherwise (also for a classifier that predates tiers).
+pub fn tier_of(results: &[semroute_proto::classifier::v1::TaskResult]) -> String {
+    use semroute_proto::classifier::v1::Tier;
+    match results.iter().find(|r| r.tier == Tier::Fast as i32) {
+        Some(r) if matches!(r.tier_reason.as_str(), "" | "confident" | "requested") => {
+            "fast".into()
+        }
+        Some(r) => format!("fast:{}", r.tier_reason),
+        None => "encoder".into(),
     }
 }
 
@@ -277,6 +308,7 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
         let route = with_embedding
             .then(|| embedding.get().and_then(|e| rt.routes.nearest(e)))
             .flatten();
+        let tier = tier_of(&r.results);
         let signals = r
             .results
             .into_iter()
@@ -286,7 +318,9 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
                 probability: r.probability,
             })
             .collect();
-        Ok::<_, classifier::ClassifyError>(policy::decide(cfg, signals, route))
+        let mut d = policy::decide(cfg, signals, route);
+        d.classifier_tier = Some(tier);
+        Ok::<_, classifier::ClassifyError>(d)
     };
     let started = Instant::now();
     let key = parts
@@ -477,5 +511,34 @@ impl Default for DecisionCounters {
 impl DecisionCounters {
     pub fn count(&self, source: Source) {
         self.0[source as usize].increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use semroute_proto::classifier::v1::{TaskResult, Tier};
+
+    #[test]
+    fn the_classifier_tier_says_who_answered_and_why_the_fast_tier_stood_in() {
+        let r = |tier: Tier, reason: &str| TaskResult {
+            task: "complexity".into(),
+            tier: tier as i32,
+            tier_reason: reason.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            tier_of(&[r(Tier::Encoder, ""), r(Tier::Encoder, "")]),
+            "encoder"
+        );
+        assert_eq!(
+            tier_of(&[r(Tier::Unspecified, "")]),
+            "encoder",
+            "an older classifier"
+        );
+        assert_eq!(tier_of(&[r(Tier::Fast, "confident")]), "fast");
+        assert_eq!(tier_of(&[r(Tier::Fast, "deadline")]), "fast:deadline");
+        assert_eq!(tier_of(&[r(Tier::Fast, "shed")]), "fast:shed");
+        assert_eq!(tier_of(&[]), "encoder");
     }
 }

@@ -545,22 +545,7 @@ impl Sessions {
         };
         let mut st = (*st).clone();
         st.endpoint = Some(endpoint);
-        let st = Arc::new(st);
-        self.local.insert(id.to_string(), st.clone());
-        let Some(store) = self.redis.clone().filter(|s| s.usable()) else {
-            return;
-        };
-        let Ok(bytes) = serde_json::to_vec(&*st) else {
-            return;
-        };
-        let (key, ttl) = (self.key(id), self.ttl_secs);
-        let _ = store
-            .call(
-                "session_set",
-                Some(store.timeout() * 4),
-                |mut c| async move { c.set_ex::<_, _, ()>(key, bytes, ttl).await },
-            )
-            .await;
+        self.save(id, st).await;
     }
 
     /// Renews the TTL of a session used without change (a tool loop), off the request path, at
