@@ -60,12 +60,17 @@ def log_lines(path):
 def rate_phase(st, work, rate, seconds, tag):
     log(f"decision: {rate:.0f} req/s of unique prompts ({tag})")
     rm0 = metrics(f"{st.router}/metrics")
+    cm0 = metrics(f"{st.classifier_http}/metrics")
     lines0 = log_lines(os.path.join(work, "router.log"))
     body = chat_body("auto", f"Question {{seq}} ({tag}): how would you prove that {{seq}} has a prime factor?")
     r = bench.loadgen(f"{st.router}/v1/chat/completions", body,
                       os.path.join(work, f"decision-{tag}.json"), rate=rate, seconds=seconds,
                       warmup=0)
     rm1 = metrics(f"{st.router}/metrics")
+    cm1 = metrics(f"{st.classifier_http}/metrics")
+    # Texts the classifier answered, by tier: the encoder (reason "") or the fast tier and why.
+    tiers = {("encoder" if k == "" else f"fast:{k}"): v
+             for k, v in deltas(cm0, cm1, "classifier_answers_total", "reason").items()}
     sources = deltas(rm0, rm1, "router_decisions_total", "source")
     reasons = deltas(rm0, rm1, "router_fail_open_total", "reason")
     needed = sum(v for k, v in sources.items() if k in CLASSIFIED + ("fail_open",))
@@ -74,6 +79,7 @@ def rate_phase(st, work, rate, seconds, tag):
     b1 = histogram_buckets(rm1, "router_classify_duration_seconds")
     return {
         "tag": tag, "rate": rate, "report": r, "sources": sources, "reasons": reasons,
+        "tiers": tiers,
         "classified_share": classified / needed if needed else None,
         "classified_per_s": classified / seconds,
         "classify_p99_le_s": bucket_quantile(b0, b1, 0.99),
@@ -157,14 +163,16 @@ def kill_phase(st, procs, work, rate, kill_at=4.0, down_for=5.0, total=16.0):
 
 def write(path, args, phases, kill, started):
     out = [f"# Decision path under load and faults\n",
-           f"Reproduce: `python3 loadtest/decision.py --capacity {args.capacity:g} --seconds {args.seconds:g}`"
+           f"Reproduce: `python3 loadtest/decision.py --capacity {args.capacity:g} --seconds {args.seconds:g}"
+           + (f" --config {args.config}" if args.config else "") + "`"
            f" (run {started:%Y-%m-%d %H:%M} UTC, 2 cores shared by loadgen, router-svc, classifier-svc"
-           f" (MiniLM + models/heads, CPU), vllm-sim and redis; embedded router config: classifier"
+           f" (MiniLM + models/heads, CPU, the fast tier where models/static-minilm is), vllm-sim and redis; "
+           + (f"router config {args.config}" if args.config else "embedded router config") + ": classifier"
            f" deadline 50 ms, admission AIMD, breaker after 5 dead calls).\n",
            f"Classifier capacity taken as {args.capacity:g} texts/s (classifier-svc bench, 64 closed-loop"
            f" clients, cores to itself).\n",
-           "| offered req/s | answered 2xx | failed | p50 / p99 ms (from schedule) | classified share | classified/s | fail-open reasons | classify call p50 / p99 (bucket ≤) | router log lines |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| offered req/s | answered 2xx | failed | p50 / p99 ms (from schedule) | classified share | classified/s | fail-open reasons | classify call p50 / p99 (bucket ≤) | classifier answers by tier | router log lines |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for p in phases:
         r = p["report"]
         failed = r["http_errors"] + r["io_errors"] + r["timeouts"] + r["unsent"]
@@ -172,7 +180,7 @@ def write(path, args, phases, kill, started):
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(p["reasons"].items())) or "-"
         c50 = "-" if p["classify_p50_le_s"] is None else f"{1e3 * p['classify_p50_le_s']:g}"
         c99 = "-" if p["classify_p99_le_s"] is None else f"{1e3 * p['classify_p99_le_s']:g}"
-        out.append(f"| {p['rate']:.0f} ({p['tag']}) | {r['ok']} | {failed} | {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} | {share} | {p['classified_per_s']:.1f} | {reasons} | {c50} / {c99} | {p['log_lines']} |")
+        out.append(f"| {p['rate']:.0f} ({p['tag']}) | {r['ok']} | {failed} | {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} | {share} | {p['classified_per_s']:.1f} | {reasons} | {c50} / {c99} | {', '.join(f'{k} {v}' for k, v in sorted(p['tiers'].items())) or '-'} | {p['log_lines']} |")
     k = kill
     if k is None:
         text = "\n".join(out) + "\n"
@@ -202,6 +210,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "DECISION.md"))
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--phases", default="rates,kill")
+    ap.add_argument("--config", help="router config (default: the embedded one)")
     args = ap.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc)
     if not args.no_build:
@@ -211,7 +220,8 @@ def main():
     log(f"logs in {work}")
     procs = Procs(work)
     try:
-        st = Stack(procs, INSTANT_SIM, router_env={"RUST_LOG": "info"})
+        st = Stack(procs, INSTANT_SIM, router_env={"RUST_LOG": "info"},
+                   router_args=["--config", args.config] if args.config else None)
         http_post(f"{st.router}/v1/route", chat_body("auto", "warm-up"))
         rates = [float(r) for r in args.rates.split(",") if r] + [2 * args.capacity]
         phases = [rate_phase(st, work, r, args.seconds,
