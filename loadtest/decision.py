@@ -57,15 +57,21 @@ def log_lines(path):
         return 0
 
 
-def rate_phase(st, work, rate, seconds, tag):
+def rate_phase(st, work, rate, seconds, tag, prompts=None):
     log(f"decision: {rate:.0f} req/s of unique prompts ({tag})")
     rm0 = metrics(f"{st.router}/metrics")
     cm0 = metrics(f"{st.classifier_http}/metrics")
     lines0 = log_lines(os.path.join(work, "router.log"))
-    body = chat_body("auto", f"Question {{seq}} ({tag}): how would you prove that {{seq}} has a prime factor?")
+    if prompts:
+        # Traffic-like prompts in turn, each made unique by its number (no cache hits).
+        body = chat_body("auto", "{prompt} (request {seq}, " + tag + ")")
+        extra = ("--prompts", prompts)
+    else:
+        body = chat_body("auto", f"Question {{seq}} ({tag}): how would you prove that {{seq}} has a prime factor?")
+        extra = ()
     r = bench.loadgen(f"{st.router}/v1/chat/completions", body,
                       os.path.join(work, f"decision-{tag}.json"), rate=rate, seconds=seconds,
-                      warmup=0)
+                      warmup=0, extra=extra)
     rm1 = metrics(f"{st.router}/metrics")
     cm1 = metrics(f"{st.classifier_http}/metrics")
     # Texts the classifier answered, by tier: the encoder (reason "") or the fast tier and why.
@@ -164,7 +170,8 @@ def kill_phase(st, procs, work, rate, kill_at=4.0, down_for=5.0, total=16.0):
 def write(path, args, phases, kill, started):
     out = [f"# Decision path under load and faults\n",
            f"Reproduce: `python3 loadtest/decision.py --capacity {args.capacity:g} --seconds {args.seconds:g}"
-           + (f" --config {args.config}" if args.config else "") + "`"
+           + (f" --config {args.config}" if args.config else "")
+           + (f" --prompts {args.prompts}" if args.prompts else "") + "`"
            f" (run {started:%Y-%m-%d %H:%M} UTC, 2 cores shared by loadgen, router-svc, classifier-svc"
            f" (MiniLM + models/heads, CPU, the fast tier where models/static-minilm is), vllm-sim and redis; "
            + (f"router config {args.config}" if args.config else "embedded router config") + ": classifier"
@@ -211,6 +218,7 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--phases", default="rates,kill")
     ap.add_argument("--config", help="router config (default: the embedded one)")
+    ap.add_argument("--prompts", help="JSONL of prompts (a \"text\" field) sent in turn instead of one template")
     args = ap.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc)
     if not args.no_build:
@@ -225,7 +233,7 @@ def main():
         http_post(f"{st.router}/v1/route", chat_body("auto", "warm-up"))
         rates = [float(r) for r in args.rates.split(",") if r] + [2 * args.capacity]
         phases = [rate_phase(st, work, r, args.seconds,
-                             "2x capacity" if r == 2 * args.capacity else "fixed")
+                             "2x capacity" if r == 2 * args.capacity else "fixed", args.prompts)
                   for r in rates] if "rates" in args.phases else []
         kill = kill_phase(st, procs, work, args.kill_rate) if "kill" in args.phases else None
     finally:

@@ -38,8 +38,11 @@ pub struct Target {
     pub authority: String,
     /// Path and query.
     pub path: String,
-    /// Request body; every `{seq}` becomes the request's sequence number (unique prompts).
+    /// Request body; every `{seq}` becomes the request's sequence number (unique prompts), every
+    /// `{prompt}` the next of `prompts` in turn (request `seq` takes `prompts[seq % len]`).
     pub body: String,
+    /// Texts for `{prompt}`, already escaped for a JSON string (`escape_json`).
+    pub prompts: Vec<String>,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
     /// Per-request limit, from its scheduled time.
@@ -167,6 +170,13 @@ pub enum LoadgenError {
     },
 }
 
+/// A text as the inside of a JSON string (quotes, backslashes and control characters escaped),
+/// for `{prompt}`.
+pub fn escape_json(text: &str) -> String {
+    let quoted = serde_json::to_string(text).expect("a string serializes");
+    quoted[1..quoted.len() - 1].to_string()
+}
+
 impl Target {
     /// Parses `http://host:port/path` (plain HTTP only: the generator measures servers on this
     /// machine).
@@ -200,17 +210,24 @@ impl Target {
             authority,
             path,
             body,
+            prompts: Vec::new(),
             headers: Vec::new(),
             timeout,
         })
     }
 
     fn request(&self, seq: u64) -> Request<Full<Bytes>> {
-        let body = if self.body.contains("{seq}") {
-            Bytes::from(self.body.replace("{seq}", &seq.to_string()))
-        } else {
-            Bytes::from(self.body.clone())
-        };
+        let mut body = self.body.clone();
+        if body.contains("{prompt}") && !self.prompts.is_empty() {
+            body = body.replace(
+                "{prompt}",
+                &self.prompts[(seq % self.prompts.len() as u64) as usize],
+            );
+        }
+        if body.contains("{seq}") {
+            body = body.replace("{seq}", &seq.to_string());
+        }
+        let body = Bytes::from(body);
         let method = if self.body.is_empty() { "GET" } else { "POST" };
         let mut b = Request::builder()
             .method(method)
@@ -741,5 +758,39 @@ fn report(
         latency_ms: Percentiles::of(&t.latency),
         service_ms: Percentiles::of(&t.service),
         ..Report::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{prompt}` takes the prompts in turn, escaped for JSON; `{seq}` still numbers requests.
+    #[tokio::test]
+    async fn bodies_take_the_prompts_in_turn_escaped() {
+        let mut t = Target::parse(
+            "http://127.0.0.1:9/v1/route",
+            r#"{"p":"{prompt} #{seq}"}"#.into(),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        t.prompts = ["say \"hi\"\n", "two"].map(escape_json).to_vec();
+        let t = &t;
+        let body = |seq: u64| async move {
+            let b = t
+                .request(seq)
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()["p"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(body(0).await, "say \"hi\"\n #0");
+        assert_eq!(body(3).await, "two #3");
     }
 }

@@ -44,6 +44,10 @@ struct Args {
     body: Option<String>,
     #[arg(long)]
     body_file: Option<std::path::PathBuf>,
+    /// JSONL of prompts for `{prompt}` in the body (each line a JSON string, or an object with
+    /// a "text" field), taken in turn.
+    #[arg(long)]
+    prompts: Option<std::path::PathBuf>,
     /// Extra header `name: value` (repeatable).
     #[arg(long = "header")]
     headers: Vec<String>,
@@ -62,6 +66,31 @@ struct Args {
     /// Exit 1 when more than this share of due requests failed or was never sent.
     #[arg(long, default_value_t = 0.01)]
     max_error_rate: f64,
+}
+
+/// The prompts of a JSONL file, escaped for the body's JSON.
+fn read_prompts(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--prompts {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("--prompts {}:{}: {e}", path.display(), i + 1))?;
+        let t = v.as_str().or_else(|| v["text"].as_str()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--prompts {}:{}: neither a string nor an object with \"text\"",
+                path.display(),
+                i + 1
+            )
+        })?;
+        out.push(loadtest::loadgen::escape_json(t));
+    }
+    anyhow::ensure!(!out.is_empty(), "--prompts {}: no prompts", path.display());
+    Ok(out)
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -107,6 +136,9 @@ fn main() -> anyhow::Result<()> {
     };
     let report = rt.block_on(async {
         let mut target = Target::parse(&a.url, body, timeout).await?;
+        if let Some(path) = &a.prompts {
+            target.prompts = read_prompts(path)?;
+        }
         for h in &a.headers {
             let (k, v) = h
                 .split_once(':')
