@@ -136,7 +136,11 @@ impl FastTier {
             .map(|t| {
                 let start = Instant::now();
                 let e = m.tokenize(t, truncation)?;
-                let windows = m.windows(t)?;
+                // Windows only for a text longer than one (a second tokenization, whole).
+                let windows = match m.window() {
+                    Some(w) if e.truncated || e.ids.len() > w.tokens => m.windows(t)?,
+                    _ => Vec::new(),
+                };
                 let mut seqs: Vec<&[u32]> = vec![&e.ids];
                 seqs.extend(windows.iter().map(Vec::as_slice));
                 let out = m.forward_inline(&m.prepare(&seqs)?)?;
