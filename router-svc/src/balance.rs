@@ -9,17 +9,30 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-/// Among `0..n` minus `skip`, those `usable` (if none is, all of them: a call is better tried
-/// than refused), the less loaded of two random picks.
+/// `0..n` minus `skip`, those `usable` (if none is, all of them: a call is better tried than
+/// refused).
+fn candidates(
+    n: usize,
+    skip: impl Fn(usize) -> bool,
+    usable: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let fresh: Vec<usize> = (0..n).filter(|&i| !skip(i)).collect();
+    let ok: Vec<usize> = fresh.iter().copied().filter(|&i| usable(i)).collect();
+    if ok.is_empty() {
+        fresh
+    } else {
+        ok
+    }
+}
+
+/// Among the candidates (`candidates`), the less loaded of two random picks.
 pub fn pick(
     n: usize,
     skip: impl Fn(usize) -> bool,
     usable: impl Fn(usize) -> bool,
     load: impl Fn(usize) -> usize,
 ) -> Option<usize> {
-    let fresh: Vec<usize> = (0..n).filter(|&i| !skip(i)).collect();
-    let ok: Vec<usize> = fresh.iter().copied().filter(|&i| usable(i)).collect();
-    let set = if ok.is_empty() { fresh } else { ok };
+    let set = candidates(n, skip, usable);
     match set.len() {
         0 => None,
         1 => Some(set[0]),
@@ -51,9 +64,7 @@ pub fn pick_least<K: PartialOrd + Copy>(
     usable: impl Fn(usize) -> bool,
     score: impl Fn(usize) -> K,
 ) -> Option<usize> {
-    let fresh: Vec<usize> = (0..n).filter(|&i| !skip(i)).collect();
-    let ok: Vec<usize> = fresh.iter().copied().filter(|&i| usable(i)).collect();
-    let mut set = if ok.is_empty() { fresh } else { ok };
+    let mut set = candidates(n, skip, usable);
     let least = set
         .iter()
         .map(|&i| score(i))
@@ -112,9 +123,7 @@ pub fn pick_affine(
     bound: f64,
     placed: Option<usize>,
 ) -> Option<usize> {
-    let fresh: Vec<usize> = (0..n).filter(|&i| !skip(i)).collect();
-    let ok: Vec<usize> = fresh.iter().copied().filter(|&i| usable(i)).collect();
-    let mut set = if ok.is_empty() { fresh } else { ok };
+    let mut set = candidates(n, &skip, &usable);
     if set.len() <= 1 {
         return set.first().copied();
     }
