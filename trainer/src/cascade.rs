@@ -17,7 +17,7 @@ use semroute_encoder::{LoadOptions, Model, Source};
 
 use crate::dataset::{self, DataArgs};
 use crate::eval::classify_all;
-use crate::train::{label_ids, split3};
+use crate::train::{argmax, label_ids, SplitArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct CascadeArgs {
@@ -39,12 +39,8 @@ pub struct CascadeArgs {
     #[arg(long, default_value_t = 0.005)]
     pub max_loss: f64,
     /// The split of the heads' training (as given to `train`).
-    #[arg(long, default_value_t = 0.15)]
-    pub val_fraction: f64,
-    #[arg(long, default_value_t = 0.15)]
-    pub test_fraction: f64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub splits: SplitArgs,
 }
 
 /// One row as both tiers see it: the truth, each tier's label and the fast tier's confidence.
@@ -85,7 +81,7 @@ pub fn choose(rows: &[Judged], max_loss: f64) -> f32 {
 pub fn run(args: &CascadeArgs) -> anyhow::Result<()> {
     let rows = dataset::load(&args.input, None, false)?;
     let (labels, y) = label_ids(&rows)?;
-    let (_, val, test) = split3(&y, args.val_fraction, args.test_fraction, args.seed);
+    let (_, val, test) = args.splits.split(&y);
     let load = |enc: &str, heads: &PathBuf| -> anyhow::Result<Model> {
         let source: Source = enc.parse()?;
         Ok(Model::load_encoder(
@@ -199,12 +195,8 @@ fn tier_labels(
     probs
         .iter()
         .map(|p| {
-            let (i, conf) = p[hi]
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, c)| (i, *c))
-                .unwrap_or((0, 0.0));
+            let i = argmax(&p[hi]);
+            let conf = p[hi].get(i).copied().unwrap_or(0.0);
             let name = &head_labels[i];
             // A label the data does not have counts as wrong (index past the data's labels).
             let idx = labels.binary_search(name).unwrap_or(labels.len());

@@ -443,7 +443,7 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
             .into_iter()
             .map(|ids| train::truncate_ids(ids, args.max_length))
             .collect();
-        let (mut tr, val, test) = train::split3(&y, a.val_fraction, a.test_fraction, a.seed);
+        let (mut tr, val, test) = a.splits.split(&y);
         let weights = train::example_weights(&a, &rows, &y, &tr, labels.len())?;
         if args.max_train_rows > 0 && tr.len() > args.max_train_rows {
             tr.shuffle(&mut rng);

@@ -48,12 +48,8 @@ pub struct RouteBenchArgs {
     pub split_label_field: Option<String>,
     #[arg(long)]
     pub split_label_map: Option<String>,
-    #[arg(long, default_value_t = 0.15)]
-    pub val_fraction: f64,
-    #[arg(long, default_value_t = 0.15)]
-    pub test_fraction: f64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub splits: crate::train::SplitArgs,
     /// Tokens an answer costs, for every model...
     #[arg(long, default_value_t = 300)]
     pub answer_tokens: u32,
@@ -152,7 +148,7 @@ fn load_rows(args: &RouteBenchArgs) -> anyhow::Result<Vec<Row>> {
             let rows = dataset::load(&input, None, true)?;
             let (_, y) = crate::train::label_ids(&rows)?;
             let (_, _, test) =
-                crate::train::split3(&y, args.val_fraction, args.test_fraction, args.seed);
+                args.splits.split(&y);
             let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
             Ok(test.iter().filter_map(|&i| rows[i].take()).collect())
         }

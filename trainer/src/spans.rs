@@ -154,16 +154,19 @@ pub fn run(args: &TrainArgs, field: &str) -> anyhow::Result<()> {
         .iter()
         .map(|e| (!e.gold.is_empty()) as usize)
         .collect();
-    let held = args.val_fraction + args.test_fraction;
-    let (train, rest) = dataset::stratified_split(&has, held, args.seed);
+    let held = args.splits.val_fraction + args.splits.test_fraction;
+    let (train, rest) = dataset::stratified_split(&has, held, args.splits.seed);
     let rest_y: Vec<usize> = rest.iter().map(|&i| has[i]).collect();
-    let (val_r, test_r) =
-        dataset::stratified_split(&rest_y, args.test_fraction / held, args.seed + 1);
+    let (val_r, test_r) = dataset::stratified_split(
+        &rest_y,
+        args.splits.test_fraction / held,
+        args.splits.seed + 1,
+    );
     let val: Vec<usize> = val_r.iter().map(|&i| rest[i]).collect();
     let test: Vec<usize> = test_r.iter().map(|&i| rest[i]).collect();
     eprintln!(
         "split (seed {}): train {}, validation {}, test {} texts",
-        args.seed,
+        args.splits.seed,
         train.len(),
         val.len(),
         test.len()
@@ -189,7 +192,7 @@ pub fn run(args: &TrainArgs, field: &str) -> anyhow::Result<()> {
         .collect();
     let class_w = Tensor::new(class_w.as_slice(), &Device::Cpu)?;
 
-    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut rng = StdRng::seed_from_u64(args.splits.seed);
     let dims: Vec<usize> = if args.hidden == 0 {
         vec![width, k]
     } else {
@@ -343,7 +346,7 @@ fn write(
     });
     let metrics = json!({
         "task": args.task,
-        "split": {"seed": args.seed, "train": split.0, "validation": split.1, "test": split.2},
+        "split": {"seed": args.splits.seed, "train": split.0, "validation": split.1, "test": split.2},
         "best_epoch": best.0,
         "validation_entity_f1": best.1,
         "test": scores,
@@ -390,7 +393,7 @@ fn write(
     writeln!(
         card,
         "- Split by text, stratified on having entities, seed {}: train {}, validation {} (early stopping), test {} (the figures below)",
-        args.seed, split.0, split.1, split.2
+        args.splits.seed, split.0, split.1, split.2
     )?;
     writeln!(
         card,

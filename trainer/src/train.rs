@@ -62,12 +62,8 @@ pub struct TrainArgs {
     /// Epochs without a better validation macro-F1 before stopping.
     #[arg(long, default_value_t = 25)]
     pub patience: usize,
-    #[arg(long, default_value_t = 0.15)]
-    pub val_fraction: f64,
-    #[arg(long, default_value_t = 0.15)]
-    pub test_fraction: f64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub splits: SplitArgs,
     /// Binary detectors: the positive label, and the false-positive rate its threshold is set
     /// for on the validation split (written to head.json as `threshold`).
     #[arg(long)]
@@ -365,12 +361,12 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let model = Model::load_encoder(&source, None, &LoadOptions::default())?;
     let (labels, mut y) = (labels, y);
     let mut rows = rows;
-    let (mut train, val, test) = split3(&y, args.val_fraction, args.test_fraction, args.seed);
+    let (mut train, val, test) = args.splits.split(&y);
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     let mut emb = embed_cached(&model, &texts, args.max_length, &args.cache_dir)?;
     if args.augment > 0 {
         // Perturbed copies of the training rows only, embedded (and cached) apart.
-        let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
+        let mut rng = StdRng::seed_from_u64(args.splits.seed ^ 0x5eed);
         let mut extra = Vec::new();
         for _ in 0..args.augment {
             for &i in &train {
@@ -445,7 +441,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
 
     eprintln!(
         "split (seed {}): train {}, validation {}, test {}",
-        args.seed,
+        args.splits.seed,
         train.len(),
         val.len(),
         test.len()
@@ -454,7 +450,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let k = labels.len();
     let example_w = example_weights(args, &rows, &y, &train, k)?;
 
-    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut rng = StdRng::seed_from_u64(args.splits.seed);
     let dims: Vec<usize> = if args.hidden == 0 {
         vec![dim, k]
     } else {
@@ -805,6 +801,26 @@ pub(crate) fn label_ids(rows: &[Row]) -> anyhow::Result<(Vec<String>, Vec<usize>
     Ok((labels, y))
 }
 
+/// How a head's data is split (`train`), and so how the commands that judge a head on its own
+/// validation or test rows (`route-bench`, `cascade`) split it again.
+#[derive(Debug, Clone, Args)]
+pub struct SplitArgs {
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 0.15)]
+    pub test_fraction: f64,
+    /// The split's seed (and the training's).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl SplitArgs {
+    /// `split3` with these fractions and seed.
+    pub fn split(&self, y: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+        split3(y, self.val_fraction, self.test_fraction, self.seed)
+    }
+}
+
 /// Train / validation / test indices, each stratified by label, with a fixed seed: `train` and
 /// `finetune` both split this way, so their test figures are on the same rows.
 pub(crate) fn split3(
@@ -952,7 +968,7 @@ pub(crate) fn write_head(
     }
     let metrics = json!({
         "task": args.task,
-        "split": {"seed": args.seed, "train": split.0, "validation": split.1, "test": split.2},
+        "split": {"seed": args.splits.seed, "train": split.0, "validation": split.1, "test": split.2},
         "best_epoch": best_epoch,
         "test": scores,
         "detector": detector,
@@ -1002,7 +1018,7 @@ pub(crate) fn write_head(
     writeln!(
         card,
         "- Split: stratified, seed {}: train {}, validation {} (early stopping{}), test {} (the figures below)",
-        args.seed,
+        args.splits.seed,
         split.0,
         split.1,
         if detector.is_some() { ", threshold" } else { "" },
