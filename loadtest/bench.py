@@ -20,6 +20,8 @@ Sections (each starts its own processes on free loopback ports and stops them):
             answering at once), same request, same schedule; max sustainable rate of each
   otel      the cost of OpenTelemetry at 1 % sampling on the cache-hit path (two routers loaded
             at the same time, as auth)
+  fast      the router's fast tier in process: router CPU of a classification by it (classifier
+            away) against failing open, and what it adds to a cache hit (nothing)
   auth      the cost of API keys + per-key limits (auth.mode: keys, one Redis round trip a
             grant) on the cache-hit path: router CPU per request with and without, same run
 
@@ -636,14 +638,16 @@ def section_rcache(work, seconds, rates, search_rates):
         procs.stop_all()
 
 
-def loaded_together(work, tag, rate, seconds, routers):
+def loaded_together(work, tag, rate, seconds, routers, body=None):
     """Routers (name, url, proc, loadgen extra args) each loaded by its own loadgen at `rate`
-    at the same time, `auto` with a decision-cache hit: whatever else the machine does in that
-    window, all see it (runs one after the other differed by +-30 us a request from noise)."""
+    at the same time, `auto` with a decision-cache hit unless `body` says otherwise: whatever
+    else the machine does in that window, all see it (runs one after the other differed by
+    +-30 us a request from noise)."""
     out = {}
+    body = body or chat_body("auto")
 
     def one(name, url, proc, extra):
-        out[name] = loadgen(f"{url}/v1/chat/completions", chat_body("auto"),
+        out[name] = loadgen(f"{url}/v1/chat/completions", body,
                             os.path.join(work, f"lg-{tag}-{name}.json"), rate=rate,
                             seconds=seconds, cpu_of={"router": proc.pid}, extra=extra)
 
@@ -713,6 +717,75 @@ def section_otel(work, seconds, rates, repeats=2):
     finally:
         procs.stop_all()
         srv.shutdown()
+
+
+# About 50 tokens (MiniLM's tokenizer) of an everyday request; `{seq}` makes each one unique.
+FAST_PROMPT = ("Request {seq}: my landlord says I have to pay for the repair of the heating in the "
+               "flat I rent, but the lease says the owner pays for major repairs. Who is right, "
+               "and how should I reply to the letter he sent me last week?")
+
+
+def decision_sources(m0, m1):
+    out = {}
+    for k, v in m1.items():
+        if k.startswith("router_decisions_total"):
+            src = re.search(r'source="([^"]+)"', k).group(1)
+            out[src] = out.get(src, 0) + int(round(v - m0.get(k, 0.0)))
+    return {k: v for k, v in out.items() if v}
+
+
+def section_fast(work, seconds, rates, repeats=2):
+    """The router's fast tier in process. (a) The classifier away (its address refuses): two
+    routers on one stack loaded at the same time with unique ~50-token prompts, one with the
+    fast tier (models/static-minilm + models/heads-static, the default) and one without
+    (`ROUTER_FAST_TIER_MODEL=none`, so it fails open): the added router CPU is the fast tier's
+    classification. (b) With the classifier, decision-cache hits on both: what the loaded tier
+    adds to a hit."""
+    out = {"away": [], "hits": [], "sources": {}}
+    body = chat_body("auto", FAST_PROMPT)
+    procs = Procs(work)
+    try:
+        st = Stack(procs, INSTANT_SIM, classifier=False)
+        off, off_proc = st.start_router({"ROUTER_FAST_TIER_MODEL": "none"}, name="router-nofast")
+        routers = (("fail_open", off, off_proc, []), ("fast", st.router, st.router_proc, []))
+        for _, url, _, _ in routers:  # the breaker opens on the first refused calls
+            for i in range(10):
+                http_post(f"{url}/v1/chat/completions", chat_body("auto", f"warm-up {i}"))
+        for rate in rates:
+            for i in range(repeats):
+                log(f"fast tier: classifier away, {rate} req/s each ({i + 1}/{repeats})")
+                m0 = {n: metrics(f"{u}/metrics") for n, u, _, _ in routers}
+                pair = loaded_together(work, f"fast-away-{rate}-{i}", rate, seconds, routers, body)
+                for n, u, _, _ in routers:
+                    src = decision_sources(m0[n], metrics(f"{u}/metrics"))
+                    for k, v in src.items():
+                        out["sources"].setdefault(n, {}).setdefault(k, 0)
+                        out["sources"][n][k] += v
+                for name, r in pair.items():
+                    out["away"].append({"rate": rate, "mode": name, "run": i,
+                                        "cpu_us": r["cpu_us_per_req"]["router"],
+                                        "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+                                        "ok_share": r["ok_share"]})
+    finally:
+        procs.stop_all()
+    procs = Procs(work)
+    try:
+        st = Stack(procs, INSTANT_SIM)
+        off, off_proc = st.start_router({"ROUTER_FAST_TIER_MODEL": "none"}, name="router-nofast")
+        assert warm_cache(st.router) == "true" and warm_cache(off) == "true"
+        for rate in rates:
+            for i in range(repeats):
+                log(f"fast tier: cache hits, {rate} req/s each ({i + 1}/{repeats})")
+                pair = loaded_together(work, f"fast-hits-{rate}-{i}", rate, seconds,
+                                       (("off", off, off_proc, []), ("on", st.router, st.router_proc, [])))
+                for name, r in pair.items():
+                    out["hits"].append({"rate": rate, "mode": name, "run": i,
+                                        "cpu_us": r["cpu_us_per_req"]["router"],
+                                        "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+                                        "ok_share": r["ok_share"]})
+    finally:
+        procs.stop_all()
+    return out
 
 
 def paired_table(w, rows, a, b, label_a, label_b):
@@ -1105,6 +1178,34 @@ def write_report(path, args, res, started):
             w(f"Added CPU per request at 1 %, mean of the pairs: **{mean:.1f} µs**, median "
               f"{median:.1f} µs (target ≤ 5 µs: {'met' if mean <= 5 else 'missed'}).")
             w("")
+    if "fast" in res:
+        f = res["fast"]
+        w("## 9. The fast tier in process: classifying when the classifier is away")
+        w("")
+        w("Two router-svc processes on one stack whose classifier address refuses connections "
+          "(breaker open), loaded at the same time, each by its own loadgen, with unique "
+          "~50-token prompts (`FAST_PROMPT`): the default (the fast tier, models/static-minilm + "
+          "models/heads-static, classifies every request in process) and the same with "
+          "`ROUTER_FAST_TIER_MODEL=none` (every request fails open). Router CPU per request "
+          "sent (µs, `/proc`).")
+        w("")
+        mean, median = paired_table(w, f["away"], "fail_open", "fast", "fail open", "fast tier")
+        srcs = "; ".join(f"{n}: " + ", ".join(f"{k} {v}" for k, v in sorted(s.items()))
+                         for n, s in sorted(f["sources"].items()))
+        w(f"Decisions by source: {srcs}.")
+        w("")
+        if mean is not None:
+            w(f"Router CPU of a fast-tier classification (50-token prompt), mean of the pairs: "
+              f"**{mean:.1f} µs**, median {median:.1f} µs (target ≤ 100 µs: "
+              f"{'met' if mean <= 100 else 'missed'}).")
+            w("")
+        w("The same two routers' settings with the classifier up, decision-cache hits on both:")
+        w("")
+        mean, median = paired_table(w, f["hits"], "off", "on", "no fast tier", "fast tier loaded")
+        if mean is not None:
+            w(f"Added CPU on a cache hit, mean of the pairs: **{mean:.1f} µs**, median {median:.1f} µs "
+              "(target: nothing added; the tier runs only when the classifier fails, never on a hit).")
+            w("")
     with open(path, "w") as f:
         f.write("\n".join(L))
     return "\n".join(L)
@@ -1151,6 +1252,8 @@ def main():
         res["auth"] = section_auth(work, args.seconds, [1000, 2000], repeats=4)
     if "otel" in sections:
         res["otel"] = section_otel(work, args.seconds, [1000, 2000], repeats=6)
+    if "fast" in sections:
+        res["fast"] = section_fast(work, args.seconds, [1000, 2000], repeats=2)
     if "rcache" in sections:
         res["rcache"] = section_rcache(work, args.seconds, [2000, 5000],
                                        [8000, 16000, 24000, 32000, 40000, 48000, 56000])

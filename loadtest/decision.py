@@ -46,7 +46,10 @@ def deltas(m0, m1, name, label):
     return {k: int(round(v)) for k, v in out.items() if round(v)}
 
 
-CLASSIFIED = ("classified", "coalesced", "cache_local", "cache_redis")
+# Decisions that came from a classification: the classifier's (either tier), now or cached, or
+# the router's own fast tier standing in for a classifier that could not answer.
+BY_CLASSIFIER = ("classified", "coalesced", "cache_local", "cache_redis")
+CLASSIFIED = BY_CLASSIFIER + ("fast_tier",)
 
 
 def log_lines(path):
@@ -83,9 +86,11 @@ def rate_phase(st, work, rate, seconds, tag, prompts=None):
     classified = sum(v for k, v in sources.items() if k in CLASSIFIED)
     b0 = histogram_buckets(rm0, "router_classify_duration_seconds")
     b1 = histogram_buckets(rm1, "router_classify_duration_seconds")
+    encoder = tiers.get("encoder", 0)
     return {
         "tag": tag, "rate": rate, "report": r, "sources": sources, "reasons": reasons,
-        "tiers": tiers,
+        "tiers": tiers, "encoder_share": encoder / needed if needed else None,
+        "router_fast": sources.get("fast_tier", 0),
         "classified_share": classified / needed if needed else None,
         "classified_per_s": classified / seconds,
         "classify_p99_le_s": bucket_quantile(b0, b1, 0.99),
@@ -102,6 +107,7 @@ def kill_phase(st, procs, work, rate, kill_at=4.0, down_for=5.0, total=16.0):
                            os.path.join(work, "decision-kill.json"), "--rate", str(rate),
                            "--seconds", str(total), "--max-error-rate", "1"],
                           cwd=ROOT, stdout=subprocess.DEVNULL)
+    m0 = metrics(f"{st.router}/metrics")
     probes = []
     stop = threading.Event()
     t0 = time.time()
@@ -134,22 +140,24 @@ def kill_phase(st, procs, work, rate, kill_at=4.0, down_for=5.0, total=16.0):
     lg.wait()
     stop.set()
     th.join()
+    sources = deltas(m0, metrics(f"{st.router}/metrics"), "router_decisions_total", "source")
     with open(os.path.join(work, "decision-kill.json")) as f:
         import json
         lgr = json.load(f)
-    # After the kill: the first probe from which every probe until the restart failed open fast.
+    # After the kill: the first probe from which every probe until the restart was answered fast
+    # (by the router's fast tier, or failed open where it has none).
     down = [p for p in probes if killed <= p[0] < restarted]
     fast_ms = 10.0
     settle = None
     for i, p in enumerate(down):
-        if all(q[3] == "fail_open" and q[1] * 1e3 < fast_ms for q in down[i:]):
+        if all(q[3] in ("fail_open", "fast_tier") and q[1] * 1e3 < fast_ms for q in down[i:]):
             settle = p[0] - killed
             break
     after = [p for p in probes if p[0] >= restarted]
     back = None
     for i in range(len(after)):
         window = after[i:i + 10]
-        if len(window) == 10 and sum(q[3] in CLASSIFIED for q in window) >= 9:
+        if len(window) == 10 and sum(q[3] in BY_CLASSIFIER for q in window) >= 9:
             back = window[0][0]
             break
     return {
@@ -159,6 +167,10 @@ def kill_phase(st, procs, work, rate, kill_at=4.0, down_for=5.0, total=16.0):
         "after_1s_max_ms": max((p[1] * 1e3 for p in down if p[0] - killed >= 1.0), default=None),
         "after_1s_slow": sum(1 for p in down if p[0] - killed >= 1.0 and p[1] * 1e3 >= fast_ms),
         "after_1s_not_fail_open": sum(1 for p in down if p[0] - killed >= 1.0 and p[3] != "fail_open"),
+        "down_probes": len(down),
+        "down_by_router_fast": sum(1 for p in down if p[3] == "fast_tier"),
+        "down_fail_open": sum(1 for p in down if p[3] == "fail_open"),
+        "load_sources": sources,
         "after_1s": sum(1 for p in down if p[0] - killed >= 1.0),
         "classified_again_after_restart_s": None if back is None else back - restarted,
         "classified_again_after_healthy_s": None if back is None else back - healthy,
@@ -178,16 +190,17 @@ def write(path, args, phases, kill, started):
            f" deadline 50 ms, admission AIMD, breaker after 5 dead calls).\n",
            f"Classifier capacity taken as {args.capacity:g} texts/s (classifier-svc bench, 64 closed-loop"
            f" clients, cores to itself).\n",
-           "| offered req/s | answered 2xx | failed | p50 / p99 ms (from schedule) | classified share | classified/s | fail-open reasons | classify call p50 / p99 (bucket ≤) | classifier answers by tier | router log lines |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| offered req/s | answered 2xx | failed | p50 / p99 ms (from schedule) | classified share (any tier) | by the encoder | by the router's fast tier | classified/s | fail-open reasons | classify call p50 / p99 (bucket ≤) | classifier answers by tier | router log lines |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in phases:
         r = p["report"]
         failed = r["http_errors"] + r["io_errors"] + r["timeouts"] + r["unsent"]
         share = "-" if p["classified_share"] is None else f"{100 * p['classified_share']:.1f}%"
+        enc = "-" if p["encoder_share"] is None else f"{100 * p['encoder_share']:.1f}%"
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(p["reasons"].items())) or "-"
         c50 = "-" if p["classify_p50_le_s"] is None else f"{1e3 * p['classify_p50_le_s']:g}"
         c99 = "-" if p["classify_p99_le_s"] is None else f"{1e3 * p['classify_p99_le_s']:g}"
-        out.append(f"| {p['rate']:.0f} ({p['tag']}) | {r['ok']} | {failed} | {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} | {share} | {p['classified_per_s']:.1f} | {reasons} | {c50} / {c99} | {', '.join(f'{k} {v}' for k, v in sorted(p['tiers'].items())) or '-'} | {p['log_lines']} |")
+        out.append(f"| {p['rate']:.0f} ({p['tag']}) | {r['ok']} | {failed} | {r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} | {share} | {enc} | {p['router_fast']} | {p['classified_per_s']:.1f} | {reasons} | {c50} / {c99} | {', '.join(f'{k} {v}' for k, v in sorted(p['tiers'].items())) or '-'} | {p['log_lines']} |")
     k = kill
     if k is None:
         text = "\n".join(out) + "\n"
@@ -198,9 +211,13 @@ def write(path, args, phases, kill, started):
     kfailed = lg["http_errors"] + lg["io_errors"] + lg["timeouts"] + lg["unsent"]
     fmt = lambda v, nd=2: "never" if v is None else f"{v:.{nd}f}"
     out += ["", f"Classifier killed under {args.kill_rate:g} req/s (probe every 50 ms):", "",
-            f"- every request failed open in under {k['fast_ms']:g} ms from **{fmt(k['fail_open_fast_after_s'])} s** after the kill (slowest probe after that: {fmt(k['down_probe_max_ms'], 1)} ms)",
-            f"- from 1 s after the kill until the restart: {k['after_1s']} probes, {k['after_1s_not_fail_open']} not failed open, {k['after_1s_slow']} took {k['fast_ms']:g} ms or more, the slowest {fmt(k['after_1s_max_ms'], 1)} ms (the deadline is 50 ms)",
-            f"- restarted (process spawned) at +{k['restarted_at'] - k['killed_at']:.1f} s, /healthz 200 {k['healthy_at'] - k['restarted_at']:.2f} s later; 9 of 10 consecutive probes classified again **{fmt(k['classified_again_after_restart_s'])} s** after the spawn ({fmt(k['classified_again_after_healthy_s'])} s after /healthz)",
+            f"- classified by the router's fast tier while the classifier was down: **{k['down_by_router_fast']} of {k['down_probes']}** probes"
+            + (f" ({100 * k['down_by_router_fast'] / k['down_probes']:.1f} %)" if k['down_probes'] else "")
+            + f", {k['down_fail_open']} failed open; decisions of the whole phase's load by source: "
+            + ", ".join(f"{s} {v}" for s, v in sorted(k['load_sources'].items())),
+            f"- every request answered (fast tier or fail-open) in under {k['fast_ms']:g} ms from **{fmt(k['fail_open_fast_after_s'])} s** after the kill (slowest probe after that: {fmt(k['down_probe_max_ms'], 1)} ms)",
+            f"- from 1 s after the kill until the restart: {k['after_1s']} probes, {k['after_1s_not_fail_open']} not failed open (the fast tier's), {k['after_1s_slow']} took {k['fast_ms']:g} ms or more, the slowest {fmt(k['after_1s_max_ms'], 1)} ms (the deadline is 50 ms)",
+            f"- restarted (process spawned) at +{k['restarted_at'] - k['killed_at']:.1f} s, /healthz 200 {k['healthy_at'] - k['restarted_at']:.2f} s later; 9 of 10 consecutive probes classified by the classifier again **{fmt(k['classified_again_after_restart_s'])} s** after the spawn ({fmt(k['classified_again_after_healthy_s'])} s after /healthz)",
             f"- load: {lg['ok']} answered, {kfailed} failed; probes: {k['probes']}, {k['probe_errors']} not 200", ""]
     text = "\n".join(out) + "\n"
     with open(path, "w") as f:

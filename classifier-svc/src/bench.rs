@@ -364,7 +364,7 @@ fn tiers(args: &BenchArgs, report: &mut String) -> anyhow::Result<()> {
         report,
         "Tokenization included in both. The encoder in batches of 32, the fast tier one text at a \
          time on each thread.\n\n| prompt tokens | cores | encoder texts/s | fast tier texts/s | \
-         fast / encoder | fast tier µs a text |\n|---|---|---|---|---|---|"
+         fast / encoder | fast tier µs a text | of which tokenization µs |\n|---|---|---|---|---|---|---|"
     )?;
     for &len in &args.lengths {
         let sample = texts(&encoder, len, 256, len as u64);
@@ -400,10 +400,7 @@ fn tiers(args: &BenchArgs, report: &mut String) -> anyhow::Result<()> {
                                 let mut n = 0usize;
                                 while n < 1000 || start.elapsed().as_secs_f64() < args.seconds {
                                     let text = &sample[(n * 7 + t) % sample.len()];
-                                    let _ = fast.classify_now(
-                                        std::slice::from_ref(text),
-                                        Truncation::Truncate,
-                                    );
+                                    let _ = fast.classify(text, Truncation::Truncate);
                                     n += 1;
                                 }
                                 n
@@ -414,9 +411,23 @@ fn tiers(args: &BenchArgs, report: &mut String) -> anyhow::Result<()> {
                 });
                 counts.iter().sum::<usize>() as f64 / start.elapsed().as_secs_f64()
             };
+            // Of a fast-tier text, the tokenizer's share (one thread).
+            let tok_us = if threads == 1 {
+                let start = Instant::now();
+                let mut n = 0usize;
+                while n < 1000 || start.elapsed().as_secs_f64() < args.seconds / 2.0 {
+                    let _ = fast
+                        .model
+                        .tokenize(&sample[(n * 7) % sample.len()], Truncation::Truncate);
+                    n += 1;
+                }
+                format!("{:.1}", start.elapsed().as_secs_f64() * 1e6 / n as f64)
+            } else {
+                "-".into()
+            };
             writeln!(
                 report,
-                "| {len} | {threads} | {enc:.1} | {fast_rate:.0} | **{:.0}x** | {:.1} |",
+                "| {len} | {threads} | {enc:.1} | {fast_rate:.0} | **{:.0}x** | {:.1} | {tok_us} |",
                 fast_rate / enc,
                 threads as f64 * 1e6 / fast_rate
             )?;

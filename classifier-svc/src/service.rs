@@ -355,7 +355,7 @@ impl ClassifierService {
         }
         let fast_runs = match &fast {
             Some(f) => {
-                let runs = f.run(texts.clone(), truncation).await?;
+                let runs = crate::cascade::run(f, texts.clone(), truncation).await?;
                 for r in &runs {
                     metrics::histogram!(m::FAST_SECONDS).record(r.took.as_secs_f64());
                 }

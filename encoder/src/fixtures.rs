@@ -402,3 +402,50 @@ pub fn write_token_head(
     )?;
     Ok(())
 }
+
+/// A static model (`dir/static`) and heads for it (`dir/static-heads`) as the fast tier has
+/// them: `domain` an MLP reading the token bag with bigrams, `complexity` linear, `jailbreak`
+/// judging long texts in windows. Returns (model dir, heads dir).
+pub fn static_with_heads(dir: &Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let model = dir.join("static");
+    let spec = Spec::tiny(Arch::Static);
+    write_checkpoint(&model, &spec)?;
+    let vocab = vocabulary().len();
+    let heads = dir.join("static-heads");
+    let domain = ["math", "law", "other"];
+    write_head_with_bag(
+        &heads,
+        "domain",
+        &domain,
+        spec.hidden,
+        (vocab, 64),
+        &[16],
+        3,
+    )?;
+    write_head(
+        &heads,
+        "complexity",
+        &["simple", "reasoning"],
+        spec.hidden,
+        &[],
+        4,
+    )?;
+    write_head(
+        &heads,
+        "jailbreak",
+        &["benign", "jailbreak"],
+        spec.hidden,
+        &[8],
+        5,
+    )?;
+    let p = heads.join("jailbreak").join("head.json");
+    let mut head: crate::heads::HeadSpec = serde_json::from_str(&std::fs::read_to_string(&p)?)?;
+    head.positive = Some("jailbreak".into());
+    head.window = Some(crate::heads::WindowSpec {
+        tokens: 16,
+        stride: 8,
+        max_windows: 4,
+    });
+    std::fs::write(&p, serde_json::to_string_pretty(&head)?)?;
+    Ok((model, heads))
+}

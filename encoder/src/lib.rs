@@ -6,6 +6,7 @@ pub mod attention;
 pub mod bert;
 pub mod config;
 pub mod error;
+pub mod fast;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod heads;
@@ -15,6 +16,7 @@ pub mod source;
 pub mod spans;
 pub mod static_embed;
 pub mod tokenize;
+pub mod wordpiece;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -407,6 +409,14 @@ impl Model {
             probs,
             tokens,
         })
+    }
+
+    /// A static model's token table `(vocab, dim)` (None for a transformer).
+    pub(crate) fn static_table(&self) -> Option<&Tensor> {
+        match &self.encoder {
+            Encoder::Static(m) => Some(m.table()),
+            _ => None,
+        }
     }
 
     /// The encoder's last hidden states `(b, t, hidden)`.

@@ -172,7 +172,7 @@ fn softmax_rows(rows: &mut [f32], cols: usize, mask: KeyMask, scale: f32) {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
@@ -314,6 +314,10 @@ impl Linear {
     }
     pub fn dtype(&self) -> candle_core::DType {
         self.weight_t.dtype()
+    }
+    /// The weights `(in, out)` and bias, for a copy outside candle (`fast`).
+    pub(crate) fn parts(&self) -> (&Tensor, Option<&Tensor>) {
+        (&self.weight_t, self.bias.as_ref())
     }
     /// Splits the inputs at `at`: a `Linear` over the first `at` (with the bias) and the
     /// weights of the others, `(in - at, out)`, one row per input.

@@ -34,6 +34,10 @@ impl StaticEmbed {
         }
     }
 
+    pub fn table(&self) -> &Tensor {
+        &self.table
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.table.dims()[0]
     }

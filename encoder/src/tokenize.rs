@@ -33,6 +33,8 @@ pub struct TextTokenizer {
     /// Special tokens the model adds before and after a text's own tokens.
     wrap: (Vec<u32>, Vec<u32>),
     max_length: usize,
+    /// The same ids for ASCII texts without the general pipeline (uncased BERT tokenizers).
+    ascii: Option<crate::wordpiece::AsciiWordPiece>,
 }
 
 impl TextTokenizer {
@@ -67,16 +69,21 @@ impl TextTokenizer {
             }))
             .map_err(|e| Error::load(model, format!("tokenizer truncation: {e}")))?;
         inner.with_padding(None);
+        let ascii = crate::wordpiece::AsciiWordPiece::from_tokenizer(&whole);
         Ok(Self {
             inner,
             whole,
             wrap,
             max_length,
+            ascii,
         })
     }
 
     /// The text's own token ids, untruncated (no special tokens).
     pub fn content_ids(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(ids) = self.ascii.as_ref().and_then(|a| a.content_ids(text)) {
+            return Ok(ids);
+        }
         Ok(self
             .whole
             .encode_fast(text, false)
@@ -108,6 +115,11 @@ impl TextTokenizer {
         if text.trim().is_empty() {
             return Err(Error::InvalidArgument("text is empty".into()));
         }
+        if !offsets {
+            if let Some(content) = self.ascii.as_ref().and_then(|a| a.content_ids(text)) {
+                return self.wrap_content(content, truncation);
+            }
+        }
         let enc = if offsets {
             self.inner.encode(text, true)
         } else {
@@ -115,12 +127,7 @@ impl TextTokenizer {
         }
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let truncated = !enc.get_overflowing().is_empty();
-        if truncated && truncation == Truncation::Reject {
-            return Err(Error::InvalidArgument(format!(
-                "text is longer than the model's max length of {} tokens and truncation is REJECT",
-                self.max_length
-            )));
-        }
+        self.allow(truncated, truncation)?;
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
             truncated,
@@ -138,5 +145,35 @@ impl TextTokenizer {
                 Vec::new()
             },
         })
+    }
+
+    /// A text's own ids with the special tokens around them, truncated as the pipeline does.
+    fn wrap_content(&self, mut content: Vec<u32>, truncation: Truncation) -> Result<Encoded> {
+        let (pre, post) = (&self.wrap.0, &self.wrap.1);
+        let room = self.max_length.saturating_sub(pre.len() + post.len());
+        let truncated = content.len() > room;
+        self.allow(truncated, truncation)?;
+        content.truncate(room);
+        let mut ids = Vec::with_capacity(pre.len() + content.len() + post.len());
+        ids.extend_from_slice(pre);
+        ids.extend_from_slice(&content);
+        ids.extend_from_slice(post);
+        Ok(Encoded {
+            ids,
+            truncated,
+            offsets: Vec::new(),
+            word_starts: Vec::new(),
+        })
+    }
+
+    /// A truncated text is an error under `Truncation::Reject`.
+    fn allow(&self, truncated: bool, truncation: Truncation) -> Result<()> {
+        if truncated && truncation == Truncation::Reject {
+            return Err(Error::InvalidArgument(format!(
+                "text is longer than the model's max length of {} tokens and truncation is REJECT",
+                self.max_length
+            )));
+        }
+        Ok(())
     }
 }

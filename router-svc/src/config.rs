@@ -65,6 +65,8 @@ pub struct Config {
     pub response_cache: ResponseCacheConfig,
     #[serde(default)]
     pub session: SessionConfig,
+    #[serde(default)]
+    pub fast_tier: FastTierConfig,
     pub models: Vec<ModelConfig>,
     pub routing: RoutingConfig,
 }
@@ -135,6 +137,39 @@ pub struct ClassifierConfig {
     /// The adaptive limit on Classify calls in flight: over it a request fails open at once
     /// (reason `shed`) instead of waiting out the deadline behind a busy classifier.
     pub admission: AdmissionConfig,
+}
+
+/// The fast tier in process (`decide::fast_tier`): a static model and its heads that classify
+/// a request when the classifier cannot (dead, shed, late), instead of failing open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastTierConfig {
+    /// Off: such requests fail open to the default model.
+    pub enabled: bool,
+    /// The static model: a directory, `hf:org/name[@revision]`, or `none` (env
+    /// ROUTER_FAST_TIER_MODEL). The default directory may be absent (then there is none); one
+    /// named here must load.
+    pub model: String,
+    /// Its heads' directory (env ROUTER_FAST_TIER_HEADS).
+    pub heads: String,
+}
+
+impl Default for FastTierConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: "models/static-minilm".into(),
+            heads: "models/heads-static".into(),
+        }
+    }
+}
+
+impl FastTierConfig {
+    /// The shipped paths, which a checkout or image may lack.
+    pub fn is_default(&self) -> bool {
+        let d = Self::default();
+        self.model == d.model && self.heads == d.heads
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -704,6 +739,10 @@ pub struct RouteRule {
     /// Minimum cosine similarity to the nearest example.
     #[serde(default = "route_threshold")]
     pub threshold: f32,
+    /// The threshold when the router's fast tier stands in for the classifier (its static
+    /// embeddings are another space: similarities run higher); default: `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_threshold: Option<f32>,
     #[serde(default)]
     pub system_prompt: Option<String>,
 }
@@ -846,6 +885,12 @@ impl Config {
         }
         if let Some(v) = get("ROUTER_CLASSIFIER_ADDRS") {
             self.classifier.addresses = list(v);
+        }
+        if let Some(v) = get("ROUTER_FAST_TIER_MODEL") {
+            self.fast_tier.model = v.trim().to_string();
+        }
+        if let Some(v) = get("ROUTER_FAST_TIER_HEADS") {
+            self.fast_tier.heads = v.trim().to_string();
         }
         if let Some(v) = get("ROUTER_REDIS_URL") {
             self.cache.redis_url = (!v.trim().is_empty()).then(|| v.trim().to_string());
@@ -1009,6 +1054,9 @@ impl Config {
             }
             known(format!("routing.routes[{i}].model"), &route.model)?;
             prob(&format!("routing.routes[{i}].threshold"), route.threshold)?;
+            if let Some(t) = route.fast_threshold {
+                prob(&format!("routing.routes[{i}].fast_threshold"), t)?;
+            }
         }
         if let Some(sm) = &r.strong_model {
             known("routing.strong_model.model".into(), &sm.model)?;

@@ -15,6 +15,8 @@ use std::time::Duration;
 pub enum Event {
     /// A decision came from the classifier: classified now, coalesced or cached.
     Classified,
+    /// The classifier could not answer; the router's fast tier did (`decide::fast_tier`).
+    FastTier,
     FailOpenShed,
     FailOpenTimeout,
     FailOpenOverloaded,
@@ -29,8 +31,9 @@ pub enum Event {
     RedisError,
 }
 
-const ALL: [Event; 11] = [
+const ALL: [Event; 12] = [
     Event::Classified,
+    Event::FastTier,
     Event::FailOpenShed,
     Event::FailOpenTimeout,
     Event::FailOpenOverloaded,
@@ -47,6 +50,7 @@ impl Event {
     fn name(self) -> &'static str {
         match self {
             Event::Classified => "classified",
+            Event::FastTier => "classified_by_router_fast_tier",
             Event::FailOpenShed => "fail_open_shed",
             Event::FailOpenTimeout => "fail_open_timeout",
             Event::FailOpenOverloaded => "fail_open_overloaded",
@@ -118,10 +122,10 @@ impl Interval {
             .sum()
     }
 
-    /// Share of decisions that came from the classifier (now or cached) among those that
-    /// needed it; None when none did.
+    /// Share of decisions that came from a classification (the classifier's, now or cached,
+    /// or the router's fast tier's) among those that needed one; None when none did.
     pub fn classified_share(&self) -> Option<f64> {
-        let ok = self.get(Event::Classified);
+        let ok = self.get(Event::Classified) + self.get(Event::FastTier);
         let total = ok + self.fail_open();
         (total > 0).then(|| ok as f64 / total as f64)
     }

@@ -4,13 +4,17 @@
 //! - `router_requests_total{endpoint,model,category,status}`, `router_request_duration_seconds{endpoint}`
 //!   (until the response head is sent; a stream's body continues after it)
 //! - `router_decisions_total{source}` (classified, cache_local, cache_redis, coalesced, explicit,
-//!   fail_open, no_text), `router_fail_open_total{reason}`
+//!   fail_open, no_text, session, fast_tier), `router_fail_open_total{reason}`
 //! - `router_classify_duration_seconds`, `router_classifier_errors_total{reason}` (shed, timeout,
 //!   overloaded, unavailable, ...), `router_classifier_circuit_open`,
 //!   `router_classifier_concurrency_limit` (admission's current limit),
 //!   `router_classifier_replica_up{replica}` (after a replica was first lost)
 //! - `router_classified_ratio`: share of the last summary interval's `auto` decisions that came
-//!   from the classifier (now or cached) rather than failing open (`events`)
+//!   from a classification (the classifier's, now or cached, or the router's fast tier's)
+//!   rather than failing open (`events`)
+//! - the fast tier in process (`decide::fast_tier`): `router_fast_tier_total{reason}` (requests it
+//!   classified, by why the classifier could not), `router_fast_tier_duration_seconds`,
+//!   `router_fast_tier_errors_total`; `router_decisions_total{source="fast_tier"}`
 //! - `router_cache_requests_total{layer,result}` (layer local|redis, result hit|miss|error|skipped),
 //!   `router_redis_connected{client}` (cache, tenant)
 //! - per API key (`key`: its name, bounded by `auth.max_key_labels`): `router_key_requests_total{key,result}`,
@@ -35,10 +39,19 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+const FAST_TIER_BUCKETS: &[f64] = &[
+    0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005, 0.02,
+];
+
 /// Installs the global recorder; the handle renders `/metrics`.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        // (A full name wins over a suffix.) The fast tier takes tens of microseconds.
+        .set_buckets_for_metric(
+            Matcher::Full("router_fast_tier_duration_seconds".into()),
+            FAST_TIER_BUCKETS,
+        )?
         .install_recorder()?;
     Ok(handle)
 }

@@ -29,6 +29,8 @@ pub struct Runtime {
     pub response_cache: Option<Arc<crate::response_cache::ResponseCache>>,
     /// Similarity routes (examples embedded in the background).
     pub routes: Arc<RouteSet>,
+    /// The fast tier in process, standing in for a classifier that cannot answer.
+    pub fast: Option<Arc<crate::decide::fast_tier::LocalTier>>,
     pub upstream: Arc<Upstream>,
     pub pools: Pools,
     /// model -> "Bearer <key>" from the model's `api_key_env`.
@@ -78,6 +80,15 @@ impl Runtime {
             }
             _ => RouteSet::new(cfg.routing.routes.clone(), &classifier),
         };
+        let fast = match prev {
+            Some(p)
+                if p.cfg.fast_tier == cfg.fast_tier
+                    && p.cfg.routing.routes == cfg.routing.routes =>
+            {
+                p.fast.clone()
+            }
+            _ => crate::decide::fast_tier::load(&cfg.fast_tier, &cfg.routing.routes)?,
+        };
         let upstream = match prev {
             Some(p) if p.cfg.upstream == cfg.upstream => p.upstream.clone(),
             _ => Arc::new(Upstream::new(&cfg.upstream)?),
@@ -119,6 +130,7 @@ impl Runtime {
             sessions,
             response_cache,
             routes,
+            fast,
             upstream,
             pools,
             api_keys,

@@ -932,6 +932,80 @@ async fn degrades_when_redis_classifier_or_a_backend_fails() {
     }
 }
 
+/// The classifier away (nothing listens at its address): the router's own fast tier (the
+/// shipped static model and heads) classifies every `auto` request instead of failing open,
+/// says so in the headers and metrics, keeps none of those decisions in the cache, and a
+/// config reload that turns it off brings fail-open back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routers_fast_tier_classifies_while_the_classifier_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let be = Backends::start().await;
+    let dead = free_port();
+    let fast = format!(
+        "fast_tier:\n  model: \"{}\"\n  heads: \"{}\"\n",
+        repo().join("models/static-minilm").display(),
+        repo().join("models/heads-static").display()
+    );
+    let base = config_yaml(Some(dead), None, &be.small(), &be.c.url, "");
+    let router = Router::start(dir.path(), &(base.clone() + &fast), &[]);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", router.base);
+    let math = "Compute the definite integral of x^2 from 0 to 3 and prove that the answer is 9.";
+    for i in 0..6 {
+        // The same text twice: a stand-in decision is not cached.
+        let (s, h, _) = post(&c, &url, &chat("auto", math)).await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            header(&h, "x-vsr-decision-source"),
+            "fast_tier",
+            "request {i}"
+        );
+        let tier = header(&h, "x-vsr-classifier-tier");
+        assert!(
+            tier == "fast:router:unavailable" || tier == "fast:router:circuit_open",
+            "{tier}"
+        );
+        assert_eq!(header(&h, "x-vsr-selected-category"), "math", "request {i}");
+        assert_eq!(header(&h, "x-vsr-selected-model"), "big", "request {i}");
+    }
+    let (s, h, _) = post(&c, &url, &chat("auto", "hi there, how are you today?")).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-decision-source"), "fast_tier");
+    assert_eq!(header(&h, "x-vsr-selected-model"), "small");
+    let m = router.metrics();
+    assert!(
+        metric_sum(&m, "router_decisions_total", &["source=\"fast_tier\""]) >= 7,
+        "{m}"
+    );
+    assert!(metric_sum(&m, "router_fast_tier_total", &[]) >= 7, "{m}");
+    assert_eq!(metric_sum(&m, "router_fail_open_total", &[]), 0, "{m}");
+    assert!(
+        router
+            .proc
+            .log_text()
+            .contains("fast tier loaded in process"),
+        "{}",
+        router.proc.log_text()
+    );
+
+    // Turned off by a reload: the same request fails open again.
+    std::fs::write(&router.config, base + "fast_tier:\n  enabled: false\n").unwrap();
+    wait_until(
+        "the reload takes the fast tier away",
+        Duration::from_secs(10),
+        || {
+            let log = router.proc.log_text();
+            assert!(!log.contains("new config rejected"), "{log}");
+            log.contains("config reloaded")
+        },
+    );
+    let other = "Prove that the square root of 2 is irrational, step by step.";
+    let (s, h, _) = post(&c, &url, &chat("auto", other)).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-decision-source"), "fail_open");
+    assert_eq!(header(&h, "x-vsr-selected-model"), "small");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_and_upstream_trouble_get_openai_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod cache;
 pub mod classifier;
+pub mod fast_tier;
 pub use semroute_pii as pii;
 pub mod pii_scan;
 pub mod policy;
@@ -114,11 +115,14 @@ pub enum Source {
     /// The session's decision (`session.rs`): a tool-loop or acknowledgement turn, or a new turn
     /// whose classification did not pay for a switch.
     Session,
+    /// The classifier could not answer (the reason in `classifier_tier`); the router's own fast
+    /// tier classified the request (`fast_tier.rs`).
+    FastTier,
 }
 
 impl Source {
     /// Every source, in declaration order (`as usize` indexes it).
-    pub const ALL: [Source; 8] = [
+    pub const ALL: [Source; 9] = [
         Source::Classified,
         Source::CacheLocal,
         Source::CacheRedis,
@@ -127,6 +131,7 @@ impl Source {
         Source::FailOpen,
         Source::NoText,
         Source::Session,
+        Source::FastTier,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -139,6 +144,7 @@ impl Source {
             Source::FailOpen => "fail_open",
             Source::NoText => "no_text",
             Source::Session => "session",
+            Source::FastTier => "fast_tier",
         }
     }
 
@@ -192,8 +198,9 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<session::Note>,
     /// Which classifier tier made the classification (`x-vsr-classifier-tier`): `encoder`,
-    /// `fast` (the fast tier was sure), or `fast:deadline` / `fast:shed` (it stood in for an
-    /// encoder that could not answer in time or was shedding load).
+    /// `fast` (the fast tier was sure), `fast:deadline` / `fast:shed` (it stood in for an
+    /// encoder that could not answer in time or was shedding load), or `fast:router:<reason>`
+    /// (the router's own fast tier stood in for a classifier that failed with `<reason>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classifier_tier: Option<String>,
 }
@@ -300,8 +307,15 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
         let t0 = Instant::now();
         // Boxed: only a miss runs it, and in line it would size every hit's future.
         let r = Box::pin(rt.classifier.classify(text, tasks, want_embedding)).await;
+        let mut r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let d = Box::pin(stand_in(rt, text, tasks, e)).await;
+                classify_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                return d;
+            }
+        };
         classify_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let mut r = r?;
         if want_embedding && !r.embedding.is_empty() {
             let _ = embedding.set(std::mem::take(&mut r.embedding));
         }
@@ -343,12 +357,19 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
     let cache_time = total.saturating_sub(classify.unwrap_or_default());
     let decision = match result {
         Ok((d, hit)) => {
-            crate::events::count(crate::events::Event::Classified);
             let mut d = (*d).clone();
+            let by_router = d.source == Source::FastTier;
+            crate::events::count(if by_router {
+                crate::events::Event::FastTier
+            } else {
+                crate::events::Event::Classified
+            });
             d.source = match hit {
                 cache::Hit::Local => Source::CacheLocal,
                 cache::Hit::Redis => Source::CacheRedis,
+                cache::Hit::Coalesced if by_router => Source::FastTier,
                 cache::Hit::Coalesced => Source::Coalesced,
+                cache::Hit::Miss if by_router => Source::FastTier,
                 cache::Hit::Miss => Source::Classified,
             };
             d
@@ -372,6 +393,51 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
             embedding: embedding.into_inner(),
         },
     )
+}
+
+/// The classifier failed with `e`: the router's fast tier classifies the text instead, when
+/// one is loaded and has a head for every task; otherwise `e` stands (the request fails open).
+/// Its decision is marked (`Source::FastTier`, `fast:router:<reason>`) and not cached.
+async fn stand_in(
+    rt: &Runtime,
+    text: &str,
+    tasks: &[String],
+    e: classifier::ClassifyError,
+) -> Result<Decision, classifier::ClassifyError> {
+    let Some(local) = rt.fast.clone().filter(|f| f.serves(tasks)) else {
+        return Err(e);
+    };
+    let reason = e.reason();
+    let t0 = Instant::now();
+    // A long text (tokenizing it, its windows) leaves the request's worker thread.
+    let answer = if text.len() > 16 * 1024 {
+        let (text, tasks, rules) = (text.to_string(), tasks.to_vec(), rt.routes.rules.clone());
+        tokio::task::spawn_blocking(move || local.classify(&text, &tasks, &rules))
+            .await
+            .ok()
+    } else {
+        Some(local.classify(text, tasks, &rt.routes.rules))
+    };
+    metrics::histogram!("router_fast_tier_duration_seconds").record(t0.elapsed().as_secs_f64());
+    let answer = match answer {
+        Some(Ok(a)) => a,
+        Some(Err(err)) => {
+            metrics::counter!("router_fast_tier_errors_total").increment(1);
+            tracing::debug!(error = %err, "the fast tier could not classify; failing open");
+            return Err(e);
+        }
+        None => return Err(e),
+    };
+    metrics::counter!("router_fast_tier_total", "reason" => reason).increment(1);
+    let route = answer.route.map(|(index, similarity)| routes::RouteMatch {
+        index,
+        name: rt.cfg.routing.routes[index].name.clone(),
+        similarity,
+    });
+    let mut d = policy::decide(&rt.cfg, answer.signals, route);
+    d.source = Source::FastTier;
+    d.classifier_tier = Some(format!("fast:router:{reason}"));
+    Ok(d)
 }
 
 /// Decides a chat turn of a session (`session.rs`): a turn with no new user words or an

@@ -172,6 +172,7 @@ mod tests {
             model: "qwen3-0.6b".into(),
             use_reasoning: false,
             threshold: 0.5,
+            fast_threshold: None,
             system_prompt: None,
         }];
         let m = RouteMatch {

@@ -116,6 +116,7 @@ mod tests {
             model: "m".into(),
             use_reasoning: false,
             threshold,
+            fast_threshold: None,
             system_prompt: None,
         }
     }
