@@ -246,7 +246,7 @@ def main():
     procs = Procs(work)
     try:
         st = Stack(procs, INSTANT_SIM, router_env={"RUST_LOG": "info"},
-                   router_args=["--config", args.config] if args.config else None)
+                   router_args=["--config", args.config] if args.config else ())
         http_post(f"{st.router}/v1/route", chat_body("auto", "warm-up"))
         rates = [float(r) for r in args.rates.split(",") if r] + [2 * args.capacity]
         phases = [rate_phase(st, work, r, args.seconds,

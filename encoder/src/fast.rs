@@ -323,17 +323,24 @@ impl FastTier {
     pub fn classify(&self, text: &str, truncation: Truncation) -> Result<FastRun> {
         let start = Instant::now();
         let m = &self.model;
-        let e = m.tokenize(text, truncation)?;
+        if text.trim().is_empty() {
+            return Err(Error::InvalidArgument("text is empty".into()));
+        }
+        // Tokenized once, whole: the (truncated) text and its windows both come from it.
+        let content = m.content_ids(text)?;
+        let (pre, post) = m.wrap();
+        let windows = match m.window() {
+            Some(w) if pre.len() + content.len() + post.len() > w.tokens => m.windows_of(&content),
+            _ => Vec::new(),
+        };
+        let e = m.encode_content(content, truncation)?;
         let (mut probs, embedding) = self.run_ids(&e.ids)?;
-        if let Some(w) = m.window() {
-            if e.truncated || e.ids.len() > w.tokens {
-                let windows = m
-                    .windows(text)?
-                    .iter()
-                    .map(|ids| self.run_ids(ids).map(|r| r.0))
-                    .collect::<Result<Vec<_>>>()?;
-                m.apply_windows(&mut probs, &windows);
-            }
+        if !windows.is_empty() {
+            let windows = windows
+                .iter()
+                .map(|ids| self.run_ids(ids).map(|r| r.0))
+                .collect::<Result<Vec<_>>>()?;
+            m.apply_windows(&mut probs, &windows);
         }
         Ok(FastRun {
             probs,
@@ -362,7 +369,14 @@ mod tests {
         let fast = FastTier::load(&source, &heads_dir, &opts)?;
         assert_eq!(fast.version(), reference.meta.versioned_id());
         let long = "lorem ipsum dolor sit amet ".repeat(200);
-        for text in ["hello there", "a b c d e f", long.as_str()] {
+        // Not ASCII: the tokenizers pipeline, truncation and windows included.
+        let long_accented = "héllo wörld, ça va? ".repeat(150);
+        for text in [
+            "hello there",
+            "a b c d e f",
+            long.as_str(),
+            long_accented.as_str(),
+        ] {
             let run = fast.classify(text, Truncation::Truncate)?;
             let e = reference.tokenize(text, Truncation::Truncate)?;
             let mut windows: Vec<Vec<u32>> = Vec::new();

@@ -239,20 +239,33 @@ impl Model {
     /// The windows of a long text that windowed heads also judge (token ids with special
     /// tokens); empty when no head is windowed or the text fits one window.
     pub fn windows(&self, text: &str) -> Result<Vec<Vec<u32>>> {
-        let Some(spec) = self.window() else {
+        if self.window().is_none() {
             return Ok(Vec::new());
+        }
+        Ok(self.windows_of(&self.tokenizer.content_ids(text)?))
+    }
+
+    /// `windows` from a text's own token ids (`content_ids`).
+    pub fn windows_of(&self, content: &[u32]) -> Vec<Vec<u32>> {
+        let Some(spec) = self.window() else {
+            return Vec::new();
         };
-        let content = self.tokenizer.content_ids(text)?;
         let (pre, post) = self.tokenizer.wrap();
         let size = spec.tokens.saturating_sub(2).max(1);
-        Ok(spec
-            .starts(content.len())
+        spec.starts(content.len())
             .into_iter()
             .map(|s| {
                 let end = (s + size).min(content.len());
                 [pre, &content[s..end], post].concat()
             })
-            .collect())
+            .collect()
+    }
+
+    /// A text's encoding from its own token ids (`content_ids`): the special tokens around
+    /// them, truncated to the max length as `tokenize` does. One tokenization then serves the
+    /// whole text and its windows.
+    pub fn encode_content(&self, content: Vec<u32>, truncation: Truncation) -> Result<Encoded> {
+        self.tokenizer.wrap_content(content, truncation)
     }
 
     /// Folds the windows' probabilities (`windows[window][task][label]`) into one text's

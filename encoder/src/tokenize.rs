@@ -148,7 +148,11 @@ impl TextTokenizer {
     }
 
     /// A text's own ids with the special tokens around them, truncated as the pipeline does.
-    fn wrap_content(&self, mut content: Vec<u32>, truncation: Truncation) -> Result<Encoded> {
+    pub(crate) fn wrap_content(
+        &self,
+        mut content: Vec<u32>,
+        truncation: Truncation,
+    ) -> Result<Encoded> {
         let (pre, post) = (&self.wrap.0, &self.wrap.1);
         let room = self.max_length.saturating_sub(pre.len() + post.len());
         let truncated = content.len() > room;

@@ -64,13 +64,24 @@ pub fn pick_least<K: PartialOrd + Copy>(
     usable: impl Fn(usize) -> bool,
     score: impl Fn(usize) -> K,
 ) -> Option<usize> {
-    let mut set = candidates(n, skip, usable);
-    let least = set
+    // Each score read once: loads move under other threads, and a second read could leave
+    // no candidate at the least.
+    let scored: Vec<(usize, K)> = candidates(n, skip, usable)
+        .into_iter()
+        .map(|i| (i, score(i)))
+        .collect();
+    let least = scored
         .iter()
-        .map(|&i| score(i))
+        .map(|&(_, k)| k)
         .reduce(|a, b| if b < a { b } else { a })?;
-    set.retain(|&i| score(i) <= least);
-    Some(set[rand::rng().random_range(0..set.len())])
+    let set: Vec<usize> = scored
+        .iter()
+        .filter(|&&(_, k)| k <= least)
+        .map(|&(i, _)| i)
+        .collect();
+    set.get(rand::rng().random_range(0..set.len().max(1)))
+        .or(scored.first().map(|(i, _)| i))
+        .copied()
 }
 
 /// A count that fades (exponentially, with time constant `tau`): what happened lately, such
@@ -149,6 +160,26 @@ mod tests {
     use super::*;
 
     const H: Option<usize> = None;
+
+    /// Loads that move while the choice is made (other threads' requests), or that are not
+    /// numbers, still give an endpoint: a score is read once per candidate.
+    #[test]
+    fn the_least_loaded_pick_survives_loads_that_move_or_are_not_numbers() {
+        let calls = std::cell::Cell::new(0usize);
+        let rising = |_: usize| {
+            calls.set(calls.get() + 1);
+            calls.get()
+        };
+        for _ in 0..100 {
+            assert!(pick_least(4, |_| false, |_| true, rising).is_some());
+        }
+        assert!(pick_least(3, |_| false, |_| true, |_| f64::NAN).is_some());
+        assert_eq!(
+            pick_least(3, |i| i < 3, |_| true, |_| 0),
+            None,
+            "all tried: none"
+        );
+    }
 
     #[test]
     fn affinity_is_stable_spreads_keys_and_yields_under_load() {

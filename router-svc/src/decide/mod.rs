@@ -409,8 +409,9 @@ async fn stand_in(
     };
     let reason = e.reason();
     let t0 = Instant::now();
-    // A long text (tokenizing it, its windows) leaves the request's worker thread.
-    let answer = if text.len() > 16 * 1024 {
+    // A long text (a millisecond or more: tokenizing it, its windows) leaves the request's
+    // worker thread, which serves other connections meanwhile.
+    let answer = if text.len() > 2048 {
         let (text, tasks, rules) = (text.to_string(), tasks.to_vec(), rt.routes.rules.clone());
         tokio::task::spawn_blocking(move || local.classify(&text, &tasks, &rules))
             .await
