@@ -41,13 +41,15 @@ impl Reason {
 }
 
 /// Every text through the fast tier, windows included for windowed heads. Long inputs go to
-/// the blocking pool, as the encoder's tokenization does; short ones run in the caller's task.
+/// the blocking pool; short ones run in the caller's task.
 pub async fn run(
     fast: &Arc<FastTier>,
     texts: Arc<Vec<String>>,
     truncation: Truncation,
 ) -> Result<Vec<FastRun>, Error> {
-    let big = texts.iter().map(|t| t.len()).sum::<usize>() > 16 * 1024;
+    // Past ~2 KB the work is a millisecond or more (a non-ASCII text takes the general
+    // tokenizer): off the runtime's threads, which serve other calls meanwhile.
+    let big = texts.iter().map(|t| t.len()).sum::<usize>() > 2048;
     let me = fast.clone();
     let work = move || -> Result<Vec<FastRun>, Error> {
         texts
