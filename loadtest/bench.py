@@ -659,6 +659,13 @@ def loaded_together(work, tag, rate, seconds, routers, body=None):
     return out
 
 
+def paired_rows(rate, run, pair):
+    """The rows of one `loaded_together` run: each router's CPU per request and latency."""
+    return [{"rate": rate, "mode": name, "run": run, "cpu_us": r["cpu_us_per_req"]["router"],
+             "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+             "ok_share": r["ok_share"]} for name, r in pair.items()]
+
+
 def otlp_sink():
     """An OTLP/HTTP trace receiver that accepts every export (200, empty
     ExportTraceServiceResponse) and counts them: the router's exporter has somewhere to send."""
@@ -707,11 +714,7 @@ def section_otel(work, seconds, rates, repeats=2):
                 pair = loaded_together(work, f"otel-{rate}-{i}", rate, seconds,
                                        (("off", st.router, st.router_proc, []),
                                         ("on", traced, traced_proc, [])))
-                for name, r in pair.items():
-                    rows.append({"rate": rate, "mode": name, "run": i,
-                                 "cpu_us": r["cpu_us_per_req"]["router"],
-                                 "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
-                                 "ok_share": r["ok_share"]})
+                rows += paired_rows(rate, i, pair)
         time.sleep(6)  # the batch exporter's interval: the last spans reach the sink
         return {"rows": rows, "exports": counts["exports"], "bytes": counts["bytes"]}
     finally:
@@ -761,11 +764,7 @@ def section_fast(work, seconds, rates, repeats=2):
                     for k, v in src.items():
                         out["sources"].setdefault(n, {}).setdefault(k, 0)
                         out["sources"][n][k] += v
-                for name, r in pair.items():
-                    out["away"].append({"rate": rate, "mode": name, "run": i,
-                                        "cpu_us": r["cpu_us_per_req"]["router"],
-                                        "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
-                                        "ok_share": r["ok_share"]})
+                out["away"] += paired_rows(rate, i, pair)
     finally:
         procs.stop_all()
     procs = Procs(work)
@@ -778,11 +777,7 @@ def section_fast(work, seconds, rates, repeats=2):
                 log(f"fast tier: cache hits, {rate} req/s each ({i + 1}/{repeats})")
                 pair = loaded_together(work, f"fast-hits-{rate}-{i}", rate, seconds,
                                        (("off", off, off_proc, []), ("on", st.router, st.router_proc, [])))
-                for name, r in pair.items():
-                    out["hits"].append({"rate": rate, "mode": name, "run": i,
-                                        "cpu_us": r["cpu_us_per_req"]["router"],
-                                        "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
-                                        "ok_share": r["ok_share"]})
+                out["hits"] += paired_rows(rate, i, pair)
     finally:
         procs.stop_all()
     return out
