@@ -542,6 +542,12 @@ impl Classifier {
             })
             .collect();
         let tasks: BTreeSet<String> = resp.tasks.into_iter().map(|t| t.name).collect();
+        if tasks.is_empty() {
+            // A classifier still loading (a restart) serves no task yet: what was known stays,
+            // so requests keep asking for their tasks (and the fast tier stands in for the
+            // refusals) instead of finding nothing to classify.
+            return Ok(());
+        }
         let mut known = self.known.write().unwrap();
         if known.tasks.as_ref() != Some(&tasks) {
             tracing::info!(tasks = ?tasks, "classifier tasks");
