@@ -12,6 +12,7 @@ use std::time::Instant;
 use semroute_encoder::fast::FastTier;
 use semroute_encoder::{LoadOptions, Source, Truncation};
 
+use super::routes::{nearest_of, RouteMatch};
 use super::Signal;
 use crate::config::{FastTierConfig, RouteRule};
 
@@ -25,8 +26,8 @@ pub struct LocalTier {
 /// A text's classification by the local tier.
 pub struct Answer {
     pub signals: Vec<Signal>,
-    /// The nearest route above its threshold: (index, similarity).
-    pub route: Option<(usize, f32)>,
+    /// The nearest route above its `fast_threshold` (else its `threshold`).
+    pub route: Option<RouteMatch>,
 }
 
 /// Loads the tier `cfg` names: None when it is off, or when the default directory is absent
@@ -75,11 +76,6 @@ impl LocalTier {
         Ok(Self { tier, routes })
     }
 
-    /// `id@revision` of the model and heads.
-    pub fn version(&self) -> String {
-        self.tier.version()
-    }
-
     /// Whether it has a head for every one of `tasks`.
     pub fn serves(&self, tasks: &[String]) -> bool {
         !tasks.is_empty() && tasks.iter().all(|t| self.tier.head(t).is_some())
@@ -110,22 +106,9 @@ impl LocalTier {
                 })
             })
             .collect();
-        let mut route: Option<(usize, f32)> = None;
-        for (i, (rule, examples)) in rules.iter().zip(&self.routes).enumerate() {
-            let sim = examples
-                .iter()
-                .map(|e| {
-                    e.iter()
-                        .zip(&run.embedding)
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>()
-                })
-                .fold(f32::MIN, f32::max);
-            let threshold = rule.fast_threshold.unwrap_or(rule.threshold);
-            if sim >= threshold && route.is_none_or(|(_, s)| sim > s) {
-                route = Some((i, sim));
-            }
-        }
+        let route = nearest_of(rules, &self.routes, &run.embedding, |r| {
+            r.fast_threshold.unwrap_or(r.threshold)
+        });
         Ok(Answer { signals, route })
     }
 }
@@ -176,11 +159,12 @@ mod tests {
         for s in &a.signals {
             assert!(s.probability > 0.0 && s.probability <= 1.0, "{s:?}");
         }
-        let (i, sim) = a.route.expect("the example itself matches");
+        let m = a.route.expect("the example itself matches");
+        let (i, sim) = (m.index, m.similarity);
         assert_eq!(i, 0);
         assert!((sim - 1.0).abs() < 1e-4, "{sim}");
         let a = tier.classify("prove the theorem", &tasks, &rules).unwrap();
-        assert!(a.route.is_none_or(|(i, _)| i == 0));
+        assert!(a.route.is_none_or(|m| m.index == 0));
 
         // Off, or the default directory absent: none; a named directory absent: an error.
         let off = FastTierConfig {

@@ -430,12 +430,7 @@ async fn stand_in(
         None => return Err(e),
     };
     metrics::counter!("router_fast_tier_total", "reason" => reason).increment(1);
-    let route = answer.route.map(|(index, similarity)| routes::RouteMatch {
-        index,
-        name: rt.cfg.routing.routes[index].name.clone(),
-        similarity,
-    });
-    let mut d = policy::decide(&rt.cfg, answer.signals, route);
+    let mut d = policy::decide(&rt.cfg, answer.signals, answer.route);
     d.source = Source::FastTier;
     d.classifier_tier = Some(format!("fast:router:{reason}"));
     Ok(d)

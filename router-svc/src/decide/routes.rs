@@ -50,33 +50,44 @@ impl RouteSet {
     /// The best route above its threshold for an embedding.
     pub fn nearest(&self, embedding: &[f32]) -> Option<RouteMatch> {
         let index = self.index.load_full()?;
-        let norm = embedding
-            .iter()
-            .map(|v| v * v)
-            .sum::<f32>()
-            .sqrt()
-            .max(1e-12);
-        let mut best: Option<RouteMatch> = None;
-        for (i, (rule, examples)) in self.rules.iter().zip(index.iter()).enumerate() {
-            let sim = examples
-                .iter()
-                .map(|e| e.iter().zip(embedding).map(|(a, b)| a * b).sum::<f32>() / norm)
-                .fold(f32::MIN, f32::max);
-            if sim >= rule.threshold && best.as_ref().is_none_or(|b| sim > b.similarity) {
-                best = Some(RouteMatch {
-                    index: i,
-                    name: rule.name.clone(),
-                    similarity: sim,
-                });
-            }
-        }
-        best
+        nearest_of(&self.rules, &index, embedding, |r| r.threshold)
     }
 
     #[cfg(test)]
     fn set_index(&self, index: Vec<Vec<Vec<f32>>>) {
         self.index.store(Some(Arc::new(index)));
     }
+}
+
+/// The route whose nearest example (`index[route][example]`, L2-normalised) is the most
+/// similar (cosine) to `embedding`, if at or above that route's `threshold`.
+pub fn nearest_of(
+    rules: &[RouteRule],
+    index: &[Vec<Vec<f32>>],
+    embedding: &[f32],
+    threshold: impl Fn(&RouteRule) -> f32,
+) -> Option<RouteMatch> {
+    let norm = embedding
+        .iter()
+        .map(|v| v * v)
+        .sum::<f32>()
+        .sqrt()
+        .max(1e-12);
+    let mut best: Option<RouteMatch> = None;
+    for (i, (rule, examples)) in rules.iter().zip(index).enumerate() {
+        let sim = examples
+            .iter()
+            .map(|e| e.iter().zip(embedding).map(|(a, b)| a * b).sum::<f32>() / norm)
+            .fold(f32::MIN, f32::max);
+        if sim >= threshold(rule) && best.as_ref().is_none_or(|b| sim > b.similarity) {
+            best = Some(RouteMatch {
+                index: i,
+                name: rule.name.clone(),
+                similarity: sim,
+            });
+        }
+    }
+    best
 }
 
 async fn embed_examples(this: Weak<RouteSet>, classifier: Arc<Classifier>) {
