@@ -40,6 +40,11 @@ pub struct ModelArgs {
     /// Directory of shared-encoder heads (<task>/head.json + head.safetensors); skipped if absent.
     #[arg(long, env = "CLASSIFIER_HEADS", default_value = "models/heads")]
     pub heads: PathBuf,
+    /// A model profile (`semroute-train profile`: a directory whose head.json is of kind
+    /// `profile`) served by the shared encoder beside its heads: each configured LLM's expected
+    /// quality on the text, for the router's selection. Repeatable; none by default.
+    #[arg(long = "profile", env = "CLASSIFIER_PROFILES", value_delimiter = ',')]
+    pub profiles: Vec<PathBuf>,
     /// Hugging Face sequence-classification checkpoint serving one task, as TASK=SOURCE
     /// (e.g. jailbreak=hf:LLM-Semantic-Router/jailbreak_classifier_modernbert-base_model). Repeatable.
     #[arg(
@@ -100,6 +105,8 @@ pub enum ModelPlan {
     Encoder {
         source: Source,
         heads: Option<PathBuf>,
+        /// Model profile directories served beside the heads.
+        profiles: Vec<PathBuf>,
         tasks: Vec<String>,
     },
     Checkpoint {
@@ -182,10 +189,26 @@ impl ModelArgs {
                     }
                 }
             }
+            for p in &self.profiles {
+                anyhow::ensure!(
+                    p.join("head.json").is_file(),
+                    "--profile {}: no head.json there (semroute-train profile makes one)",
+                    p.display()
+                );
+                let spec: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(p.join("head.json"))?)?;
+                anyhow::ensure!(
+                    spec["kind"] == "profile",
+                    "--profile {}: head.json is not of kind \"profile\"",
+                    p.display()
+                );
+                tasks.push(spec["task"].as_str().unwrap_or("quality").to_string());
+            }
             tasks.sort();
             plans.push(ModelPlan::Encoder {
                 source: self.encoder.parse()?,
                 heads,
+                profiles: self.profiles.clone(),
                 tasks,
             });
         }

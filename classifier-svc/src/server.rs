@@ -109,8 +109,17 @@ pub async fn start(
 /// Loads one planned model (blocking: file I/O and weight conversion).
 pub fn load(plan: &ModelPlan, opts: &LoadOptions) -> crate::error::Result<Model> {
     Ok(match plan {
-        ModelPlan::Encoder { source, heads, .. } => {
-            Model::load_encoder(source, heads.as_deref(), opts)?
+        ModelPlan::Encoder {
+            source,
+            heads,
+            profiles,
+            ..
+        } => {
+            let mut m = Model::load_encoder(source, heads.as_deref(), opts)?;
+            for p in profiles {
+                m.add_profile(p)?;
+            }
+            m
         }
         ModelPlan::Checkpoint { task, source } => Model::load_checkpoint(task, source, opts)?,
     })

@@ -207,7 +207,8 @@ impl FastTier {
                         bag,
                     })
                 }
-                Head::Token { .. } => None,
+                // A profile is built on its encoder's embeddings, not a static model's.
+                Head::Token { .. } | Head::Profile { .. } => None,
                 _ => {
                     return Err(Error::load(
                         &id,

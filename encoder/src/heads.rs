@@ -208,6 +208,13 @@ pub enum Head {
     },
     /// BERT: tanh(pooler(CLS)) -> classifier.
     BertPooler { pooler: Linear, classifier: Linear },
+    /// A model profile (`profile.rs`): each model's expected score from the stored prompts
+    /// nearest the embedding; `table` is the stored embeddings transposed `(dim, rows)`, on the
+    /// device, for the similarity product.
+    Profile {
+        profile: std::sync::Arc<super::profile::Profile>,
+        table: Tensor,
+    },
     /// ModernBERT: pool -> dense -> act -> norm -> classifier.
     ModernBert {
         pooling: Pooling,
@@ -231,6 +238,7 @@ impl TaskHead {
         match self.head {
             Head::Mlp { .. } => "head",
             Head::Token { .. } => "token_classification",
+            Head::Profile { .. } => "profile",
             _ => "sequence_classification",
         }
     }
@@ -320,6 +328,15 @@ impl TaskHead {
         embedding: &Tensor,
         bags: Option<&[Bag]>,
     ) -> candle_core::Result<Tensor> {
+        if let Head::Profile { profile, table } = &self.head {
+            // Expected scores, not a distribution: no softmax.
+            let sims = embedding
+                .to_dtype(candle_core::DType::F32)?
+                .matmul(table)?
+                .to_vec2::<f32>()?;
+            let rows: Vec<Vec<f32>> = sims.iter().map(|s| profile.predict(s)).collect();
+            return Tensor::new(rows, embedding.device());
+        }
         let logits = match &self.head {
             Head::Mlp {
                 layers,
@@ -345,6 +362,7 @@ impl TaskHead {
                 x
             }
             Head::Token { .. } => candle_core::bail!("a token head has no sentence probabilities"),
+            Head::Profile { .. } => unreachable!("answered above"),
             Head::BertPooler { pooler, classifier } => {
                 let pooled = pooler.forward(&ops::cls_pool(hidden)?)?.tanh()?;
                 classifier.forward(&pooled)?
@@ -365,6 +383,37 @@ impl TaskHead {
             }
         };
         candle_nn::ops::softmax(&logits.to_dtype(candle_core::DType::F32)?, D::Minus1)
+    }
+
+    /// A model profile (`profile.rs`) served as a head over the pooled embedding.
+    pub fn load_profile(dir: &Path, hidden_size: usize, device: &Device) -> Result<Self> {
+        let profile = super::profile::Profile::load(dir)?;
+        if profile.dim() != hidden_size {
+            return Err(Error::load(
+                dir.display().to_string(),
+                format!(
+                    "profile embeddings have {} dimensions, the encoder {hidden_size} (built on {})",
+                    profile.dim(),
+                    profile.spec.encoder
+                ),
+            ));
+        }
+        let table = Tensor::from_slice(
+            profile.embeddings(),
+            (profile.rows(), profile.dim()),
+            device,
+        )?
+        .t()?
+        .contiguous()?;
+        Ok(Self {
+            name: profile.spec.task.clone(),
+            labels: profile.spec.labels.clone(),
+            head: Head::Profile {
+                profile: std::sync::Arc::new(profile),
+                table,
+            },
+            window: None,
+        })
     }
 
     /// The head of a sequence-classification checkpoint, with labels from its config.
@@ -467,6 +516,12 @@ impl TaskHead {
         let name = dir.display().to_string();
         let text = std::fs::read_to_string(dir.join("head.json"))
             .map_err(|e| Error::load(&name, format!("head.json: {e}")))?;
+        if serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .is_some_and(|v| v["kind"] == "profile")
+        {
+            return Self::load_profile(dir, hidden_size, device);
+        }
         let mut spec: HeadSpec = serde_json::from_str(&text)
             .map_err(|e| Error::load(&name, format!("head.json: {e}")))?;
         if spec.task.is_empty() {

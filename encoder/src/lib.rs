@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod heads;
 pub mod modernbert;
 pub mod ops;
+pub mod profile;
 pub mod source;
 pub mod spans;
 pub mod static_embed;
@@ -142,6 +143,23 @@ impl Model {
         hashed.extend(head_files.iter().map(|p| p.as_path()));
         model.meta.revision = source::content_version(&hashed)?;
         Ok(model)
+    }
+
+    /// Serves a model profile (`profile.rs`, a directory with `head.json` of kind `profile`)
+    /// with this encoder's heads, from the same pass. Its files join the revision, so cached
+    /// decisions made without it (or with another) are not reused.
+    pub fn add_profile(&mut self, dir: &Path) -> Result<()> {
+        let head = TaskHead::load_profile(dir, self.meta.hidden_size, &self.device)?;
+        if self.tasks.iter().any(|t| t.name == head.name) {
+            return Err(Error::load(
+                dir.display().to_string(),
+                format!("task {:?} is already served by a head", head.name),
+            ));
+        }
+        self.tasks.push(head);
+        let h = source::content_version(&[&dir.join("head.json"), &dir.join("head.safetensors")])?;
+        self.meta.revision = format!("{}+{h}", self.meta.revision);
+        Ok(())
     }
 
     /// A Hugging Face sequence-classification checkpoint serving one task (layout a).

@@ -692,6 +692,51 @@ pub struct RoutingConfig {
     /// strong model, last (after categories and complexity; not over a similarity route).
     #[serde(default)]
     pub strong_model: Option<StrongModelRule>,
+    /// Choosing among many models by predicted quality and price (`decide/select.rs`): where
+    /// no route or confident category rule decided, the candidate with the highest expected
+    /// quality (the classifier's model-profile task) less `cost_weight` x its relative cost.
+    /// Replaces the strong-model knob for the requests it decides.
+    #[serde(default)]
+    pub selection: Option<SelectionRule>,
+}
+
+/// `routing.selection`: the profile task to read and the operator's price weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionRule {
+    /// The classifier task of kind `profile` (`semroute-train profile`): its labels are model
+    /// names, its values each model's expected quality in [0, 1] on the text.
+    #[serde(default = "quality_task")]
+    pub task: String,
+    /// Quality given up for price: a candidate's utility is its expected quality less
+    /// `cost_weight` x (its cost for this prompt / the dearest candidate's). 0: the best
+    /// expected quality whatever it costs; 0.1: a cheaper model wins when it is expected to be
+    /// at most 0.1 x (the price gap as a share of the dearest model's) worse. Overridden per
+    /// key (`cost_weight` of its record) and per request (`x-vsr-cost-weight`).
+    #[serde(default = "default_cost_weight")]
+    pub cost_weight: f64,
+    /// The models it chooses among; empty: every configured model the profile scores.
+    #[serde(default)]
+    pub candidates: Vec<String>,
+    /// Tokens an answer is expected to take, for a candidate's cost (the prompt's are its
+    /// characters / 4).
+    #[serde(default = "default_answer_tokens")]
+    pub answer_tokens: u32,
+    /// Clients may set the weight per request with `x-vsr-cost-weight`.
+    #[serde(default = "yes")]
+    pub weight_header: bool,
+}
+
+fn quality_task() -> String {
+    "quality".into()
+}
+
+fn default_cost_weight() -> f64 {
+    0.2
+}
+
+fn default_answer_tokens() -> u32 {
+    300
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1064,6 +1109,23 @@ impl Config {
                 known("routing.strong_model.weak_model".into(), w)?;
             }
             prob("routing.strong_model.threshold", sm.threshold)?;
+        }
+        if let Some(sel) = &r.selection {
+            for (i, m) in sel.candidates.iter().enumerate() {
+                known(format!("routing.selection.candidates[{i}]"), m)?;
+            }
+            if !(sel.cost_weight.is_finite() && sel.cost_weight >= 0.0) {
+                return bad(
+                    "routing.selection.cost_weight".into(),
+                    format!("{} is not a weight >= 0", sel.cost_weight),
+                );
+            }
+            if sel.task.trim().is_empty() {
+                return bad(
+                    "routing.selection.task".into(),
+                    "the profile task's name is needed".into(),
+                );
+            }
         }
         for (label, rule) in &r.complexity {
             if let Some(m) = &rule.model {

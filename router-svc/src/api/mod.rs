@@ -213,6 +213,53 @@ async fn decide_for(
     }
 }
 
+/// Header with a request's own price weight for the selection (`routing.selection`).
+pub const COST_WEIGHT_HEADER: &str = "x-vsr-cost-weight";
+
+/// A selection decided with the config's price weight, re-ranked with the request's
+/// (`x-vsr-cost-weight`, where the config allows it) or else its key's. Not over a session's
+/// later turns, whose model the session's rules keep.
+fn reweigh(
+    cfg: &crate::config::Config,
+    d: &mut Decision,
+    headers: &HeaderMap,
+    caller: Option<&Caller>,
+) -> Result<(), Error> {
+    let Some(rule) = &cfg.routing.selection else {
+        return Ok(());
+    };
+    let header = match headers.get(COST_WEIGHT_HEADER) {
+        Some(v) if rule.weight_header => {
+            let w = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .filter(|w| w.is_finite() && *w >= 0.0)
+                .ok_or_else(|| {
+                    Error::bad_request(
+                        format!("{COST_WEIGHT_HEADER} must be a number >= 0 (0: best expected quality whatever it costs)"),
+                        None,
+                    )
+                })?;
+            Some((w, "header"))
+        }
+        _ => None,
+    };
+    let weight = header.or_else(|| caller.and_then(|c| c.rec.cost_weight).map(|w| (w, "key")));
+    let fresh = d
+        .session
+        .as_ref()
+        .is_none_or(|s| s.action == decide::session::Action::Started);
+    if let (Some((w, from)), Some(sel), true) = (weight, d.selection.as_mut(), fresh) {
+        if sel.candidates.first().is_some_and(|c| c.model == d.model) {
+            decide::select::reweigh(sel, w, from);
+            d.model = sel.candidates[0].model.clone();
+            d.alternatives = sel.candidates[1..].iter().map(|c| c.model.clone()).collect();
+        }
+    }
+    Ok(())
+}
+
 // The road's future is large; boxed, the layers above move a pointer, not its state.
 // The request whole, not `HeaderMap` + `Body`: that extractor copies the headers.
 async fn chat(State(s): State<Arc<AppState>>, req: Request) -> Response {
@@ -408,6 +455,7 @@ async fn road(
     };
     let mut outcome =
         telemetry::traced(decide_span.clone(), decide_for(rt, &req, &who, true)).await?;
+    reweigh(cfg, &mut outcome.decision, headers, caller.as_ref())?;
     if let (Some(c), Some(a)) = (&caller, &admission) {
         c.confine(cfg, &mut outcome.decision, a.downgrade);
     }
@@ -708,6 +756,7 @@ async fn route(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -
             scope: caller.as_ref().map_or("", |c| c.label()),
         };
         let mut outcome = decide_for(&rt, &req, &who, false).await?;
+        reweigh(&rt.cfg, &mut outcome.decision, &headers, caller.as_ref())?;
         if let Some(c) = &caller {
             c.confine(&rt.cfg, &mut outcome.decision, false);
         }

@@ -103,6 +103,7 @@ impl LocalTier {
                     task: t.clone(),
                     label: self.tier.model.tasks[hi].labels[best].clone(),
                     probability: p,
+                    scores: Vec::new(),
                 })
             })
             .collect();

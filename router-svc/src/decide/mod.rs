@@ -14,6 +14,7 @@ pub use semroute_pii as pii;
 pub mod pii_scan;
 pub mod policy;
 pub mod routes;
+pub mod select;
 pub mod session;
 pub mod text;
 
@@ -56,6 +57,9 @@ impl KeyParts {
         if let Some(sm) = &cfg.routing.strong_model {
             wanted.push(&sm.task);
         }
+        if let Some(sel) = &cfg.routing.selection {
+            wanted.push(&sel.task);
+        }
         wanted.retain(|s| !s.is_empty());
         wanted.dedup();
         let tasks = rt.classifier.tasks_for(&wanted);
@@ -81,6 +85,10 @@ pub struct Signal {
     pub task: String,
     pub label: String,
     pub probability: f32,
+    /// Every label's value, for the selection's profile task only (model -> expected quality);
+    /// empty for the others, whose top label is all the policy reads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<(String, f32)>,
 }
 
 impl Signal {
@@ -182,6 +190,9 @@ pub struct Decision {
     /// P(strong model needed), when the cost knob is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strong_score: Option<f32>,
+    /// The candidates scored by expected quality and price, when `routing.selection` decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<select::Selection>,
     #[serde(default)]
     pub jailbreak: bool,
     #[serde(default)]
@@ -226,6 +237,7 @@ impl Decision {
             route: None,
             route_similarity: None,
             strong_score: None,
+            selection: None,
             jailbreak: false,
             blocked: false,
             signals: Vec::new(),
@@ -323,16 +335,22 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
             .then(|| embedding.get().and_then(|e| rt.routes.nearest(e)))
             .flatten();
         let tier = tier_of(&r.results);
+        let profile_task = cfg.routing.selection.as_ref().map(|s| s.task.as_str());
         let signals = r
             .results
             .into_iter()
             .map(|r| Signal {
+                scores: if profile_task == Some(r.task.as_str()) {
+                    r.scores.into_iter().map(|s| (s.label, s.probability)).collect()
+                } else {
+                    Vec::new()
+                },
                 task: r.task,
                 label: r.label,
                 probability: r.probability,
             })
             .collect();
-        let mut d = policy::decide(cfg, signals, route);
+        let mut d = policy::decide(cfg, signals, route, text.chars().count());
         d.classifier_tier = Some(tier);
         Ok::<_, classifier::ClassifyError>(d)
     };
@@ -404,6 +422,15 @@ async fn stand_in(
     tasks: &[String],
     e: classifier::ClassifyError,
 ) -> Result<Decision, classifier::ClassifyError> {
+    // The selection's profile is built on the encoder's embeddings: the router's tier has
+    // none, and the policy falls back to categories and the default model without it.
+    let profile = rt.cfg.routing.selection.as_ref().map(|s| s.task.as_str());
+    let tasks: Vec<String> = tasks
+        .iter()
+        .filter(|t| Some(t.as_str()) != profile)
+        .cloned()
+        .collect();
+    let tasks = &tasks[..];
     let Some(local) = rt.fast.clone().filter(|f| f.serves(tasks)) else {
         return Err(e);
     };
@@ -430,7 +457,7 @@ async fn stand_in(
         None => return Err(e),
     };
     metrics::counter!("router_fast_tier_total", "reason" => reason).increment(1);
-    let mut d = policy::decide(&rt.cfg, answer.signals, answer.route);
+    let mut d = policy::decide(&rt.cfg, answer.signals, answer.route, text.chars().count());
     d.source = Source::FastTier;
     d.classifier_tier = Some(format!("fast:router:{reason}"));
     Ok(d)

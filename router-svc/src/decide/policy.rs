@@ -4,11 +4,17 @@
 use std::collections::HashSet;
 
 use super::routes::RouteMatch;
-use super::{Decision, Signal, Source};
+use super::{select, Decision, Signal, Source};
 use crate::config::{Config, JailbreakAction};
 
-/// Applies the policy to the classifier's signals and the nearest similarity route.
-pub fn decide(cfg: &Config, signals: Vec<Signal>, route: Option<RouteMatch>) -> Decision {
+/// Applies the policy to the classifier's signals and the nearest similarity route, for a
+/// text of `prompt_chars` characters (the selection's cost estimate).
+pub fn decide(
+    cfg: &Config,
+    signals: Vec<Signal>,
+    route: Option<RouteMatch>,
+    prompt_chars: usize,
+) -> Decision {
     let r = &cfg.routing;
     let get = |task: &str| signals.iter().find(|s| s.task == task);
     let mut d = Decision::default_model(cfg, Source::Classified);
@@ -57,11 +63,24 @@ pub fn decide(cfg: &Config, signals: Vec<Signal>, route: Option<RouteMatch>) -> 
         d.route_similarity = Some(m.similarity);
     }
 
+    // Selection by expected quality and price, where no route or category rule decided.
+    if let (Some(rule), None, false) = (&r.selection, &route, category_decided) {
+        if let Some(s) = get(&rule.task).filter(|s| !s.scores.is_empty()) {
+            if let Some(sel) = select::select(cfg, rule, &s.scores, prompt_chars) {
+                d.model = sel.candidates[0].model.clone();
+                d.alternatives = sel.candidates[1..].iter().map(|c| c.model.clone()).collect();
+                d.selection = Some(sel);
+            }
+        }
+    }
+    let selected = d.selection.is_some();
+
     if let Some(s) = get(&r.tasks.complexity) {
         d.complexity = Some(s.label.clone());
         if s.probability >= r.confidence_threshold && route.is_none() {
             if let Some(rule) = r.complexity.get(&s.label) {
-                if let Some(m) = &rule.model {
+                // The selection chose the model; the rule may still switch reasoning.
+                if let Some(m) = rule.model.as_ref().filter(|_| !selected) {
                     if *m != d.model {
                         let prev = std::mem::replace(&mut d.model, m.clone());
                         d.alternatives.insert(0, prev);
@@ -74,8 +93,9 @@ pub fn decide(cfg: &Config, signals: Vec<Signal>, route: Option<RouteMatch>) -> 
         }
     }
 
-    // The cost knob: a weak/strong decision by the strong-model-needed task.
-    if let (Some(sm), None) = (&r.strong_model, &route) {
+    // The cost knob: a weak/strong decision by the strong-model-needed task (the selection,
+    // where it decided, is the finer knob).
+    if let (Some(sm), None, false) = (&r.strong_model, &route, selected) {
         if let Some(s) = get(&sm.task) {
             let p = s.probability_of(&sm.label);
             d.strong_score = Some(p);
@@ -122,6 +142,7 @@ mod tests {
             task: task.into(),
             label: label.into(),
             probability: p,
+            scores: vec![],
         }
     }
 
@@ -134,6 +155,7 @@ mod tests {
                 sig("complexity", "reasoning", 0.9),
             ],
             None,
+            0,
         );
         assert_eq!(d.model, "qwen3-8b");
         assert!(d.use_reasoning);
@@ -150,6 +172,7 @@ mod tests {
                 sig("complexity", "simple", 0.95),
             ],
             None,
+            0,
         );
         assert_eq!(d.model, "qwen3-0.6b");
         assert!(!d.use_reasoning);
@@ -157,7 +180,7 @@ mod tests {
 
     #[test]
     fn low_confidence_uses_default_model() {
-        let d = decide(&cfg(), vec![sig("domain", "law", 0.2)], None);
+        let d = decide(&cfg(), vec![sig("domain", "law", 0.2)], None, 0);
         assert_eq!(d.model, "qwen3-0.6b");
         assert_eq!(d.category.as_deref(), Some("law"));
         assert!((d.confidence - 0.2).abs() < 1e-6);
@@ -184,14 +207,14 @@ mod tests {
             sig("domain", "math", 0.9),
             sig("complexity", "reasoning", 0.9),
         ];
-        let d = decide(&c, signals.clone(), Some(m.clone()));
+        let d = decide(&c, signals.clone(), Some(m.clone()), 0);
         assert_eq!(d.model, "qwen3-0.6b");
         assert_eq!(d.route.as_deref(), Some("support"));
         assert!(!d.use_reasoning, "complexity does not override a route");
         c.routing.routes_win = false;
-        let d = decide(&c, signals, Some(m.clone()));
+        let d = decide(&c, signals, Some(m.clone()), 0);
         assert_eq!((d.model.as_str(), d.route.as_deref()), ("qwen3-8b", None));
-        let d = decide(&c, vec![sig("domain", "math", 0.2)], Some(m));
+        let d = decide(&c, vec![sig("domain", "math", 0.2)], Some(m), 0);
         assert_eq!(
             d.route.as_deref(),
             Some("support"),
@@ -214,6 +237,7 @@ mod tests {
             &c,
             vec![sig("domain", "history", 0.9), sig("strong", "strong", 0.7)],
             None,
+            0,
         );
         assert_eq!(d.model, "qwen3-8b");
         assert!(d.use_reasoning);
@@ -222,20 +246,68 @@ mod tests {
             &c,
             vec![sig("domain", "math", 0.9), sig("strong", "weak", 0.8)],
             None,
+            0,
         );
         assert_eq!(d.model, "qwen3-0.6b");
         assert!((d.strong_score.unwrap() - 0.2).abs() < 1e-6);
     }
 
     #[test]
+    fn selection_decides_where_no_category_or_route_did() {
+        let mut c = cfg();
+        c.models[1].pricing.output_per_million = 2.0;
+        c.routing.selection = Some(crate::config::SelectionRule {
+            task: "quality".into(),
+            cost_weight: 0.0,
+            candidates: vec![],
+            answer_tokens: 300,
+            weight_header: true,
+        });
+        let quality = Signal {
+            task: "quality".into(),
+            label: "qwen3-8b".into(),
+            probability: 0.8,
+            scores: vec![("qwen3-0.6b".into(), 0.5), ("qwen3-8b".into(), 0.8)],
+        };
+        // An unconfident domain: the selection decides (best quality at weight 0).
+        let d = decide(
+            &c,
+            vec![sig("domain", "law", 0.2), quality.clone()],
+            None,
+            100,
+        );
+        assert_eq!(d.model, "qwen3-8b");
+        assert_eq!(d.alternatives, ["qwen3-0.6b"]);
+        let sel = d.selection.as_ref().unwrap();
+        assert_eq!(sel.candidates.len(), 2);
+        // A confident category rule takes precedence (math -> qwen3-8b first in the embedded
+        // config, so give the selection the other preference to tell them apart).
+        c.routing.selection.as_mut().unwrap().cost_weight = 10.0;
+        let d = decide(
+            &c,
+            vec![sig("domain", "math", 0.9), quality.clone()],
+            None,
+            100,
+        );
+        assert!(d.selection.is_none());
+        assert_eq!(d.model, "qwen3-8b");
+        let d = decide(&c, vec![sig("domain", "law", 0.2), quality], None, 100);
+        assert_eq!(d.model, "qwen3-0.6b", "the weight prices qwen3-8b out");
+        // No profile signal (the router's fast tier stood in): categories and default.
+        let d = decide(&c, vec![sig("domain", "law", 0.2)], None, 100);
+        assert!(d.selection.is_none());
+        assert_eq!(d.model, c.routing.default_model);
+    }
+
+    #[test]
     fn jailbreak_blocks_or_flags() {
         let mut c = cfg();
-        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.99)], None);
+        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.99)], None, 0);
         assert!(d.jailbreak && d.blocked);
-        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.5)], None);
+        let d = decide(&c, vec![sig("jailbreak", "jailbreak", 0.5)], None, 0);
         assert!(!d.jailbreak, "under the threshold");
         c.routing.jailbreak.action = JailbreakAction::Flag;
-        let d = decide(&c, vec![sig("jailbreak", "malicious", 0.99)], None);
+        let d = decide(&c, vec![sig("jailbreak", "malicious", 0.99)], None, 0);
         assert!(d.jailbreak && !d.blocked);
     }
 }

@@ -25,6 +25,9 @@ pub enum KeysCmd {
         /// Spend per UTC day, from the models' prices.
         #[arg(long)]
         budget_usd_per_day: Option<f64>,
+        /// The selection's price weight for this key (`routing.selection.cost_weight`).
+        #[arg(long)]
+        cost_weight: Option<f64>,
         /// Models it may use, comma-separated (default: all).
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
@@ -69,7 +72,7 @@ async fn connect(cfg: &Config) -> anyhow::Result<crate::store::Conn> {
 fn line(r: &KeyRecord, spend: Option<f64>) -> String {
     let opt = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
     format!(
-        "{}\tmodels={}\trpm={}\ttpm={}\tbudget_usd_per_day={}\tspent_today_usd={}",
+        "{}\tmodels={}\trpm={}\ttpm={}\tbudget_usd_per_day={}\tcost_weight={}\tspent_today_usd={}",
         r.name,
         if r.models.is_empty() {
             "all".into()
@@ -79,6 +82,7 @@ fn line(r: &KeyRecord, spend: Option<f64>) -> String {
         opt(r.rpm),
         opt(r.tpm),
         r.budget_usd_per_day.map_or("-".into(), |b| b.to_string()),
+        r.cost_weight.map_or("-".into(), |w| w.to_string()),
         spend.map_or("-".into(), |s| format!("{s:.6}")),
     )
 }
@@ -91,6 +95,7 @@ pub async fn run(cmd: KeysCmd, cfg: &Config) -> anyhow::Result<()> {
             rpm,
             tpm,
             budget_usd_per_day,
+            cost_weight,
             models,
             file,
         } => {
@@ -103,6 +108,9 @@ pub async fn run(cmd: KeysCmd, cfg: &Config) -> anyhow::Result<()> {
             if budget_usd_per_day.is_some_and(|b| b.is_nan() || b < 0.0) {
                 anyhow::bail!("--budget-usd-per-day must be 0 or more");
             }
+            if cost_weight.is_some_and(|w| !w.is_finite() || w < 0.0) {
+                anyhow::bail!("--cost-weight must be a number >= 0");
+            }
             let key = keys::generate();
             let rec = KeyRecord {
                 name: name.clone(),
@@ -111,6 +119,7 @@ pub async fn run(cmd: KeysCmd, cfg: &Config) -> anyhow::Result<()> {
                 rpm,
                 tpm,
                 budget_usd_per_day,
+                cost_weight,
                 created: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),

@@ -38,6 +38,10 @@ pub struct KeyRecord {
     /// Spend per UTC day from the models' prices; None: no budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd_per_day: Option<f64>,
+    /// The selection's price weight for this key's `auto` requests (`routing.selection`);
+    /// None: the config's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_weight: Option<f64>,
     /// Unix seconds.
     #[serde(default)]
     pub created: u64,
@@ -273,6 +277,7 @@ mod tests {
                 rpm: Some(60),
                 tpm: None,
                 budget_usd_per_day: Some(5.0),
+                cost_weight: None,
                 created: 1,
             }],
         };

@@ -851,6 +851,7 @@ mod tests {
             rpm,
             tpm,
             budget_usd_per_day: None,
+            cost_weight: None,
             created: 0,
         }
     }

@@ -462,6 +462,7 @@ mod tests {
                 rpm: None,
                 tpm: None,
                 budget_usd_per_day: None,
+                cost_weight: None,
                 created: 0,
             }),
             metrics: Arc::new(KeyMetrics::new("t")),
