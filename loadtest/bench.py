@@ -230,7 +230,8 @@ def k6(base_url, model, rate, seconds, work, tag):
 class Stack:
     """redis-server, classifier-svc (MiniLM + models/heads), vllm-sim, router-svc."""
 
-    def __init__(self, procs, sim_args=(), classifier=True, router_env=None, router_args=()):
+    def __init__(self, procs, sim_args=(), classifier=True, router_env=None, router_args=(),
+                 classifier_env=None):
         self.procs = procs
         rp = free_port()
         procs.start("redis", ["redis-server", "--port", str(rp), "--save", "", "--appendonly", "no"])
@@ -242,7 +243,8 @@ class Stack:
             http = free_port()
             self.classifier_argv = [os.path.join(BIN, "classifier-svc"), "serve"]
             self.classifier_env = {"CLASSIFIER_GRPC_ADDR": f"127.0.0.1:{grpc}",
-                                   "CLASSIFIER_HTTP_ADDR": f"127.0.0.1:{http}", "RUST_LOG": "warn"}
+                                   "CLASSIFIER_HTTP_ADDR": f"127.0.0.1:{http}", "RUST_LOG": "warn",
+                                   **(classifier_env or {})}
             p = procs.start("classifier", self.classifier_argv, self.classifier_env)
             self.classifier_proc = p
             self.classifier_http = f"http://127.0.0.1:{http}"
@@ -783,6 +785,62 @@ def section_fast(work, seconds, rates, repeats=2):
     return out
 
 
+SELECT_PROMPT = ("A company's revenue grew from 1.2 million to 1.5 million dollars over two years. "
+                 "What was the compound annual growth rate, and how would you explain it? (run {seq})")
+
+
+def eight_model_config(work, sim, source, name):
+    """A models/ config of the eight MMLU-Pro models with its endpoints on the simulator and a
+    classifier deadline a profile pass meets on this machine."""
+    with open(os.path.join(ROOT, "models", source)) as f:
+        text = f.read().replace("http://127.0.0.1:9", sim)
+    text += "\nclassifier:\n  timeout_ms: 2000\n"
+    path = os.path.join(work, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def section_select(work, seconds, rates, miss_rate, repeats=2):
+    """What selection among eight models by their profiles adds to the router's CPU. One stack
+    whose classifier serves the MMLU-Pro profile (models/profiles/mmlu-pro) beside the heads; two
+    routers on it loaded at the same time, each with the eight models: today's decision (the
+    strong-model knob of models/route-bench.yaml) and the selection (models/selection-mmlu-pro.yaml).
+    (a) decision-cache hits, the selection re-ranked on every request by `x-vsr-cost-weight`;
+    (b) unique prompts (every request classified), at a rate the classifier keeps up with."""
+    out = {"hits": [], "misses": []}
+    procs = Procs(work)
+    try:
+        st = Stack(procs, INSTANT_SIM,
+                   classifier_env={"CLASSIFIER_PROFILES": os.path.join(ROOT, "models", "profiles", "mmlu-pro")})
+        knob_cfg = eight_model_config(work, st.sim, "route-bench.yaml", "knob.yaml")
+        sel_cfg = eight_model_config(work, st.sim, "selection-mmlu-pro.yaml", "select.yaml")
+        knob, knob_proc = st.start_router({"ROUTER_CONFIG": knob_cfg}, name="router-knob")
+        sel, sel_proc = st.start_router({"ROUTER_CONFIG": sel_cfg}, name="router-select")
+        status, headers, body = http_post(f"{sel}/v1/route", chat_body("auto", PROMPT))
+        assert status == 200 and json.loads(body)["decision"].get("selection"), body
+        hit = chat_body("auto", PROMPT)
+        for url in (knob, sel):
+            for _ in range(3):
+                http_post(f"{url}/v1/chat/completions", hit)
+        header = ["--header", "x-vsr-cost-weight: 0.3"]
+        for rate in rates:
+            for i in range(repeats):
+                log(f"selection: cache hits, {rate} req/s each ({i + 1}/{repeats})")
+                pair = loaded_together(work, f"select-hits-{rate}-{i}", rate, seconds,
+                                       (("knob", knob, knob_proc, header), ("select", sel, sel_proc, header)), hit)
+                out["hits"] += paired_rows(rate, i, pair)
+        for i in range(repeats):
+            log(f"selection: unique prompts, {miss_rate} req/s each ({i + 1}/{repeats})")
+            body = chat_body("auto", SELECT_PROMPT.replace("{seq}", f"{i}-{{seq}}"))
+            pair = loaded_together(work, f"select-miss-{i}", miss_rate, seconds * 2,
+                                   (("knob", knob, knob_proc, []), ("select", sel, sel_proc, [])), body)
+            out["misses"] += paired_rows(miss_rate, i, pair)
+    finally:
+        procs.stop_all()
+    return out
+
+
 def paired_table(w, rows, a, b, label_a, label_b):
     """Rows of two modes measured together: CPU per request of each and what `b` adds."""
     w(f"| rate req/s each | run | {label_a}: CPU µs/req | {label_b}: CPU µs/req | **added µs/req** | "
@@ -1201,6 +1259,31 @@ def write_report(path, args, res, started):
             w(f"Added CPU on a cache hit, mean of the pairs: **{mean:.1f} µs**, median {median:.1f} µs "
               "(target: nothing added; the tier runs only when the classifier fails, never on a hit).")
             w("")
+    sel = res.get("select")
+    if sel:
+        w("## Selection among eight models (issue 30)")
+        w("")
+        w("Two router-svc processes on one stack whose classifier serves the MMLU-Pro profile "
+          "(`CLASSIFIER_PROFILES=models/profiles/mmlu-pro`), loaded at the same time, each by its "
+          "own loadgen, both configured with the eight MMLU-Pro models: today's decision (the "
+          "strong-model knob, models/route-bench.yaml) and the selection by profiles "
+          "(models/selection-mmlu-pro.yaml). Router CPU per request sent (µs, `/proc`).")
+        w("")
+        w("Decision-cache hits, every request re-ranked by `x-vsr-cost-weight: 0.3`:")
+        w("")
+        mean, median = paired_table(w, sel["hits"], "knob", "select", "strong knob", "selection")
+        if mean is not None:
+            w(f"Added router CPU on a hit, mean of the pairs: **{mean:.1f} µs**, median {median:.1f} µs "
+              f"(target ≤ 20 µs: {'met' if mean <= 20 else 'missed'}).")
+            w("")
+        w("Unique prompts (every request classified; the rate is what the classifier serves on "
+          "these 2 cores):")
+        w("")
+        mean, median = paired_table(w, sel["misses"], "knob", "select", "strong knob", "selection")
+        if mean is not None:
+            w(f"Added router CPU on a classified request, mean of the pairs: **{mean:.1f} µs**, "
+              f"median {median:.1f} µs (target ≤ 20 µs: {'met' if mean <= 20 else 'missed'}).")
+            w("")
     with open(path, "w") as f:
         f.write("\n".join(L))
     return "\n".join(L)
@@ -1249,6 +1332,8 @@ def main():
         res["otel"] = section_otel(work, args.seconds, [1000, 2000], repeats=6)
     if "fast" in sections:
         res["fast"] = section_fast(work, args.seconds, [1000, 2000], repeats=2)
+    if "select" in sections:
+        res["select"] = section_select(work, args.seconds, [1000, 2000], 10, repeats=2)
     if "rcache" in sections:
         res["rcache"] = section_rcache(work, args.seconds, [2000, 5000],
                                        [8000, 16000, 24000, 32000, 40000, 48000, 56000])

@@ -9,8 +9,9 @@
 //! 2. a base per model, `sigmoid(a + b * logit(d))`: two numbers fitted on the model's own
 //!    scores, so that a model scored on a few dozen prompts still moves with the prompt's
 //!    difficulty instead of being one constant;
-//! 3. the model's own scores on its `k` nearest scored prompts, shrunk toward that base by
-//!    `shrinkage` (a model with few scores near the prompt falls back on the base).
+//! 3. the model's own scores on those of the prompt's `k` nearest stored prompts that it was
+//!    scored on, shrunk toward that base by `shrinkage`: a model scored on few prompts has few
+//!    or none among them, and its prediction is its base.
 //!
 //! Served as a head of kind `profile` over the normalised pooled embedding (one encoder pass
 //! serves it with the other heads): its labels are model names and its values expected scores,
@@ -63,8 +64,6 @@ pub struct Profile {
     scores: Vec<f32>,
     /// The reference score of each stored prompt.
     difficulty: Vec<f32>,
-    /// Per model, the rows it was scored on (None: every row).
-    rows_of: Vec<Option<Vec<u32>>>,
 }
 
 fn logit(p: f32) -> f32 {
@@ -76,12 +75,13 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// The `k` most similar of `rows` (all rows when None) as `(similarity, row)`, in no order.
-fn nearest(sims: &[f32], rows: Option<&[u32]>, k: usize) -> Vec<(f32, u32)> {
-    let mut all: Vec<(f32, u32)> = match rows {
-        Some(r) => r.iter().map(|&i| (sims[i as usize], i)).collect(),
-        None => sims.iter().enumerate().map(|(i, &s)| (s, i as u32)).collect(),
-    };
+/// The `k` most similar rows as `(similarity, row)`, in no order.
+fn nearest(sims: &[f32], k: usize) -> Vec<(f32, u32)> {
+    let mut all: Vec<(f32, u32)> = sims
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| (s, i as u32))
+        .collect();
     if all.len() > k && k > 0 {
         all.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
         all.truncate(k);
@@ -89,12 +89,17 @@ fn nearest(sims: &[f32], rows: Option<&[u32]>, k: usize) -> Vec<(f32, u32)> {
     all
 }
 
-/// Similarity-weighted mean of `value(row)` over `near`, shrunk toward `toward`.
+/// Similarity-weighted mean of `value(row)` over `near` (NaN values left out), shrunk toward
+/// `toward`.
 fn shrunk(near: &[(f32, u32)], shrinkage: f32, toward: f32, value: impl Fn(u32) -> f32) -> f32 {
     let (mut num, mut den) = (shrinkage * toward, shrinkage);
     for &(s, r) in near {
+        let v = value(r);
+        if v.is_nan() {
+            continue;
+        }
         let w = s.max(0.0);
-        num += w * value(r);
+        num += w * v;
         den += w;
     }
     if den > 0.0 {
@@ -137,22 +142,12 @@ impl Profile {
         if m < 2 || spec.k == 0 {
             return Err(fail("a profile needs at least 2 models and k >= 1".into()));
         }
-        let rows_of = (0..m)
-            .map(|j| {
-                let scored: Vec<u32> = (0..rows)
-                    .filter(|&i| !scores[i * m + j].is_nan())
-                    .map(|i| i as u32)
-                    .collect();
-                (scored.len() < rows).then_some(scored)
-            })
-            .collect();
         Ok(Self {
             spec,
             dim,
             embeddings,
             scores,
             difficulty,
-            rows_of,
         })
     }
 
@@ -185,8 +180,8 @@ impl Profile {
     pub fn predict(&self, sims: &[f32]) -> Vec<f32> {
         let s = &self.spec;
         let m = s.labels.len();
-        let all = nearest(sims, None, s.k);
-        let d = shrunk(&all, s.shrinkage, s.difficulty_mean, |r| {
+        let near = nearest(sims, s.k);
+        let d = shrunk(&near, s.shrinkage, s.difficulty_mean, |r| {
             self.difficulty[r as usize]
         });
         let ld = logit(d);
@@ -194,17 +189,7 @@ impl Profile {
             .map(|j| {
                 let [a, b] = s.calibration[j];
                 let base = sigmoid(a + b * ld);
-                let own;
-                let near = match &self.rows_of[j] {
-                    None => &all,
-                    Some(rows) => {
-                        own = nearest(sims, Some(rows), s.k);
-                        &own
-                    }
-                };
-                shrunk(near, s.shrinkage, base, |r| {
-                    self.scores[r as usize * m + j]
-                })
+                shrunk(&near, s.shrinkage, base, |r| self.scores[r as usize * m + j])
             })
             .collect()
     }
@@ -311,7 +296,7 @@ mod tests {
             task: "quality".into(),
             kind: "profile".into(),
             labels: vec!["a".into(), "b".into(), "c".into()],
-            k: 5,
+            k: 10,
             shrinkage: 1.0,
             calibration: vec![[0.0, 1.0]; 3],
             prior: vec![0.5; 3],
@@ -328,9 +313,9 @@ mod tests {
     fn each_model_is_predicted_from_its_own_neighbours() {
         let p = two_clusters();
         let q = p.predict_embedding(&[1.0, 0.0]);
-        // 5 neighbours at similarity 1, shrinkage 1 toward the base 0.5: (5 + 0.5) / 6.
-        assert!((q[0] - 5.5 / 6.0).abs() < 1e-5, "{q:?}");
-        assert!((q[1] - 0.5 / 6.0).abs() < 1e-5, "{q:?}");
+        // 10 neighbours at similarity 1, shrinkage 1 toward the base 0.5: (10 + 0.5) / 11.
+        assert!((q[0] - 10.5 / 11.0).abs() < 1e-5, "{q:?}");
+        assert!((q[1] - 0.5 / 11.0).abs() < 1e-5, "{q:?}");
         let q = p.predict_embedding(&[0.0, 1.0]);
         assert!(q[1] > 0.9 && q[0] < 0.1, "{q:?}");
     }
@@ -338,8 +323,8 @@ mod tests {
     #[test]
     fn a_model_with_few_scores_falls_back_on_its_base() {
         let p = two_clusters();
-        // "c" has one score per cluster: near the first cluster its right answer counts, the
-        // far one weighs nothing (similarity 0), the rest is the base.
+        // "c" has one score per cluster: among the 10 nearest (the first cluster) its one right
+        // answer counts beside the base; the other cluster's score is not among them.
         let q = p.predict_embedding(&[1.0, 0.0]);
         assert!((q[2] - (1.0 + 0.5) / 2.0).abs() < 1e-5, "{q:?}");
         let q = p.predict_embedding(&[0.0, 1.0]);

@@ -1432,3 +1432,128 @@ async fn classifier_spans_join_the_routers_trace() {
         }
     }
 }
+
+/// Selection among models by predicted quality and price, end to end: `semroute-train profile`
+/// builds a profile from scored prompts (the large model right on maths, both right on
+/// chit-chat), classifier-svc serves it beside the heads (`CLASSIFIER_PROFILES`), and the
+/// router's `routing.selection` chooses by it; the cost weight moves the choice per request
+/// (`x-vsr-cost-weight`), /v1/route explains it, and a bad weight is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selection_by_profiles_chooses_by_quality_and_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let be = Backends::start().await;
+    let math = |i: usize| {
+        format!(
+            "Compute the definite integral of x^{} from 0 to {} and prove each step.",
+            i % 5 + 2,
+            i + 1
+        )
+    };
+    let chat_text = |i: usize| format!("Hi there! How is your day going, friend number {i}?");
+    let mut scored = String::new();
+    for i in 0..24 {
+        scored += &json!({"text": math(i), "scores": {"small": 0, "big": 1}}).to_string();
+        scored += "\n";
+        scored += &json!({"text": chat_text(i), "scores": {"small": 1, "big": 1}}).to_string();
+        scored += "\n";
+    }
+    let data = dir.path().join("scored.jsonl");
+    std::fs::write(&data, scored).unwrap();
+    let selection = "  selection:\n    task: quality\n    cost_weight: 0.2\n";
+    let models = |small: &str, big: &str| {
+        format!(
+            "models:\n  - name: small\n    endpoints: [\"{small}\"]\n    pricing: {{input_per_million: 0.1, output_per_million: 0.2}}\n  - name: big\n    endpoints: [\"{big}\"]\n    pricing: {{input_per_million: 1.0, output_per_million: 4.0}}\n"
+        )
+    };
+    let train_cfg = dir.path().join("select.yaml");
+    std::fs::write(
+        &train_cfg,
+        format!(
+            "{}routing:\n  default_model: small\n{selection}",
+            models("http://127.0.0.1:9", "http://127.0.0.1:9")
+        ),
+    )
+    .unwrap();
+    let profile = dir.path().join("profile");
+    let out = std::process::Command::new(bin("semroute-train"))
+        .args(["profile", "--k", "5", "--shrinkage", "1", "--encoder"])
+        .arg(minilm())
+        .arg("--data")
+        .arg(&data)
+        .arg("--config")
+        .arg(&train_cfg)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(&profile)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("| oracle (cheapest right model) |"), "{report}");
+    assert!(profile.join("head.json").is_file() && profile.join("CARD.md").is_file());
+
+    let profile_dir = profile.display().to_string();
+    let cls = Classifier::start_env(dir.path(), &[("CLASSIFIER_PROFILES", &profile_dir)]);
+    let yaml = config_yaml(Some(cls.grpc_port), None, &be.small(), &be.c.url, "");
+    // The selection decides where no category rule does: no category is confident here.
+    let (head, _) = yaml.split_once("models:\n").unwrap();
+    let yaml = format!(
+        "{head}{}routing:\n  default_model: small\n  confidence_threshold: 1.0\n{selection}",
+        models(be.a.url.as_str(), be.c.url.as_str())
+    );
+    let router = Router::start(dir.path(), &yaml, &[]);
+    router.wait_classifier_known();
+    let c = client();
+    let route = format!("{}/v1/route", router.base);
+    let ask = |text: String, weight: Option<&'static str>| {
+        let mut rq = c.post(&route).json(&chat("auto", &text));
+        if let Some(w) = weight {
+            rq = rq.header("x-vsr-cost-weight", w);
+        }
+        rq.send()
+    };
+    let r = ask(math(3), None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let sel = &v["decision"]["selection"];
+    assert_eq!(v["decision"]["model"], "big", "{v}");
+    assert_eq!(sel["weight_from"], "config", "{v}");
+    let cands = sel["candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 2, "{v}");
+    let q = |m: &str| {
+        cands.iter().find(|c| c["model"] == m).unwrap()["quality"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(q("big") > q("small") + 0.3, "{v}");
+    assert!(sel["why"].as_str().unwrap().contains("highest expected quality"), "{v}");
+    // Chit-chat: both expected right, the cheaper one wins at the config's weight.
+    let v: Value = ask(chat_text(30), None).await.unwrap().json().await.unwrap();
+    assert_eq!(v["decision"]["model"], "small", "{v}");
+    // A request that weighs price heavily: maths goes to the small model, from the cache.
+    let v: Value = ask(math(3), Some("5")).await.unwrap().json().await.unwrap();
+    assert_eq!(v["decision"]["model"], "small", "{v}");
+    assert_eq!(v["decision"]["selection"]["weight_from"], "header", "{v}");
+    assert_eq!(v["cache_hit"], true, "{v}");
+    let r = ask(math(3), Some("cheap")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-vsr-cost-weight"),
+        "{v}"
+    );
+    // Forwarded where the selection said.
+    let url = format!("{}/v1/chat/completions", router.base);
+    let (s, h, _) = post(&c, &url, &chat("auto", &math(4))).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-vsr-selected-model"), "big");
+    drop(cls);
+}

@@ -12,6 +12,7 @@ pub mod distill;
 pub mod eval;
 pub mod finetune;
 pub mod perturb;
+pub mod profile;
 pub mod robustness;
 pub mod route_bench;
 pub mod spans;

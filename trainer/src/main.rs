@@ -1,5 +1,5 @@
 //! semroute-train: train, fine-tune and judge the classifier's heads (`train`, `finetune`,
-//! `eval`, `centroid-heads`, `route-bench`, `guard-robustness`, `distill`, `cascade`). The server binary (classifier-svc) serves what this writes.
+//! `eval`, `centroid-heads`, `route-bench`, `profile`, `guard-robustness`, `distill`, `cascade`). The server binary (classifier-svc) serves what this writes.
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +31,9 @@ enum Command {
     /// Replay prompts with per-model correctness through the routing policy: accuracy and cost
     /// of every model, the router along its cost knob, random routing and the oracle.
     RouteBench(semroute_trainer::route_bench::RouteBenchArgs),
+    /// Model profiles from scored prompts (each model's expected quality on a prompt) and the
+    /// accuracy/cost curve of selecting by them; `--max-scored`: a model joining with few scores.
+    Profile(semroute_trainer::profile::ProfileArgs),
     /// Judge the guard under small harmless edits: fixed ones and an adaptive greedy search.
     GuardRobustness(semroute_trainer::robustness::RobustnessArgs),
     /// Distil the shared encoder into static token embeddings (model2vec): the fast tier.
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Finetune(args) => semroute_trainer::finetune::run(&args),
         Command::CentroidHeads(args) => semroute_trainer::centroid::run(&args),
         Command::RouteBench(args) => semroute_trainer::route_bench::run(&args),
+        Command::Profile(args) => semroute_trainer::profile::run(&args),
         Command::GuardRobustness(args) => semroute_trainer::robustness::run(&args),
         Command::Distill(args) => semroute_trainer::distill::run(&args),
         Command::Cascade(args) => semroute_trainer::cascade::run(&args),

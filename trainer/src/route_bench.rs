@@ -77,9 +77,15 @@ pub struct RouteBenchArgs {
     /// Write the report here (markdown), with the command that reproduces it.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Write the figures here (JSON).
+    /// Print the report as JSON on stdout instead of markdown: for each knob setting and each
+    /// single model `accuracy`, `cost` (USD per 1k prompts) and `strong_share` (share sent to
+    /// the `reference_model`, the most accurate single model), and the `oracle`.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub json: bool,
+    /// A model profile (`semroute-train profile`) served beside the heads, for a config with
+    /// `routing.selection` (repeatable).
+    #[arg(long = "profile")]
+    pub profiles: Vec<PathBuf>,
 }
 
 /// Accuracy and mean cost per request of one way of choosing models.
@@ -113,6 +119,11 @@ pub struct Report {
     pub pairs: BTreeMap<String, dataset::QualityCurve>,
     pub best_model: String,
     pub headline: String,
+    /// The same figures along the knob (the cost weight with `routing.selection`, else the
+    /// strong-model threshold), in the JSON form `--json` prints.
+    pub curve: crate::profile::Curve,
+    /// The knob is the selection's cost weight (`routing.selection`).
+    pub selection: bool,
 }
 
 /// One prompt: what each model costs on it and whether it answered it right.
@@ -120,18 +131,19 @@ struct Case {
     correct: BTreeMap<String, bool>,
     cost: BTreeMap<String, f64>,
     signals: Vec<Signal>,
+    chars: usize,
 }
 
 pub fn run(args: &RouteBenchArgs) -> anyhow::Result<()> {
     let report = bench(args)?;
     let md = markdown(args, &report);
-    print!("{md}");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.curve)?);
+    } else {
+        print!("{md}");
+    }
     if let Some(p) = &args.out {
         std::fs::write(p, &md).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-    }
-    if let Some(p) = &args.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
     }
     Ok(())
 }
@@ -195,6 +207,12 @@ fn signals(model: &Model, texts: &[&str]) -> anyhow::Result<Vec<Vec<Signal>>> {
                         task: t.name.clone(),
                         label: t.labels[best].clone(),
                         probability: prob,
+                        // A profile's every value is what the selection reads.
+                        scores: if t.kind() == "profile" {
+                            t.labels.iter().cloned().zip(p.iter().copied()).collect()
+                        } else {
+                            Vec::new()
+                        },
                     })
                 })
                 .collect()
@@ -308,7 +326,10 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
         names.join(", ")
     );
     let source: Source = args.encoder.parse()?;
-    let model = Model::load_encoder(&source, Some(&args.heads), &LoadOptions::default())?;
+    let mut model = Model::load_encoder(&source, Some(&args.heads), &LoadOptions::default())?;
+    for p in &args.profiles {
+        model.add_profile(p)?;
+    }
     let texts: Vec<&str> = kept.iter().map(|(t, _)| t.as_str()).collect();
     let sigs = signals(&model, &texts)?;
     let cases: Vec<Case> = kept
@@ -331,11 +352,12 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
                 correct: correct.clone(),
                 cost,
                 signals,
+                chars: text.chars().count(),
             }
         })
         .collect();
 
-    let decide = |cfg: &Config, c: &Case| policy::decide(cfg, c.signals.clone(), None);
+    let decide = |cfg: &Config, c: &Case| policy::decide(cfg, c.signals.clone(), None, c.chars);
     let decisions: Vec<_> = cases.iter().map(|c| decide(&cfg, c)).collect();
     for d in &decisions {
         anyhow::ensure!(
@@ -455,7 +477,44 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
             100.0 * p.router.cost / best.cost.max(1e-12)
         );
     }
+    // The knob as a curve: the cost weight of the selection, else the strong threshold.
+    let index = |m: &str| names.iter().position(|n| n == m).expect("checked above");
+    let (settings, choices): (Vec<f64>, Vec<Vec<usize>>) = if cfg.routing.selection.is_some() {
+        let settings = crate::profile::weights();
+        let mut c2 = cfg.clone();
+        let choices = settings
+            .iter()
+            .map(|&w| {
+                c2.routing.selection.as_mut().expect("checked").cost_weight = w;
+                cases.iter().map(|c| index(&decide(&c2, c).model)).collect()
+            })
+            .collect();
+        (settings, choices)
+    } else {
+        let mut c2 = cfg.clone();
+        let choices = knob
+            .iter()
+            .map(|p| {
+                if let Some(sm) = c2.routing.strong_model.as_mut() {
+                    sm.threshold = p.threshold;
+                }
+                cases.iter().map(|c| index(&decide(&c2, c).model)).collect()
+            })
+            .collect();
+        (knob.iter().map(|p| f64::from(p.threshold)).collect(), choices)
+    };
+    let plain: Vec<crate::profile::Case> = cases
+        .iter()
+        .map(|c| crate::profile::Case {
+            correct: names.iter().map(|m| f64::from(u8::from(c.correct[m]))).collect(),
+            cost: names.iter().map(|m| c.cost[m]).collect(),
+            chars: c.chars,
+        })
+        .collect();
+    let curve = crate::profile::curve(&names, &plain, &settings, &choices);
     Ok(Report {
+        curve,
+        selection: cfg.routing.selection.is_some(),
         rows: cases.len(),
         skipped,
         models,
@@ -466,6 +525,12 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
         pairs,
         best_model,
         headline,
+    })
+}
+
+fn fmt_at(x: Option<(f64, f64)>) -> String {
+    x.map_or("-".into(), |(a, c)| {
+        format!("{:.1} % of its accuracy at {:.1} % of its cost", 100.0 * a, 100.0 * c)
     })
 }
 
@@ -560,6 +625,18 @@ fn markdown(args: &RouteBenchArgs, r: &Report) -> String {
                 p.random_accuracy
             );
         }
+        s.push('\n');
+    }
+    if r.selection {
+        let _ = writeln!(s, "## The selection (cost weight)\n");
+        let _ = writeln!(
+            s,
+            "At <= 40 % of {}'s cost: {}; at <= 20 %: {}.\n",
+            r.curve.reference_model,
+            fmt_at(r.curve.at_40),
+            fmt_at(r.curve.at_20)
+        );
+        crate::profile::curve_markdown(&mut s, &r.curve, "selection, weight");
         s.push('\n');
     }
     if !r.pairs.is_empty() {
