@@ -22,6 +22,8 @@ Sections (each starts its own processes on free loopback ports and stops them):
             at the same time, as auth)
   fast      the router's fast tier in process: router CPU of a classification by it (classifier
             away) against failing open, and what it adds to a cache hit (nothing)
+  select    selection among eight models by profiles (issue 30): router CPU on decision-cache
+            hits re-ranked per request, against the strong-model knob, same run
   auth      the cost of API keys + per-key limits (auth.mode: keys, one Redis round trip a
             grant) on the cache-hit path: router CPU per request with and without, same run
 
@@ -785,10 +787,6 @@ def section_fast(work, seconds, rates, repeats=2):
     return out
 
 
-SELECT_PROMPT = ("A company's revenue grew from 1.2 million to 1.5 million dollars over two years. "
-                 "What was the compound annual growth rate, and how would you explain it? (run {seq})")
-
-
 def eight_model_config(work, sim, source, name):
     """A models/ config of the eight MMLU-Pro models with its endpoints on the simulator and a
     classifier deadline a profile pass meets on this machine."""
@@ -801,14 +799,16 @@ def eight_model_config(work, sim, source, name):
     return path
 
 
-def section_select(work, seconds, rates, miss_rate, repeats=2):
+def section_select(work, seconds, rates, repeats=2):
     """What selection among eight models by their profiles adds to the router's CPU. One stack
     whose classifier serves the MMLU-Pro profile (models/profiles/mmlu-pro) beside the heads; two
     routers on it loaded at the same time, each with the eight models: today's decision (the
     strong-model knob of models/route-bench.yaml) and the selection (models/selection-mmlu-pro.yaml).
-    (a) decision-cache hits, the selection re-ranked on every request by `x-vsr-cost-weight`;
-    (b) unique prompts (every request classified), at a rate the classifier keeps up with."""
-    out = {"hits": [], "misses": []}
+    Decision-cache hits, the selection re-ranked on every request by `x-vsr-cost-weight`. A
+    classified request's added work (the policy's, the decision's size) is measured in process
+    by `semroute-train route-bench --profile`: at the rate the classifier serves on these cores,
+    /proc's ticks cannot resolve a few microseconds a request."""
+    out = {"hits": []}
     procs = Procs(work)
     try:
         st = Stack(procs, INSTANT_SIM,
@@ -830,12 +830,6 @@ def section_select(work, seconds, rates, miss_rate, repeats=2):
                 pair = loaded_together(work, f"select-hits-{rate}-{i}", rate, seconds,
                                        (("knob", knob, knob_proc, header), ("select", sel, sel_proc, header)), hit)
                 out["hits"] += paired_rows(rate, i, pair)
-        for i in range(repeats):
-            log(f"selection: unique prompts, {miss_rate} req/s each ({i + 1}/{repeats})")
-            body = chat_body("auto", SELECT_PROMPT.replace("{seq}", f"{i}-{{seq}}"))
-            pair = loaded_together(work, f"select-miss-{i}", miss_rate, seconds * 2,
-                                   (("knob", knob, knob_proc, []), ("select", sel, sel_proc, [])), body)
-            out["misses"] += paired_rows(miss_rate, i, pair)
     finally:
         procs.stop_all()
     return out
@@ -1276,14 +1270,11 @@ def write_report(path, args, res, started):
             w(f"Added router CPU on a hit, mean of the pairs: **{mean:.1f} µs**, median {median:.1f} µs "
               f"(target ≤ 20 µs: {'met' if mean <= 20 else 'missed'}).")
             w("")
-        w("Unique prompts (every request classified; the rate is what the classifier serves on "
-          "these 2 cores):")
+        w("A classified request's added work is measured in process by `semroute-train "
+          "route-bench --config models/selection-mmlu-pro.yaml --profile models/profiles/mmlu-pro` "
+          "(models/route-bench/mmlu-pro-test-selection.md, last paragraph: the policy's µs per "
+          "decision with and without the selection, and the cached decision's size).")
         w("")
-        mean, median = paired_table(w, sel["misses"], "knob", "select", "strong knob", "selection")
-        if mean is not None:
-            w(f"Added router CPU on a classified request, mean of the pairs: **{mean:.1f} µs**, "
-              f"median {median:.1f} µs (target ≤ 20 µs: {'met' if mean <= 20 else 'missed'}).")
-            w("")
     with open(path, "w") as f:
         f.write("\n".join(L))
     return "\n".join(L)
@@ -1333,7 +1324,7 @@ def main():
     if "fast" in sections:
         res["fast"] = section_fast(work, args.seconds, [1000, 2000], repeats=2)
     if "select" in sections:
-        res["select"] = section_select(work, args.seconds, [1000, 2000], 10, repeats=2)
+        res["select"] = section_select(work, args.seconds, [1000, 2000], repeats=3)
     if "rcache" in sections:
         res["rcache"] = section_rcache(work, args.seconds, [2000, 5000],
                                        [8000, 16000, 24000, 32000, 40000, 48000, 56000])

@@ -189,7 +189,9 @@ impl Profile {
             .map(|j| {
                 let [a, b] = s.calibration[j];
                 let base = sigmoid(a + b * ld);
-                shrunk(&near, s.shrinkage, base, |r| self.scores[r as usize * m + j])
+                shrunk(&near, s.shrinkage, base, |r| {
+                    self.scores[r as usize * m + j]
+                })
             })
             .collect()
     }
@@ -346,11 +348,78 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// Served as a head of a model (a similarity product on the device, then `predict`), the
+    /// profile answers what `predict_embedding` answers for the model's own embedding; its
+    /// files join the model's revision.
+    #[test]
+    fn served_as_a_head_it_predicts_what_it_predicts_alone() -> anyhow::Result<()> {
+        use crate::{fixtures, Arch, LoadOptions, Model, Source, Truncation};
+        let dir = tempfile::tempdir()?;
+        let enc = dir.path().join("enc");
+        let spec = fixtures::Spec::tiny(Arch::Bert);
+        fixtures::write_checkpoint(&enc, &spec)?;
+        let mut model = Model::load_encoder(&Source::Local(enc), None, &LoadOptions::default())?;
+        let dim = model.meta.hidden_size;
+        // 12 stored prompts: unit vectors along the first axes, with scores that differ.
+        let rows = 12;
+        let mut emb = vec![0.0; rows * dim];
+        let mut scores = Vec::new();
+        for i in 0..rows {
+            emb[i * dim + i % dim] = 1.0;
+            emb[i * dim + (i + 1) % dim] = if i % 2 == 0 { 0.5 } else { -0.5 };
+            scores.extend([f32::from(u8::from(i % 3 == 0)), 0.25 * (i % 4) as f32]);
+        }
+        for row in emb.chunks_mut(dim) {
+            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|x| *x /= n);
+        }
+        let spec = ProfileSpec {
+            task: "quality".into(),
+            kind: "profile".into(),
+            labels: vec!["a".into(), "b".into()],
+            k: 4,
+            shrinkage: 0.5,
+            calibration: vec![[0.1, 1.0], [-0.2, 0.8]],
+            prior: vec![0.33, 0.4],
+            scored: vec![rows, rows],
+            reference: vec!["a".into(), "b".into()],
+            difficulty_mean: 0.4,
+            encoder: "tiny".into(),
+            source: String::new(),
+        };
+        let alone = Profile::new(spec, dim, emb, scores, vec![0.3; rows])?;
+        let pdir = dir.path().join("quality");
+        alone.save(&pdir)?;
+        let before = model.meta.revision.clone();
+        model.add_profile(&pdir)?;
+        assert_ne!(model.meta.revision, before);
+        assert_eq!(model.tasks.last().unwrap().kind(), "profile");
+        let e = model.tokenize(
+            "how well does each model answer this?",
+            Truncation::Truncate,
+        )?;
+        let out = model.run(&[&e.ids])?;
+        let served = out.probs[0].last().unwrap();
+        let expected = alone.predict_embedding(&out.embeddings[0]);
+        for (s, x) in served.iter().zip(&expected) {
+            assert!((s - x).abs() < 1e-5, "{served:?} vs {expected:?}");
+        }
+        // A second head for the same task is refused.
+        assert!(model.add_profile(&pdir).is_err());
+        Ok(())
+    }
+
     #[test]
     fn shapes_that_disagree_are_refused() {
         let p = two_clusters();
-        let err = Profile::new(p.spec.clone(), 2, vec![0.0; 40], vec![0.0; 10], vec![0.5; 20])
-            .unwrap_err();
+        let err = Profile::new(
+            p.spec.clone(),
+            2,
+            vec![0.0; 40],
+            vec![0.0; 10],
+            vec![0.5; 20],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("20 stored prompts"), "{err}");
     }
 }

@@ -1494,7 +1494,10 @@ async fn selection_by_profiles_chooses_by_quality_and_price() {
         "{report}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(report.contains("| oracle (cheapest right model) |"), "{report}");
+    assert!(
+        report.contains("| oracle (cheapest right model) |"),
+        "{report}"
+    );
     assert!(profile.join("head.json").is_file() && profile.join("CARD.md").is_file());
 
     let profile_dir = profile.display().to_string();
@@ -1503,7 +1506,7 @@ async fn selection_by_profiles_chooses_by_quality_and_price() {
     // The selection decides where no category rule does: no category is confident here.
     let (head, _) = yaml.split_once("models:\n").unwrap();
     let yaml = format!(
-        "{head}{}routing:\n  default_model: small\n  confidence_threshold: 1.0\n{selection}",
+        "{head}{}routing:\n  default_model: small\n  confidence_threshold: 1.0\n  jailbreak: {{enabled: false}}\n{selection}",
         models(be.a.url.as_str(), be.c.url.as_str())
     );
     let router = Router::start(dir.path(), &yaml, &[]);
@@ -1531,9 +1534,20 @@ async fn selection_by_profiles_chooses_by_quality_and_price() {
             .unwrap()
     };
     assert!(q("big") > q("small") + 0.3, "{v}");
-    assert!(sel["why"].as_str().unwrap().contains("highest expected quality"), "{v}");
+    assert!(
+        sel["why"]
+            .as_str()
+            .unwrap()
+            .contains("highest expected quality"),
+        "{v}"
+    );
     // Chit-chat: both expected right, the cheaper one wins at the config's weight.
-    let v: Value = ask(chat_text(30), None).await.unwrap().json().await.unwrap();
+    let v: Value = ask(chat_text(30), None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["decision"]["model"], "small", "{v}");
     // A request that weighs price heavily: maths goes to the small model, from the cache.
     let v: Value = ask(math(3), Some("5")).await.unwrap().json().await.unwrap();

@@ -147,12 +147,7 @@ pub fn random_at(singles: &[(f64, f64)], cost: f64) -> f64 {
 
 /// Builds the report from each prompt's choice at each knob setting (`choices[s][i]`: model
 /// index for prompt i at setting s).
-pub fn curve(
-    names: &[String],
-    cases: &[Case],
-    settings: &[f64],
-    choices: &[Vec<usize>],
-) -> Curve {
+pub fn curve(names: &[String], cases: &[Case], settings: &[f64], choices: &[Vec<usize>]) -> Curve {
     let n = cases.len().max(1) as f64;
     let score = |pick: &dyn Fn(usize) -> usize, setting: Option<f64>, refm: usize| {
         let (mut acc, mut cost, mut strong) = (0.0, 0.0, 0.0);
@@ -319,9 +314,13 @@ fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
     } else {
         let mut rows = Vec::new();
         for f in &args.data {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let text =
+                std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
                 let v: Value = serde_json::from_str(line)
                     .map_err(|e| anyhow::anyhow!("{}:{}: {e}", f.display(), i + 1))?;
                 if let Some(t) = dataset::field_str(&v, &args.text_field) {
@@ -342,7 +341,10 @@ fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
     };
     let mut labels = Vec::new();
     for r in rows {
-        let map = r.record.as_ref().and_then(|v| v.pointer(&args.scores_field));
+        let map = r
+            .record
+            .as_ref()
+            .and_then(|v| v.pointer(&args.scores_field));
         let s: Vec<f32> = names
             .iter()
             .map(|m| match map.and_then(|o| o.get(m)) {
@@ -352,7 +354,10 @@ fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
             })
             .collect();
         if let Some(bad) = s.iter().find(|x| !x.is_nan() && !(0.0..=1.0).contains(*x)) {
-            anyhow::bail!("a score of {bad} at {}: scores are in [0, 1]", args.scores_field);
+            anyhow::bail!(
+                "a score of {bad} at {}: scores are in [0, 1]",
+                args.scores_field
+            );
         }
         if s.iter().all(|x| x.is_nan()) {
             continue;
@@ -576,12 +581,7 @@ fn held_out(
     })
 }
 
-fn evaluate(
-    cfg: &Config,
-    names: &[String],
-    profile: &Profile,
-    ev: &Eval,
-) -> anyhow::Result<Curve> {
+fn evaluate(cfg: &Config, names: &[String], profile: &Profile, ev: &Eval) -> anyhow::Result<Curve> {
     let quality: Vec<Vec<f32>> = ev.sims.iter().map(|s| profile.predict(s)).collect();
     let settings = weights();
     let choices = select_all(cfg, names, &quality, &ev.cases, &settings)?;
@@ -731,7 +731,16 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     let mut best: Option<(f64, usize, f32)> = None;
     for &k in &args.k {
         for &s in &args.shrinkage {
-            let p = fit(&names, &train_emb, &train_scores, &sims, k, s, &encoder_id, &src)?;
+            let p = fit(
+                &names,
+                &train_emb,
+                &train_scores,
+                &sims,
+                k,
+                s,
+                &encoder_id,
+                &src,
+            )?;
             let g = evaluate(&cfg, &names, &p, &val_ev)?.gain;
             eprintln!("  k {k}, shrinkage {s}: validation gain {g:.4}");
             grid.push((k, s, g));
@@ -741,7 +750,16 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
         }
     }
     let (_, k, s) = best.ok_or_else(|| anyhow::anyhow!("--k and --shrinkage: nothing to try"))?;
-    let profile = fit(&names, &train_emb, &train_scores, &sims, k, s, &encoder_id, &src)?;
+    let profile = fit(
+        &names,
+        &train_emb,
+        &train_scores,
+        &sims,
+        k,
+        s,
+        &encoder_id,
+        &src,
+    )?;
     let test_curve = evaluate(&cfg, &names, &profile, &test_ev)?;
     let mut join = Vec::new();
     if args.join_curve {
@@ -749,15 +767,32 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
             let idx = names.iter().position(|m| m == j).expect("checked");
             let full_scores: Vec<Vec<f32>> =
                 train.iter().map(|&i| data.scores[i].clone()).collect();
-            let full = fit(&names, &train_emb, &full_scores, &sims, k, s, &encoder_id, &src)?;
+            let full = fit(
+                &names,
+                &train_emb,
+                &full_scores,
+                &sims,
+                k,
+                s,
+                &encoder_id,
+                &src,
+            )?;
             let full_curve = evaluate(&cfg, &names, &full, &test_ev)?;
             let mut without_cfg = cfg.clone();
-            without_cfg.routing.selection.as_mut().expect("checked").candidates =
-                names.iter().filter(|m| *m != j).cloned().collect();
+            without_cfg
+                .routing
+                .selection
+                .as_mut()
+                .expect("checked")
+                .candidates = names.iter().filter(|m| *m != j).cloned().collect();
             let without = evaluate(&without_cfg, &names, &full, &test_ev)?.gain;
             eprintln!("  without {j}: gain {without:.4}");
             for n in [Some(10), Some(25), Some(50), Some(100), None] {
-                let seeds = if n.is_some() { args.join_seeds.max(1) } else { 1 };
+                let seeds = if n.is_some() {
+                    args.join_seeds.max(1)
+                } else {
+                    1
+                };
                 let mut curves = Vec::new();
                 for seed in 0..seeds {
                     let c = match n {
@@ -833,7 +868,11 @@ fn command_line() -> String {
 
 fn pct(x: Option<(f64, f64)>) -> String {
     x.map_or("-".into(), |(a, c)| {
-        format!("{:.1} % of its accuracy at {:.1} % of its cost", 100.0 * a, 100.0 * c)
+        format!(
+            "{:.1} % of its accuracy at {:.1} % of its cost",
+            100.0 * a,
+            100.0 * c
+        )
     })
 }
 
@@ -889,8 +928,7 @@ pub fn curve_markdown(s: &mut String, c: &Curve, knob: &str) {
             p.cost,
             100.0 * p.strong_share,
             rel(p),
-            p.random_accuracy
-                .map_or("-".into(), |a| format!("{a:.4}"))
+            p.random_accuracy.map_or("-".into(), |a| format!("{a:.4}"))
         );
     }
 }
@@ -937,7 +975,9 @@ fn markdown(args: &ProfileArgs, r: &Report) -> String {
         let _ = writeln!(s, "|---|---|---|---|---|---|---|");
         for j in &r.join {
             let f = |x: Option<(f64, f64)>| {
-                x.map_or("-".into(), |(a, c)| format!("{:.1} % / {:.1} %", 100.0 * a, 100.0 * c))
+                x.map_or("-".into(), |(a, c)| {
+                    format!("{:.1} % / {:.1} %", 100.0 * a, 100.0 * c)
+                })
             };
             let _ = writeln!(
                 s,
@@ -953,7 +993,10 @@ fn markdown(args: &ProfileArgs, r: &Report) -> String {
             );
         }
     }
-    let _ = writeln!(s, "\n## Validation grid\n\n| k | shrinkage | validation gain |\n|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n## Validation grid\n\n| k | shrinkage | validation gain |\n|---|---|---|"
+    );
     for (k, sh, g) in &r.grid {
         let _ = writeln!(s, "| {k} | {sh} | {g:+.4} |");
     }

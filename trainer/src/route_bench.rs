@@ -124,6 +124,39 @@ pub struct Report {
     pub curve: crate::profile::Curve,
     /// The knob is the selection's cost weight (`routing.selection`).
     pub selection: bool,
+    /// With `routing.selection`: the policy's CPU per decision (µs) and the decision's JSON
+    /// size (bytes, what the cache stores), with the selection and with it taken out, measured
+    /// in the same run on the same signals.
+    pub selection_cost: Option<SelectionCost>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SelectionCost {
+    pub policy_us_with: f64,
+    pub policy_us_without: f64,
+    pub decision_bytes_with: f64,
+    pub decision_bytes_without: f64,
+}
+
+/// Mean µs per `policy::decide` over the cases (interleaved rounds, best of 5) and mean JSON
+/// bytes of the decisions.
+fn policy_cost(cfg: &Config, cases: &[Case]) -> (f64, f64) {
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        for c in cases {
+            std::hint::black_box(policy::decide(cfg, c.signals.clone(), None, c.chars));
+        }
+        best = best.min(t0.elapsed().as_secs_f64() * 1e6 / cases.len().max(1) as f64);
+    }
+    let bytes: usize = cases
+        .iter()
+        .map(|c| {
+            serde_json::to_vec(&policy::decide(cfg, c.signals.clone(), None, c.chars))
+                .map_or(0, |v| v.len())
+        })
+        .sum();
+    (best, bytes as f64 / cases.len().max(1) as f64)
 }
 
 /// One prompt: what each model costs on it and whether it answered it right.
@@ -501,19 +534,44 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
                 cases.iter().map(|c| index(&decide(&c2, c).model)).collect()
             })
             .collect();
-        (knob.iter().map(|p| f64::from(p.threshold)).collect(), choices)
+        (
+            knob.iter().map(|p| f64::from(p.threshold)).collect(),
+            choices,
+        )
     };
     let plain: Vec<crate::profile::Case> = cases
         .iter()
         .map(|c| crate::profile::Case {
-            correct: names.iter().map(|m| f64::from(u8::from(c.correct[m]))).collect(),
+            correct: names
+                .iter()
+                .map(|m| f64::from(u8::from(c.correct[m])))
+                .collect(),
             cost: names.iter().map(|m| c.cost[m]).collect(),
             chars: c.chars,
         })
         .collect();
     let curve = crate::profile::curve(&names, &plain, &settings, &choices);
+    let selection_cost = cfg.routing.selection.as_ref().map(|_| {
+        let mut bare = cfg.clone();
+        bare.routing.selection = None;
+        // Alternated, so that both see the same machine state.
+        let (mut w, mut o) = ((f64::INFINITY, 0.0), (f64::INFINITY, 0.0));
+        for _ in 0..3 {
+            let a = policy_cost(&cfg, &cases);
+            let b = policy_cost(&bare, &cases);
+            w = (w.0.min(a.0), a.1);
+            o = (o.0.min(b.0), b.1);
+        }
+        SelectionCost {
+            policy_us_with: w.0,
+            policy_us_without: o.0,
+            decision_bytes_with: w.1,
+            decision_bytes_without: o.1,
+        }
+    });
     Ok(Report {
         curve,
+        selection_cost,
         selection: cfg.routing.selection.is_some(),
         rows: cases.len(),
         skipped,
@@ -530,7 +588,11 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
 
 fn fmt_at(x: Option<(f64, f64)>) -> String {
     x.map_or("-".into(), |(a, c)| {
-        format!("{:.1} % of its accuracy at {:.1} % of its cost", 100.0 * a, 100.0 * c)
+        format!(
+            "{:.1} % of its accuracy at {:.1} % of its cost",
+            100.0 * a,
+            100.0 * c
+        )
     })
 }
 
@@ -638,6 +700,19 @@ fn markdown(args: &RouteBenchArgs, r: &Report) -> String {
         );
         crate::profile::curve_markdown(&mut s, &r.curve, "selection, weight");
         s.push('\n');
+        if let Some(c) = &r.selection_cost {
+            let _ = writeln!(
+                s,
+                "Policy CPU per decision (`policy::decide`, in process, best of 15 rounds over these \
+                 prompts' signals): **{:.2} µs with the selection, {:.2} µs without it** (+{:.2} µs); \
+                 the decision the cache stores: {:.0} bytes of JSON with it, {:.0} without.\n",
+                c.policy_us_with,
+                c.policy_us_without,
+                c.policy_us_with - c.policy_us_without,
+                c.decision_bytes_with,
+                c.decision_bytes_without
+            );
+        }
     }
     if !r.pairs.is_empty() {
         let _ = writeln!(s, "## Weak/strong pairs, ranked by the strong score\n");

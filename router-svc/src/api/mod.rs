@@ -254,7 +254,10 @@ fn reweigh(
         if sel.candidates.first().is_some_and(|c| c.model == d.model) {
             decide::select::reweigh(sel, w, from);
             d.model = sel.candidates[0].model.clone();
-            d.alternatives = sel.candidates[1..].iter().map(|c| c.model.clone()).collect();
+            d.alternatives = sel.candidates[1..]
+                .iter()
+                .map(|c| c.model.clone())
+                .collect();
         }
     }
     Ok(())

@@ -341,7 +341,10 @@ pub async fn decide(rt: &Runtime, text: Option<&str>) -> Outcome {
             .into_iter()
             .map(|r| Signal {
                 scores: if profile_task == Some(r.task.as_str()) {
-                    r.scores.into_iter().map(|s| (s.label, s.probability)).collect()
+                    r.scores
+                        .into_iter()
+                        .map(|s| (s.label, s.probability))
+                        .collect()
                 } else {
                     Vec::new()
                 },

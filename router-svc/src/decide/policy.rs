@@ -68,7 +68,10 @@ pub fn decide(
         if let Some(s) = get(&rule.task).filter(|s| !s.scores.is_empty()) {
             if let Some(sel) = select::select(cfg, rule, &s.scores, prompt_chars) {
                 d.model = sel.candidates[0].model.clone();
-                d.alternatives = sel.candidates[1..].iter().map(|c| c.model.clone()).collect();
+                d.alternatives = sel.candidates[1..]
+                    .iter()
+                    .map(|c| c.model.clone())
+                    .collect();
                 d.selection = Some(sel);
             }
         }
@@ -125,6 +128,12 @@ pub fn decide(
     }
     let mut seen = HashSet::from([d.model.clone()]);
     d.alternatives.retain(|m| seen.insert(m.clone()));
+    // The profile's every value served the selection (kept in `d.selection`, scored); the
+    // cached decision keeps the top label only, like the other signals.
+    let mut signals = signals;
+    for s in &mut signals {
+        s.scores = Vec::new();
+    }
     d.signals = signals;
     d
 }

@@ -103,7 +103,11 @@ fn rank(s: &mut Selection) {
     let best_q = s
         .candidates
         .iter()
-        .max_by(|a, b| a.quality.total_cmp(&b.quality).then(b.cost.total_cmp(&a.cost)))
+        .max_by(|a, b| {
+            a.quality
+                .total_cmp(&b.quality)
+                .then(b.cost.total_cmp(&a.cost))
+        })
         .expect("candidates are not empty");
     s.why = if best_q.model == top.model {
         format!(
@@ -161,7 +165,11 @@ mod tests {
         let c = cfg();
         let s = select(&c, &rule(0.0), &quality(), 400).unwrap();
         let names: Vec<_> = s.candidates.iter().map(|c| c.model.as_str()).collect();
-        assert_eq!(names, ["qwen3-8b", "qwen3-0.6b"], "unconfigured models are no candidates");
+        assert_eq!(
+            names,
+            ["qwen3-8b", "qwen3-0.6b"],
+            "unconfigured models are no candidates"
+        );
         assert!(s.why.contains("highest expected quality"), "{}", s.why);
         // 100 prompt tokens + 300 answer tokens: 0.04 and 0.7 USD per 1k requests.
         assert!((s.candidates[1].cost - 0.04).abs() < 1e-9);
