@@ -120,7 +120,7 @@ impl Profile {
     ) -> Result<Self> {
         let m = spec.labels.len();
         let fail = |why: String| Error::load(format!("profile {}", spec.task), why);
-        if dim == 0 || embeddings.len() % dim != 0 {
+        if dim == 0 || !embeddings.len().is_multiple_of(dim) {
             return Err(fail(format!(
                 "embeddings of {} values are not rows of {dim}",
                 embeddings.len()

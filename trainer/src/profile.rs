@@ -516,9 +516,11 @@ fn fit(
     let mut prior = Vec::with_capacity(m);
     let mut calibration = Vec::with_capacity(m);
     for j in 0..m {
-        let xy: Vec<(f64, f64)> = (0..n)
-            .filter(|&i| !scores[i][j].is_nan())
-            .map(|i| (est[i], f64::from(scores[i][j])))
+        let xy: Vec<(f64, f64)> = scores
+            .iter()
+            .zip(&est)
+            .filter(|(s, _)| !s[j].is_nan())
+            .map(|(s, &x)| (x, f64::from(s[j])))
             .collect();
         let p = xy.iter().map(|x| x.1).sum::<f64>() / xy.len().max(1) as f64;
         prior.push(p as f32);
