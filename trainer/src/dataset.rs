@@ -137,6 +137,25 @@ pub fn load(
     Ok(rows)
 }
 
+/// Every record of the JSONL files that has a text at `text_field`, unlabelled (a whole file
+/// is the input, as `route-bench --split all` and `profile` read it).
+pub fn text_rows(paths: &[PathBuf], text_field: &str) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for f in paths {
+        for v in records(f)? {
+            if let Some(t) = field_str(&v, text_field) {
+                rows.push(Row {
+                    text: t,
+                    label: String::new(),
+                    group: None,
+                    record: Some(v),
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
 /// Indices of a stratified split: `val_fraction` of every label goes to validation.
 pub fn stratified_split(
     labels: &[usize],

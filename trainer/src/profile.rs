@@ -312,34 +312,12 @@ fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
     let rows = if args.split_label_field.is_some() {
         dataset::load(&input, None, true)?
     } else {
-        let mut rows = Vec::new();
-        for f in &args.data {
-            let text =
-                std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            for (i, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let v: Value = serde_json::from_str(line)
-                    .map_err(|e| anyhow::anyhow!("{}:{}: {e}", f.display(), i + 1))?;
-                if let Some(t) = dataset::field_str(&v, &args.text_field) {
-                    rows.push(dataset::Row {
-                        text: t,
-                        label: "all".into(),
-                        group: None,
-                        record: Some(v),
-                    });
-                }
-            }
-        }
-        rows
+        dataset::text_rows(&args.data, &args.text_field)?
     };
     let mut out = Scored {
         texts: Vec::new(),
         scores: Vec::new(),
     };
-    let mut labels = Vec::new();
     for r in rows {
         let map = r
             .record
@@ -362,7 +340,6 @@ fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
         if s.iter().all(|x| x.is_nan()) {
             continue;
         }
-        labels.push(r.label);
         out.texts.push(r.text);
         out.scores.push(s);
     }
@@ -373,7 +350,6 @@ fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
         names.join(", "),
         args.scores_field
     );
-    let _ = labels;
     Ok(out)
 }
 

@@ -17,7 +17,6 @@ use semroute_encoder::{LoadOptions, Model, Source};
 use semroute_router::config::Config;
 use semroute_router::decide::{policy, Signal};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::dataset::{self, DataArgs, Row};
 
@@ -200,26 +199,7 @@ fn load_rows(args: &RouteBenchArgs) -> anyhow::Result<Vec<Row>> {
         ("test", None) => anyhow::bail!(
             "--split test needs --split-label-field (the label the head was trained on), so the rows are that head's test split"
         ),
-        ("all", _) => {
-            let mut rows = Vec::new();
-            for f in &args.data {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-                for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                    let v: Value = serde_json::from_str(line)
-                        .map_err(|e| anyhow::anyhow!("{}:{}: {e}", f.display(), i + 1))?;
-                    if let Some(t) = dataset::field_str(&v, &args.text_field) {
-                        rows.push(Row {
-                            text: t,
-                            label: String::new(),
-                            group: None,
-                            record: Some(v),
-                        });
-                    }
-                }
-            }
-            Ok(rows)
-        }
+        ("all", _) => dataset::text_rows(&args.data, &args.text_field),
         (other, _) => anyhow::bail!("--split {other:?}: expected all or test"),
     }
 }
