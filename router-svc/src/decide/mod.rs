@@ -63,6 +63,16 @@ impl KeyParts {
         wanted.retain(|s| !s.is_empty());
         wanted.dedup();
         let tasks = rt.classifier.tasks_for(&wanted);
+        // Said once per change of what the classifier serves (this runs only then).
+        if let Some(sel) = cfg.routing.selection.as_ref() {
+            if !tasks.contains(&sel.task) {
+                tracing::warn!(
+                    task = %sel.task,
+                    "routing.selection is configured but the classifier serves no such profile task \
+                     (classifier-svc --profile DIR): categories and the default model decide"
+                );
+            }
+        }
         // Routes embedded or not yet is part of what a decision depends on.
         let routes_state = match (rt.routes.is_empty(), with_embedding) {
             (true, _) => "",
