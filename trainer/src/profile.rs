@@ -23,7 +23,7 @@ use semroute_router::decide::{policy, Signal};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::dataset::{self, DataArgs};
+use crate::dataset;
 
 #[derive(Debug, Clone, Args)]
 pub struct ProfileArgs {
@@ -45,15 +45,10 @@ pub struct ProfileArgs {
     pub max_length: usize,
     #[arg(long, default_value = "models/cache/embeddings")]
     pub cache_dir: PathBuf,
-    /// The split is stratified by this label (a JSON pointer or field, `a+b` joins two); the
-    /// same field, map, fractions and seed as a head's training give that head's split.
-    /// Without it, a split stratified by nothing.
-    #[arg(long)]
-    pub split_label_field: Option<String>,
-    #[arg(long)]
-    pub split_label_map: Option<String>,
+    /// The split: a head's (the same label field, map, fractions and seed as its training),
+    /// or without `--split-label-field` one stratified by nothing.
     #[command(flatten)]
-    pub splits: crate::train::SplitArgs,
+    pub head_split: crate::train::HeadSplit,
     /// Neighbours to try (the validation split chooses).
     #[arg(long, value_delimiter = ',', default_value = "25,50,100,200")]
     pub k: Vec<usize>,
@@ -303,13 +298,8 @@ struct Scored {
 }
 
 fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
-    let input = DataArgs {
-        data: args.data.clone(),
-        text_field: args.text_field.clone(),
-        label_field: args.split_label_field.clone().unwrap_or_default(),
-        label_map: args.split_label_map.clone(),
-    };
-    let rows = if args.split_label_field.is_some() {
+    let input = args.head_split.data_args(&args.data, &args.text_field);
+    let rows = if args.head_split.split_label_field.is_some() {
         dataset::load(&input, None, true)?
     } else {
         dataset::text_rows(&args.data, &args.text_field)?
@@ -640,14 +630,9 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
     let emb = crate::train::embed_cached(&model, &texts, args.max_length, &args.cache_dir)?;
     // The split: the label's (a head's split) or one stratified by nothing.
-    let y: Vec<usize> = match &args.split_label_field {
+    let y: Vec<usize> = match &args.head_split.split_label_field {
         Some(_) => {
-            let input = DataArgs {
-                data: args.data.clone(),
-                text_field: args.text_field.clone(),
-                label_field: args.split_label_field.clone().unwrap_or_default(),
-                label_map: args.split_label_map.clone(),
-            };
+            let input = args.head_split.data_args(&args.data, &args.text_field);
             let rows = dataset::load(&input, None, false)?;
             crate::train::label_ids(&rows)?.1
         }
@@ -659,7 +644,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
         y.len(),
         data.texts.len()
     );
-    let (train, val, test) = args.splits.split(&y);
+    let (train, val, test) = args.head_split.splits.split(&y);
     let train_emb: Vec<Vec<f32>> = train.iter().map(|&i| emb[i].clone()).collect();
     let mut train_scores: Vec<Vec<f32>> = train.iter().map(|&i| data.scores[i].clone()).collect();
     let prices: Vec<(f64, f64)> = names
@@ -700,25 +685,19 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     let max_scored = match (args.max_scored, args.join.first()) {
         (Some(n), Some(j)) => {
             let idx = names.iter().position(|m| m == j).expect("checked");
-            train_scores = restrict(&train_scores, idx, n, args.splits.seed);
+            train_scores = restrict(&train_scores, idx, n, args.head_split.splits.seed);
             Some((j.clone(), n))
         }
         _ => None,
+    };
+    let fit_with = |scores: &[Vec<f32>], k: usize, s: f32| {
+        fit(&names, &train_emb, scores, &sims, k, s, &encoder_id, &src)
     };
     let mut grid = Vec::new();
     let mut best: Option<(f64, usize, f32)> = None;
     for &k in &args.k {
         for &s in &args.shrinkage {
-            let p = fit(
-                &names,
-                &train_emb,
-                &train_scores,
-                &sims,
-                k,
-                s,
-                &encoder_id,
-                &src,
-            )?;
+            let p = fit_with(&train_scores, k, s)?;
             let g = evaluate(&cfg, &names, &p, &val_ev)?.gain;
             eprintln!("  k {k}, shrinkage {s}: validation gain {g:.4}");
             grid.push((k, s, g));
@@ -728,16 +707,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
         }
     }
     let (_, k, s) = best.ok_or_else(|| anyhow::anyhow!("--k and --shrinkage: nothing to try"))?;
-    let profile = fit(
-        &names,
-        &train_emb,
-        &train_scores,
-        &sims,
-        k,
-        s,
-        &encoder_id,
-        &src,
-    )?;
+    let profile = fit_with(&train_scores, k, s)?;
     let test_curve = evaluate(&cfg, &names, &profile, &test_ev)?;
     let mut join = Vec::new();
     if args.join_curve {
@@ -745,16 +715,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
             let idx = names.iter().position(|m| m == j).expect("checked");
             let full_scores: Vec<Vec<f32>> =
                 train.iter().map(|&i| data.scores[i].clone()).collect();
-            let full = fit(
-                &names,
-                &train_emb,
-                &full_scores,
-                &sims,
-                k,
-                s,
-                &encoder_id,
-                &src,
-            )?;
+            let full = fit_with(&full_scores, k, s)?;
             let full_curve = evaluate(&cfg, &names, &full, &test_ev)?;
             let mut without_cfg = cfg.clone();
             without_cfg
@@ -776,7 +737,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
                     let c = match n {
                         Some(n) => {
                             let sc = restrict(&full_scores, idx, n, seed);
-                            let p = fit(&names, &train_emb, &sc, &sims, k, s, &encoder_id, &src)?;
+                            let p = fit_with(&sc, k, s)?;
                             evaluate(&cfg, &names, &p, &test_ev)?
                         }
                         None => full_curve.clone(),

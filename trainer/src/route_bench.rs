@@ -18,7 +18,7 @@ use semroute_router::config::Config;
 use semroute_router::decide::{policy, Signal};
 use serde::Serialize;
 
-use crate::dataset::{self, DataArgs, Row};
+use crate::dataset::{self, Row};
 
 #[derive(Debug, Clone, Args)]
 pub struct RouteBenchArgs {
@@ -43,12 +43,8 @@ pub struct RouteBenchArgs {
     /// fractions and seed, and the rows are exactly that head's test split.
     #[arg(long, default_value = "all")]
     pub split: String,
-    #[arg(long)]
-    pub split_label_field: Option<String>,
-    #[arg(long)]
-    pub split_label_map: Option<String>,
     #[command(flatten)]
-    pub splits: crate::train::SplitArgs,
+    pub head_split: crate::train::HeadSplit,
     /// Tokens an answer costs, for every model...
     #[arg(long, default_value_t = 300)]
     pub answer_tokens: u32,
@@ -181,18 +177,13 @@ pub fn run(args: &RouteBenchArgs) -> anyhow::Result<()> {
 }
 
 fn load_rows(args: &RouteBenchArgs) -> anyhow::Result<Vec<Row>> {
-    let input = DataArgs {
-        data: args.data.clone(),
-        text_field: args.text_field.clone(),
-        label_field: args.split_label_field.clone().unwrap_or_default(),
-        label_map: args.split_label_map.clone(),
-    };
-    match (args.split.as_str(), &args.split_label_field) {
+    let input = args.head_split.data_args(&args.data, &args.text_field);
+    match (args.split.as_str(), &args.head_split.split_label_field) {
         ("test", Some(_)) => {
             let rows = dataset::load(&input, None, true)?;
             let (_, y) = crate::train::label_ids(&rows)?;
             let (_, _, test) =
-                args.splits.split(&y);
+                args.head_split.splits.split(&y);
             let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
             Ok(test.iter().filter_map(|&i| rows[i].take()).collect())
         }

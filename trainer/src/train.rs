@@ -801,6 +801,31 @@ pub(crate) fn label_ids(rows: &[Row]) -> anyhow::Result<(Vec<String>, Vec<usize>
     Ok((labels, y))
 }
 
+/// The split of a head trained on the same file: the label it was trained on (field, map) and
+/// the fractions and seed, so that `route-bench` and `profile` split the rows exactly as it did.
+#[derive(Debug, Clone, Args)]
+pub struct HeadSplit {
+    /// The label the split is stratified by (a JSON pointer or field, `a+b` joins two).
+    #[arg(long)]
+    pub split_label_field: Option<String>,
+    #[arg(long)]
+    pub split_label_map: Option<String>,
+    #[command(flatten)]
+    pub splits: SplitArgs,
+}
+
+impl HeadSplit {
+    /// The rows of `data` as the head read them (those with its label).
+    pub fn data_args(&self, data: &[PathBuf], text_field: &str) -> dataset::DataArgs {
+        dataset::DataArgs {
+            data: data.to_vec(),
+            text_field: text_field.to_string(),
+            label_field: self.split_label_field.clone().unwrap_or_default(),
+            label_map: self.split_label_map.clone(),
+        }
+    }
+}
+
 /// How a head's data is split (`train`), and so how the commands that judge a head on its own
 /// validation or test rows (`route-bench`, `cascade`) split it again.
 #[derive(Debug, Clone, Args)]

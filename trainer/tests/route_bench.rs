@@ -24,12 +24,14 @@ fn args(dir: &std::path::Path) -> RouteBenchArgs {
         encoder: dir.join("enc").display().to_string(),
         heads: dir.join("heads"),
         split: "all".into(),
-        split_label_field: None,
-        split_label_map: None,
-        splits: semroute_trainer::train::SplitArgs {
-            val_fraction: 0.15,
-            test_fraction: 0.15,
-            seed: 42,
+        head_split: semroute_trainer::train::HeadSplit {
+            split_label_field: None,
+            split_label_map: None,
+            splits: semroute_trainer::train::SplitArgs {
+                val_fraction: 0.15,
+                test_fraction: 0.15,
+                seed: 42,
+            },
         },
         answer_tokens: 100,
         model_answer_tokens: vec![],
