@@ -295,20 +295,30 @@ fn selection_rule(cfg: &Config) -> anyhow::Result<SelectionRule> {
 struct Scored {
     texts: Vec<String>,
     scores: Vec<Vec<f32>>,
+    /// Each row's split label id (all 0 without `--split-label-field`).
+    y: Vec<usize>,
 }
 
 fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
     let input = args.head_split.data_args(&args.data, &args.text_field);
-    let rows = if args.head_split.split_label_field.is_some() {
+    let by_label = args.head_split.split_label_field.is_some();
+    let rows = if by_label {
         dataset::load(&input, None, true)?
     } else {
         dataset::text_rows(&args.data, &args.text_field)?
     };
+    let y_all = if by_label {
+        crate::train::label_ids(&rows)?.1
+    } else {
+        vec![0; rows.len()]
+    };
+    let labelled = rows.len();
     let mut out = Scored {
         texts: Vec::new(),
         scores: Vec::new(),
+        y: Vec::new(),
     };
-    for r in rows {
+    for (r, y) in rows.into_iter().zip(y_all) {
         let map = r
             .record
             .as_ref()
@@ -332,7 +342,14 @@ fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
         }
         out.texts.push(r.text);
         out.scores.push(s);
+        out.y.push(y);
     }
+    // A head's split is of all its rows: one without any score would shift it.
+    anyhow::ensure!(
+        !by_label || out.texts.len() == labelled,
+        "every row with a split label needs a score: {labelled} labelled, {} scored",
+        out.texts.len()
+    );
     anyhow::ensure!(
         !out.texts.is_empty(),
         "no row of {:?} scores any of {} at {}",
@@ -341,12 +358,6 @@ fn read_scored(args: &ProfileArgs, names: &[String]) -> anyhow::Result<Scored> {
         args.scores_field
     );
     Ok(out)
-}
-
-/// Precomputed similarities: each training row's nearest other training rows (best first),
-/// and every evaluated row's similarity to every training row.
-struct Sims {
-    train_near: Vec<Vec<(f32, u32)>>,
 }
 
 fn matmul_rows(a: &[Vec<f32>], b: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -363,7 +374,10 @@ fn matmul_rows(a: &[Vec<f32>], b: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<f32>>> 
     Ok(out)
 }
 
-fn train_neighbours(emb: &[Vec<f32>], k: usize) -> anyhow::Result<Sims> {
+/// Each training row's `k` nearest other training rows as `(similarity, row)`, best first.
+type Neighbours = Vec<Vec<(f32, u32)>>;
+
+fn train_neighbours(emb: &[Vec<f32>], k: usize) -> anyhow::Result<Neighbours> {
     let mut train_near = Vec::with_capacity(emb.len());
     for (start, chunk) in emb.chunks(1024).enumerate() {
         let sims = matmul_rows(chunk, emb)?;
@@ -384,7 +398,7 @@ fn train_neighbours(emb: &[Vec<f32>], k: usize) -> anyhow::Result<Sims> {
             train_near.push(all);
         }
     }
-    Ok(Sims { train_near })
+    Ok(train_near)
 }
 
 fn logit(p: f64) -> f64 {
@@ -428,7 +442,7 @@ fn fit(
     names: &[String],
     emb: &[Vec<f32>],
     scores: &[Vec<f32>],
-    sims: &Sims,
+    sims: &Neighbours,
     k: usize,
     shrinkage: f32,
     encoder: &str,
@@ -467,7 +481,6 @@ fn fit(
     // Each training row's difficulty as a new prompt would see it: from its neighbours, not
     // from itself.
     let est: Vec<f64> = sims
-        .train_near
         .iter()
         .map(|near| {
             let (mut num, mut den) = (f64::from(shrinkage * mean), f64::from(shrinkage));
@@ -629,22 +642,7 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     let model = Model::load_encoder(&source, None, &LoadOptions::default())?;
     let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
     let emb = crate::train::embed_cached(&model, &texts, args.max_length, &args.cache_dir)?;
-    // The split: the label's (a head's split) or one stratified by nothing.
-    let y: Vec<usize> = match &args.head_split.split_label_field {
-        Some(_) => {
-            let input = args.head_split.data_args(&args.data, &args.text_field);
-            let rows = dataset::load(&input, None, false)?;
-            crate::train::label_ids(&rows)?.1
-        }
-        None => vec![0; data.texts.len()],
-    };
-    anyhow::ensure!(
-        y.len() == data.texts.len(),
-        "every row with a split label needs a score: {} labelled, {} scored",
-        y.len(),
-        data.texts.len()
-    );
-    let (train, val, test) = args.head_split.splits.split(&y);
+    let (train, val, test) = args.head_split.splits.split(&data.y);
     let train_emb: Vec<Vec<f32>> = train.iter().map(|&i| emb[i].clone()).collect();
     let mut train_scores: Vec<Vec<f32>> = train.iter().map(|&i| data.scores[i].clone()).collect();
     let prices: Vec<(f64, f64)> = names
@@ -805,7 +803,8 @@ fn command_line() -> String {
         .join(" ")
 }
 
-fn pct(x: Option<(f64, f64)>) -> String {
+/// "x % of its accuracy at y % of its cost" (shares of the reference model's).
+pub fn pct(x: Option<(f64, f64)>) -> String {
     x.map_or("-".into(), |(a, c)| {
         format!(
             "{:.1} % of its accuracy at {:.1} % of its cost",

@@ -117,9 +117,7 @@ pub struct Report {
     /// The same figures along the knob (the cost weight with `routing.selection`, else the
     /// strong-model threshold), in the JSON form `--json` prints.
     pub curve: crate::profile::Curve,
-    /// The knob is the selection's cost weight (`routing.selection`).
-    pub selection: bool,
-    /// With `routing.selection`: the policy's CPU per decision (µs) and the decision's JSON
+    /// With `routing.selection` (the knob is then its cost weight): the policy's CPU per decision (µs) and the decision's JSON
     /// size (bytes, what the cache stores), with the selection and with it taken out, measured
     /// in the same run on the same signals.
     pub selection_cost: Option<SelectionCost>,
@@ -543,7 +541,6 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
     Ok(Report {
         curve,
         selection_cost,
-        selection: cfg.routing.selection.is_some(),
         rows: cases.len(),
         skipped,
         models,
@@ -554,16 +551,6 @@ pub fn bench(args: &RouteBenchArgs) -> anyhow::Result<Report> {
         pairs,
         best_model,
         headline,
-    })
-}
-
-fn fmt_at(x: Option<(f64, f64)>) -> String {
-    x.map_or("-".into(), |(a, c)| {
-        format!(
-            "{:.1} % of its accuracy at {:.1} % of its cost",
-            100.0 * a,
-            100.0 * c
-        )
     })
 }
 
@@ -660,14 +647,14 @@ fn markdown(args: &RouteBenchArgs, r: &Report) -> String {
         }
         s.push('\n');
     }
-    if r.selection {
+    if r.selection_cost.is_some() {
         let _ = writeln!(s, "## The selection (cost weight)\n");
         let _ = writeln!(
             s,
             "At <= 40 % of {}'s cost: {}; at <= 20 %: {}.\n",
             r.curve.reference_model,
-            fmt_at(r.curve.at_40),
-            fmt_at(r.curve.at_20)
+            crate::profile::pct(r.curve.at_40),
+            crate::profile::pct(r.curve.at_20)
         );
         crate::profile::curve_markdown(&mut s, &r.curve, "selection, weight");
         s.push('\n');

@@ -196,7 +196,10 @@ fn route_bench_sweeps_the_selection_over_a_served_profile() {
     let mut a = args(d);
     a.profiles = vec![d.join("quality")];
     let r = bench(&a).unwrap();
-    assert!(r.selection);
+    assert!(
+        r.selection_cost.is_some(),
+        "the knob is the selection's weight"
+    );
     let c = &r.curve;
     let (first, last) = (&c.knob[0], c.knob.last().unwrap());
     assert_eq!(first.setting, Some(0.0));
