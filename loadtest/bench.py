@@ -24,6 +24,9 @@ Sections (each starts its own processes on free loopback ports and stops them):
             away) against failing open, and what it adds to a cache hit (nothing)
   select    selection among eight models by profiles (issue 30): router CPU on decision-cache
             hits re-ranked per request, against the strong-model knob, same run
+  overflow  one model's pool saturated by another client (vllm-sim, max_num_seqs 4, queue > 0):
+            time to first token p99 and success of the requests decided for it, overflow to the
+            next candidate on and off, one run (issue 31)
   auth      the cost of API keys + per-key limits (auth.mode: keys, one Redis round trip a
             grant) on the cache-hit path: router CPU per request with and without, same run
 
@@ -835,6 +838,94 @@ def section_select(work, seconds, rates, repeats=2):
     return out
 
 
+OVERFLOW_SIM = ["--ttft-ms", "20", "--tokens-per-sec", "100"]
+
+
+def overflow_config(work, big, small, overflow):
+    """Two models, every request decided for `big` (no classifier: the default model), `small`
+    the next candidate (the fallback); load scraped every 250 ms."""
+    path = os.path.join(work, f"overflow-{'on' if overflow else 'off'}.yaml")
+    with open(path, "w") as f:
+        f.write(f"""upstream:
+  first_byte_timeout_ms: 120000
+  load: {{interval_ms: 250, timeout_ms: 200, stale_after_ms: 2000}}
+models:
+  - name: big
+    endpoints: ["{big}"]
+    overflow: {str(overflow).lower()}
+  - name: small
+    endpoints: ["{small}"]
+routing:
+  default_model: big
+  fallback_model: small
+""")
+    return path
+
+
+def section_overflow(work, seconds, rate, repeats=2):
+    """One model's pool saturated: `big` (two vllm-sim replicas, 4 sequences at once each, 100
+    tokens/s) kept busy by another client (24 callers straight to the replicas, 200-token
+    answers: each replica's queue stays > 0); `small` (one replica, 256 sequences) idle. Two
+    routers, overflow on and off, take turns sending streamed requests (16 tokens) decided for
+    `big` at `rate` req/s; time to first token from the send."""
+    out = {"rate": rate, "seconds": seconds, "rows": []}
+    procs = Procs(work)
+    try:
+        sims = {}
+        for name, seqs in (("big-1", 4), ("big-2", 4), ("small-1", 256)):
+            port = free_port()
+            p = procs.start(name, [os.path.join(BIN, "vllm-sim"), "--addr", f"127.0.0.1:{port}",
+                                   "--name", name, "--max-num-seqs", str(seqs), *OVERFLOW_SIM],
+                            {"RUST_LOG": "warn"})
+            sims[name] = f"http://127.0.0.1:{port}"
+            wait_http(f"{sims[name]}/health", p)
+        big = f'{sims["big-1"]}", "{sims["big-2"]}'
+        routers = {}
+        for on in (False, True):
+            port = free_port()
+            proc = procs.start(f"router-overflow-{on}", [os.path.join(BIN, "router-svc"), "--config",
+                                                         overflow_config(work, big, sims["small-1"], on)],
+                               {"ROUTER_LISTEN": f"127.0.0.1:{port}", "RUST_LOG": "warn"})
+            routers[on] = f"http://127.0.0.1:{port}"
+            wait_http(f"{routers[on]}/readyz", proc)
+        # The other client: as long as every measured step, plus slack.
+        other_seconds = repeats * 2 * (seconds + 3) + 10
+        others = [threading.Thread(target=loadgen, daemon=True, args=(
+            f"{sims[b]}/v1/chat/completions", chat_body("big", max_tokens=200),
+            os.path.join(work, f"overflow-other-{b}.json")),
+            kwargs={"concurrency": 12, "seconds": other_seconds, "warmup": 0, "timeout": 120})
+            for b in ("big-1", "big-2")]
+        for t in others:
+            t.start()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            waiting = [metric_sum(metrics(f"{sims[b]}/metrics"), "vllm:num_requests_waiting")
+                       for b in ("big-1", "big-2")]
+            if min(waiting) > 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"the other client did not saturate big ({waiting})")
+        body = chat_body("auto", stream=True, max_tokens=16)
+        for i in range(repeats):
+            for on in (False, True):
+                m0 = metrics(f"{routers[on]}/metrics")
+                waiting = [metric_sum(metrics(f"{sims[b]}/metrics"), "vllm:num_requests_waiting")
+                           for b in ("big-1", "big-2")]
+                log(f"overflow {'on' if on else 'off'}: {rate} req/s ({i + 1}/{repeats}), big's queues {waiting}")
+                r = loadgen(f"{routers[on]}/v1/chat/completions", body,
+                            os.path.join(work, f"overflow-{on}-{i}.json"), rate=rate, seconds=seconds,
+                            timeout=120)
+                m1 = metrics(f"{routers[on]}/metrics")
+                r["overflowed"] = (metric_sum(m1, "router_upstream_overflow_total")
+                                   - metric_sum(m0, "router_upstream_overflow_total"))
+                r["big_waiting_before"] = waiting
+                out["rows"].append({"overflow": on, "run": i + 1, "report": r})
+    finally:
+        procs.stop_all()
+    return out
+
+
 def paired_table(w, rows, a, b, label_a, label_b):
     """Rows of two modes measured together: CPU per request of each and what `b` adds."""
     w(f"| rate req/s each | run | {label_a}: CPU µs/req | {label_b}: CPU µs/req | **added µs/req** | "
@@ -1275,6 +1366,41 @@ def write_report(path, args, res, started):
           "(models/route-bench/mmlu-pro-test-selection.md, last paragraph: the policy's µs per "
           "decision with and without the selection, and the cached decision's size).")
         w("")
+    ov = res.get("overflow")
+    if ov:
+        w("## Overflow when one model's pool is saturated (issue 31)")
+        w("")
+        w(f"`big`: two vllm-sim replicas, 4 sequences at once each, 100 tokens/s, kept saturated by "
+          f"another client straight to them (12 callers each, 200-token answers; the queue on each "
+          f"replica stays > 0: `big's queues` below, `vllm:num_requests_waiting` when the step "
+          f"began). `small`: one replica, 256 sequences. Two router-svc processes on them, every "
+          f"request decided for `big` (default model; `small` the next candidate), load scraped "
+          f"every 250 ms; one with overflow on, one with `overflow: false` on `big`; they take turns, "
+          f"{ov['rate']} streamed req/s (16 tokens) for {ov['seconds']:g} s each. Time to first token "
+          f"(first body chunk) from the send, per request.")
+        w("")
+        w("| overflow | run | big's queues | sent | ok | failed | overflowed | TTFT p50 ms | TTFT p99 ms | TTFT max ms |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        p99 = {False: [], True: []}
+        failed_on = 0
+        for row in ov["rows"]:
+            r = row["report"]
+            fc = r.get("first_chunk_ms") or {}
+            failed = r["http_errors"] + r["io_errors"] + r["timeouts"] + r["unsent"]
+            if row["overflow"]:
+                failed_on += failed
+            p99[row["overflow"]].append(fc.get("p99", float("nan")))
+            w(f"| {'on' if row['overflow'] else 'off'} | {row['run']} | "
+              f"{', '.join(f'{x:g}' for x in r['big_waiting_before'])} | {r['ok'] + failed} | {r['ok']} | "
+              f"{failed} | {r['overflowed']:g} | {fc.get('p50', 0):.1f} | {fc.get('p99', 0):.1f} | "
+              f"{fc.get('max', 0):.1f} |")
+        w("")
+        if p99[True] and p99[False]:
+            ratio = min(p99[False]) / max(p99[True])
+            ok = ratio >= 3 and failed_on == 0
+            w(f"TTFT p99 with overflow off over with it on (worst pair): **{ratio:.1f}x**, "
+              f"{failed_on} failed with overflow on (target ≥ 3x, 0 failed: {'met' if ok else 'missed'}).")
+            w("")
     with open(path, "w") as f:
         f.write("\n".join(L))
     return "\n".join(L)
@@ -1325,6 +1451,8 @@ def main():
         res["fast"] = section_fast(work, args.seconds, [1000, 2000], repeats=2)
     if "select" in sections:
         res["select"] = section_select(work, args.seconds, [1000, 2000], repeats=3)
+    if "overflow" in sections:
+        res["overflow"] = section_overflow(work, args.seconds, 20, repeats=2)
     if "rcache" in sections:
         res["rcache"] = section_rcache(work, args.seconds, [2000, 5000],
                                        [8000, 16000, 24000, 32000, 40000, 48000, 56000])

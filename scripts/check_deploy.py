@@ -8,6 +8,12 @@
   only queries metrics the services export.
 - the Kubernetes manifests (deploy/kustomization.yaml) validate against the Kubernetes schemas
   (PyPI kubernetes-validate) and wire the router to its config, probes, HPA and PDB.
+- the llm-d example (deploy/llm-d/): its router config passes `router-svc --check`, the core
+  objects validate against the Kubernetes schemas, and the hand-off holds together: every
+  `endpoint_picker: gateway` model points at the Gateway's Service, an HTTPRoute attached to that
+  Gateway matches its pool in the router's gateway header and routes to an InferencePool of the
+  example, whose selector and target port match a Deployment's pods and that names its endpoint
+  picker (the CRD kinds are checked field by field here: kubernetes-validate knows core kinds only).
 - every Dockerfile builds a binary that its package really has, copies exactly the file its build
   step produced, and copies from the build context only paths that exist.
 
@@ -248,6 +254,97 @@ def check_k8s():
             problem(f"deploy/k8s/classifier.yaml: missing {want}")
 
 
+def check_llm_d(bin_dir):
+    import yaml
+
+    base = ROOT / "deploy/llm-d"
+    kust = yaml.safe_load((base / "kustomization.yaml").read_text())
+    docs = []
+    for r in kust.get("resources", []):
+        f = base / r
+        if r.startswith(".."):
+            continue
+        if not f.exists():
+            problem(f"deploy/llm-d/kustomization.yaml: {r} does not exist")
+            continue
+        docs += [(f, d) for d in yaml.safe_load_all(f.read_text()) if d]
+    gens = [g for g in kust.get("configMapGenerator", []) if g.get("name") == "router-config"]
+    if not gens or gens[0].get("behavior") != "replace":
+        problem("deploy/llm-d: the router-config ConfigMap is not replaced by the example's")
+        return
+    cfg_file = base / gens[0]["files"][0]
+    router = bin_dir / "router-svc"
+    if router.exists():
+        chk = subprocess.run([str(router), "--config", str(cfg_file), "--check"],
+                             capture_output=True, text=True)
+        if chk.returncode != 0:
+            problem(f"deploy/llm-d: router-svc --check: {chk.stderr.strip()[-500:]}")
+    core = sorted({str(f) for f, d in docs if "." not in d["apiVersion"].split("/")[0]
+                   or d["apiVersion"].startswith("apps/")})
+    v = subprocess.run(["kubernetes-validate", "-k", K8S_VERSION, "--strict", "--quiet"] + core,
+                       capture_output=True, text=True)
+    if v.returncode != 0:
+        problem(f"deploy/llm-d: kubernetes-validate: {(v.stdout + v.stderr).strip()}")
+    kinds = {}
+    for f, d in docs:
+        kinds.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    cfg = yaml.safe_load(cfg_file.read_text())
+    header = (cfg.get("upstream") or {}).get("gateway_header", "x-gateway-model-name").lower()
+    gateways = kinds.get("Gateway", {})
+    for name, g in gateways.items():
+        if g["apiVersion"] != "gateway.networking.k8s.io/v1":
+            problem(f"deploy/llm-d: Gateway {name}: apiVersion {g['apiVersion']}")
+        if not g["spec"].get("gatewayClassName") or not g["spec"].get("listeners"):
+            problem(f"deploy/llm-d: Gateway {name}: no gatewayClassName or listeners")
+    pods = [(d["spec"]["template"]["metadata"]["labels"],
+             {p["containerPort"] for c in d["spec"]["template"]["spec"]["containers"]
+              for p in c.get("ports", [])})
+            for d in kinds.get("Deployment", {}).values()]
+    for name, pool in kinds.get("InferencePool", {}).items():
+        spec = pool.get("spec", {})
+        if pool["apiVersion"] != "inference.networking.k8s.io/v1":
+            problem(f"deploy/llm-d: InferencePool {name}: apiVersion {pool['apiVersion']}")
+        sel = (spec.get("selector") or {}).get("matchLabels") or {}
+        ports = {p.get("number") for p in spec.get("targetPorts", [])}
+        if not sel or not ports or not 1 <= len(ports) <= 8:
+            problem(f"deploy/llm-d: InferencePool {name}: needs selector.matchLabels and 1-8 targetPorts")
+        if not any(sel.items() <= labels.items() and ports <= cports for labels, cports in pods):
+            problem(f"deploy/llm-d: InferencePool {name}: no Deployment's pods match {sel} on {ports}")
+        epp = spec.get("endpointPickerRef") or {}
+        if not epp.get("name") or not (epp.get("port") or {}).get("number"):
+            problem(f"deploy/llm-d: InferencePool {name}: endpointPickerRef needs name and port.number")
+        if epp.get("failureMode", "FailClose") not in ("FailOpen", "FailClose"):
+            problem(f"deploy/llm-d: InferencePool {name}: failureMode {epp['failureMode']}")
+    routes = {}  # pool header value -> InferencePool name, over routes attached to a Gateway
+    for name, r in kinds.get("HTTPRoute", {}).items():
+        parents = {p["name"] for p in r["spec"].get("parentRefs", [])}
+        if not parents or not parents <= gateways.keys():
+            problem(f"deploy/llm-d: HTTPRoute {name}: parentRefs {sorted(parents)} are not the example's Gateways")
+            continue
+        for rule in r["spec"].get("rules", []):
+            pools = [b["name"] for b in rule.get("backendRefs", [])
+                     if b.get("kind") == "InferencePool" and b.get("group") == "inference.networking.k8s.io"]
+            for b in pools:
+                if b not in kinds.get("InferencePool", {}):
+                    problem(f"deploy/llm-d: HTTPRoute {name} routes to InferencePool {b}, not defined")
+            for m in rule.get("matches", []):
+                for h in m.get("headers", []):
+                    if h.get("name", "").lower() == header and h.get("type", "Exact") == "Exact":
+                        for b in pools:
+                            routes[h["value"]] = b
+    gateway_models = [m for m in cfg["models"] if m.get("endpoint_picker") == "gateway"]
+    if not gateway_models:
+        problem("deploy/llm-d/router.yaml: no model with endpoint_picker: gateway")
+    for m in gateway_models:
+        pool = m.get("pool", m["name"])
+        if pool not in routes:
+            problem(f"deploy/llm-d: model {m['name']} sends {header}: {pool}, which no HTTPRoute matches")
+        for e in m["endpoints"]:
+            host = re.sub(r"^https?://([^:/]+).*$", r"\1", e)
+            if host.split(".")[0] not in gateways:
+                problem(f"deploy/llm-d: model {m['name']}'s endpoint {e} is not a Gateway of the example")
+
+
 K8S_VERSION = "1.31.0"
 SERVICES = set()
 
@@ -276,11 +373,12 @@ def main():
     for d in dockerfiles:
         check_dockerfile(d, bins, bin_dir)
     check_k8s()
+    check_llm_d(bin_dir)
     for p in problems:
         print(f"check_deploy: {p}", file=sys.stderr)
     if problems:
         sys.exit(1)
-    print(f"check_deploy: {len(variants)} compose variants, {len(dockerfiles)} Dockerfiles, Kubernetes manifests: ok")
+    print(f"check_deploy: {len(variants)} compose variants, {len(dockerfiles)} Dockerfiles, Kubernetes manifests, llm-d example: ok")
 
 
 if __name__ == "__main__":

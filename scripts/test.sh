@@ -5,6 +5,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Builds kept outside the clone, so that a fresh clone's run is warm once one has run on this
+# machine: cargo's target directory, keyed by Cargo.lock and the toolchain (a new key starts cold
+# and the old directory is removed), and the tool builds that do not depend on either (the CUDA
+# toolkit wheels, llama-server) under tools/. A clone that has its own target/ keeps it;
+# SEMROUTE_CACHE=off keeps everything in the clone.
+cache="${SEMROUTE_CACHE:-$HOME/.cache/semroute}"
+if [ "$cache" != off ] && [ ! -e target ]; then
+  key=$({ cat Cargo.lock; rustc -vV; } | sha256sum | cut -c1-16)
+  mkdir -p "$cache/target-$key" "$cache/tools/cuda-toolkit" "$cache/tools/llama-cpp"
+  find "$cache" -mindepth 1 -maxdepth 1 -name 'target-*' ! -name "target-$key" -exec rm -rf {} +
+  ln -s "$cache/target-$key" target
+  for t in cuda-toolkit llama-cpp; do
+    [ -e "target/$t" ] || ln -s "$cache/tools/$t" "target/$t"
+  done
+  echo "== build cache: target -> $cache/target-$key"
+fi
+
 echo "== models: default encoder"
 models/fetch.sh
 
@@ -26,8 +43,11 @@ cargo build --workspace --bins --locked
 echo "== CUDA build, compiled without a GPU (PyPI's CUDA 13 wheels; cached in target/)"
 scripts/check_cuda.sh
 
-echo "== deployment files: compose variants, Dockerfiles, Kubernetes manifests"
+echo "== deployment files: compose variants, Dockerfiles, Kubernetes manifests, the llm-d example"
 python3 scripts/check_deploy.py
+
+echo "== Helm chart: lint and render with the real helm (from PyPI, cached in target/helm), then check"
+python3 scripts/check_helm.py
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

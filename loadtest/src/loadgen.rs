@@ -131,7 +131,8 @@ pub struct Report {
     pub cache_hits: u64,
     pub latency_ms: Percentiles,
     pub service_ms: Percentiles,
-    /// Streams: time to the first body chunk.
+    /// Time to the first body chunk from the send (a streamed answer's first token), ok
+    /// responses.
     pub first_chunk_ms: Option<Percentiles>,
     /// Streams: the most that were open (first chunk received, not yet ended) at once.
     pub max_open_streams: Option<usize>,
@@ -722,7 +723,6 @@ async fn streams(plan: Plan, count: usize, watch_pid: Option<u32>, url: String) 
     let (max_open, rss_at_max, peak) = watcher.await.unwrap_or((0, None, None));
     let mut report = report("streams", url, count, start, plan.duration, &tally);
     report.scheduled = count as u64;
-    report.first_chunk_ms = Some(Percentiles::of(&tally.first_chunk));
     report.max_open_streams = Some(max_open);
     report.watched_rss_kib_at_max_open = rss_at_max;
     report.watched_rss_kib_peak = peak;
@@ -757,6 +757,7 @@ fn report(
         cache_hits: t.cache_hits,
         latency_ms: Percentiles::of(&t.latency),
         service_ms: Percentiles::of(&t.service),
+        first_chunk_ms: (!t.first_chunk.is_empty()).then(|| Percentiles::of(&t.first_chunk)),
         ..Report::default()
     }
 }

@@ -1,5 +1,6 @@
 //! Power of two choices, shared by the two places that balance (classifier replicas, backend
-//! endpoints): two distinct random candidates, the one with fewer requests in flight wins. And
+//! endpoints): two distinct random candidates, the less loaded wins (calls in flight for
+//! classifier replicas, the load score of `upstream/load.rs` for backends). And
 //! for sessions, whose turns must find the endpoint that holds their prefix cache: placement on
 //! the least loaded endpoint, kept under a load bound, with rendezvous hashing as the order
 //! every replica agrees on when a session's endpoint is over the bound or not known.
@@ -26,11 +27,11 @@ fn candidates(
 }
 
 /// Among the candidates (`candidates`), the less loaded of two random picks.
-pub fn pick(
+pub fn pick<K: PartialOrd>(
     n: usize,
     skip: impl Fn(usize) -> bool,
     usable: impl Fn(usize) -> bool,
-    load: impl Fn(usize) -> usize,
+    load: impl Fn(usize) -> K,
 ) -> Option<usize> {
     let set = candidates(n, skip, usable);
     match set.len() {
@@ -128,7 +129,7 @@ pub fn pick_affine(
     n: usize,
     skip: impl Fn(usize) -> bool,
     usable: impl Fn(usize) -> bool,
-    load: impl Fn(usize) -> usize,
+    load: impl Fn(usize) -> f64,
     key: u64,
     id: impl Fn(usize) -> u64,
     bound: f64,
@@ -140,9 +141,9 @@ pub fn pick_affine(
     }
     // The mean counts this request, and never less than one request per endpoint: an endpoint
     // with a request or two in flight is not a hot spot worth a session's prefix cache.
-    let total: usize = set.iter().map(|&i| load(i)).sum();
-    let mean = ((total + 1) as f64 / set.len() as f64).max(1.0);
-    let cap = (bound * mean).ceil() as usize;
+    let total: f64 = set.iter().map(|&i| load(i)).sum();
+    let mean = ((total + 1.0) / set.len() as f64).max(1.0);
+    let cap = (bound * mean).ceil();
     if let Some(p) = placed {
         if set.contains(&p) && load(p) < cap {
             return Some(p);
@@ -184,7 +185,7 @@ mod tests {
     #[test]
     fn affinity_is_stable_spreads_keys_and_yields_under_load() {
         let ids = |i: usize| (i as u64 + 1).wrapping_mul(0x9e3779b97f4a7c15);
-        let idle = |_: usize| 0;
+        let idle = |_: usize| 0.0;
         // The same key, the same endpoint; keys spread over the endpoints.
         let mut per = [0usize; 4];
         for key in 0..4000u64 {
@@ -207,7 +208,7 @@ mod tests {
         // Over its bound, the key's endpoint yields to the next one.
         let key = 7;
         let home = pick_affine(2, |_| false, |_| true, idle, key, ids, 1.25, H).unwrap();
-        let busy = |i: usize| if i == home { 10 } else { 0 };
+        let busy = |i: usize| if i == home { 10.0 } else { 0.0 };
         let moved = pick_affine(2, |_| false, |_| true, busy, key, ids, 1.25, H).unwrap();
         assert_ne!(moved, home);
         // Skipped (already tried): the next in the key's order.
@@ -222,7 +223,7 @@ mod tests {
     #[test]
     fn a_placed_session_stays_until_its_endpoint_is_over_the_bound_and_placement_takes_the_least() {
         let ids = |i: usize| (i as u64 + 1).wrapping_mul(0x9e3779b97f4a7c15);
-        let idle = |_: usize| 0;
+        let idle = |_: usize| 0.0;
         for key in 0..200u64 {
             let home = pick_affine(3, |_| false, |_| true, idle, key, ids, 1.25, H).unwrap();
             let placed = (home + 1) % 3;
@@ -230,7 +231,7 @@ mod tests {
             let a = pick_affine(3, |_| false, |_| true, idle, key, ids, 1.25, Some(placed));
             assert_eq!(a, Some(placed));
             // Over the bound (or gone): the hashed order, as every replica computes it.
-            let busy = |i: usize| if i == placed { 9 } else { 1 };
+            let busy = |i: usize| if i == placed { 9.0 } else { 1.0 };
             let moved = pick_affine(3, |_| false, |_| true, busy, key, ids, 1.25, Some(placed));
             assert_ne!(moved, Some(placed));
             let gone = pick_affine(

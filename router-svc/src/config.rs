@@ -510,6 +510,54 @@ pub struct UpstreamConfig {
     /// stay within this many times the mean; 0: no affinity (power of two choices for every
     /// request).
     pub affinity_load_bound: f64,
+    /// The load each endpoint reports (its Prometheus metrics), what endpoint choice and
+    /// overflow read.
+    pub load: LoadConfig,
+    /// The request header a gateway's HTTPRoute matches to pick the model's pool, sent to models
+    /// whose `endpoint_picker` is `gateway` (the Gateway API Inference Extension's body-based
+    /// routing sets the same header).
+    pub gateway_header: String,
+}
+
+/// Load signals: every endpoint's `metrics_path` scraped every `interval_ms` (vLLM's
+/// `num_requests_waiting`, `num_requests_running`, `kv_cache_usage_perc`; SGLang's and
+/// llama.cpp's equivalents). An endpoint's score is
+/// `max(in_flight, running) + queue_weight * waiting + kv_weight * kv_usage`, where `in_flight`
+/// is this router's requests there; a scrape older than `stale_after_ms` (or none) leaves only
+/// `in_flight`. It is saturated when a fresh scrape shows `waiting >= saturated_waiting` or
+/// `kv_usage >= saturated_kv`: choice avoids it while another endpoint is not, and a model
+/// whose endpoints are all saturated overflows to the next candidate (`overflow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadConfig {
+    /// 0: no scraping (choice by this router's in-flight counts alone; no overflow).
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub metrics_path: String,
+    pub stale_after_ms: u64,
+    pub queue_weight: f64,
+    pub kv_weight: f64,
+    pub saturated_waiting: f64,
+    pub saturated_kv: f64,
+    /// Requests may go to the next candidate when their model's pool is saturated (each model
+    /// may forbid it: `models[].overflow: false`).
+    pub overflow: bool,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            timeout_ms: 500,
+            metrics_path: "/metrics".into(),
+            stale_after_ms: 5000,
+            queue_weight: 4.0,
+            kv_weight: 4.0,
+            saturated_waiting: 1.0,
+            saturated_kv: 0.95,
+            overflow: true,
+        }
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -526,6 +574,8 @@ impl Default for UpstreamConfig {
             eject_ms: 10_000,
             max_idle_per_host: 512,
             affinity_load_bound: 2.0,
+            load: LoadConfig::default(),
+            gateway_header: "x-gateway-model-name".into(),
         }
     }
 }
@@ -559,6 +609,30 @@ pub struct ModelConfig {
     /// they are translated to chat completions and the answer back.
     #[serde(default)]
     pub api: Vec<Api>,
+    /// Who picks the server: `router` (default: `endpoints` are the model's servers, chosen by
+    /// load) or `gateway` (`endpoints` are an inference gateway's URLs; the model goes in
+    /// `upstream.gateway_header` and the gateway's endpoint picker, e.g. llm-d's, picks the pod).
+    #[serde(default)]
+    pub endpoint_picker: EndpointPicker,
+    /// The pool the gateway routes to (the header's value; default the model's name).
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Whether its requests may overflow to the next candidate when all its endpoints are
+    /// saturated (`upstream.load`).
+    #[serde(default = "yes")]
+    pub overflow: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointPicker {
+    #[default]
+    Router,
+    Gateway,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -592,6 +666,11 @@ impl Api {
 }
 
 impl ModelConfig {
+    /// The pool named in the gateway header (gateway models).
+    pub fn pool(&self) -> &str {
+        self.pool.as_deref().unwrap_or(&self.name)
+    }
+
     /// Whether its backend serves `api` itself.
     pub fn serves(&self, api: Api) -> bool {
         api == Api::Chat || self.api.contains(&api)
@@ -963,6 +1042,12 @@ impl Config {
         self.models.iter().find(|m| m.name == name)
     }
 
+    /// Whether `model`'s endpoints are a gateway that picks the pod (`endpoint_picker: gateway`).
+    pub fn picks_pods(&self, model: &str) -> bool {
+        self.model(model)
+            .is_some_and(|m| m.endpoint_picker == EndpointPicker::Gateway)
+    }
+
     fn validate(&self) -> Result<(), Error> {
         let bad = |field: String, message: String| Err(Error::Config { field, message });
         if self.models.is_empty() {
@@ -1243,6 +1328,43 @@ impl Config {
                 "upstream.affinity_load_bound".into(),
                 format!("{bound} must be 0 (off) or at least 1"),
             );
+        }
+        let lc = &self.upstream.load;
+        if !lc.metrics_path.starts_with('/') {
+            return bad("upstream.load.metrics_path".into(), "must start with '/'".into());
+        }
+        for (field, v) in [
+            ("queue_weight", lc.queue_weight),
+            ("kv_weight", lc.kv_weight),
+            ("saturated_waiting", lc.saturated_waiting),
+            ("saturated_kv", lc.saturated_kv),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(
+                    format!("upstream.load.{field}"),
+                    format!("{v} must be a number >= 0"),
+                );
+            }
+        }
+        if lc.interval_ms > 0 && (lc.timeout_ms == 0 || lc.stale_after_ms < lc.interval_ms) {
+            return bad(
+                "upstream.load".into(),
+                "timeout_ms must be > 0 and stale_after_ms at least interval_ms".into(),
+            );
+        }
+        if axum::http::HeaderName::from_bytes(self.upstream.gateway_header.as_bytes()).is_err() {
+            return bad(
+                "upstream.gateway_header".into(),
+                format!("{:?} is not a header name", self.upstream.gateway_header),
+            );
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if axum::http::HeaderValue::from_str(m.pool()).is_err() {
+                return bad(
+                    format!("models[{i}].pool"),
+                    format!("{:?} cannot be sent in a header", m.pool()),
+                );
+            }
         }
         let ss = &self.session;
         for (i, m) in ss.tiers.iter().enumerate() {

@@ -53,6 +53,7 @@ pub async fn serve(
     let summary = tokio::spawn(events::run(config::ms(cfg.server.summary_interval_ms)));
     let shared = state::Shared::new(state::Runtime::build(cfg, None)?);
     let health = tokio::spawn(upstream::health::run(shared.clone()));
+    let load = tokio::spawn(upstream::load::run(shared.clone()));
     let watcher = config_path.map(|p| tokio::spawn(state::watch(shared.clone(), p, reload_every)));
     let app = api::app(Arc::clone(&shared), metrics);
     // hyper directly rather than `axum::serve`, to cap each connection's read buffer at hyper's
@@ -90,6 +91,7 @@ pub async fn serve(
         }
     };
     health.abort();
+    load.abort();
     summary.abort();
     if let Some(w) = watcher {
         w.abort();

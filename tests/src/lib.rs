@@ -375,3 +375,35 @@ pub fn python_client(dir: &std::path::Path, package: &str, script: &str, base: &
     assert!(out.status.success(), "{err}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A chat backend that answers at once and keeps the value of `header` on each request (empty
+/// when absent): what the router sent along (trace context, a gateway's routing header).
+pub async fn recording_backend(
+    header: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(move |h: axum::http::HeaderMap| {
+                let s2 = s2.clone();
+                async move {
+                    let v = h.get(header).and_then(|v| v.to_str().ok());
+                    s2.lock().unwrap().push(v.unwrap_or("").to_string());
+                    axum::Json(serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion",
+                        "model": "small",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                            "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 1}}))
+                }
+            }),
+        )
+        .route("/health", axum::routing::get(|| async { "ok" }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (url, seen)
+}

@@ -698,40 +698,10 @@ print("responses client OK")
     assert_eq!(seen_b[0]["previous_response_id"], "resp_prev1");
 }
 
-/// A chat backend that answers at once and keeps the `traceparent` of each request.
-async fn traceparent_backend() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s2 = seen.clone();
-    let app = axum::Router::new()
-        .route(
-            "/v1/chat/completions",
-            axum::routing::post(move |h: axum::http::HeaderMap| {
-                let s2 = s2.clone();
-                async move {
-                    let tp = h.get("traceparent").and_then(|v| v.to_str().ok());
-                    s2.lock().unwrap().push(tp.unwrap_or("").to_string());
-                    axum::Json(
-                        json!({"id": "chatcmpl-1", "object": "chat.completion", "model": "small",
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                            "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 3, "completion_tokens": 1}}),
-                    )
-                }
-            }),
-        )
-        .route("/health", axum::routing::get(|| async { "ok" }));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
-    (url, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_reach_an_otlp_collector_over_grpc_and_http_under_the_clients_traceparent() {
     let rx = e2e::otlp::Receiver::start().await;
-    let (backend, seen) = traceparent_backend().await;
+    let (backend, seen) = recording_backend("traceparent").await;
     let c = reqwest::Client::new();
     for (i, (protocol, endpoint)) in [
         ("grpc", rx.grpc.clone()),

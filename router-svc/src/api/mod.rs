@@ -573,9 +573,14 @@ async fn road(
 
     // 5. relay (a cache miss's answer stored if it ends well and came from the decided model)
     let served = answered.model.clone();
+    let overflow = answered.overflow.clone();
     if served != d.model {
         if let Some(t) = record.take() {
-            t.skip("failover");
+            t.skip(if overflow.is_some() {
+                "overflow"
+            } else {
+                "failover"
+            });
         }
     }
     let pricing = cfg
@@ -606,6 +611,11 @@ async fn road(
     ))
     .await?;
     cands.report(&served, resp.headers_mut());
+    // The decided model's pool was saturated: which model took the request instead.
+    if let Some(v) = overflow.and_then(|(from, to)| HeaderValue::try_from(format!("{from}->{to}")).ok()) {
+        resp.headers_mut()
+            .insert(header::HeaderName::from_static("x-vsr-overflow"), v);
+    }
     if let Some(status) = cache_status {
         resp.headers_mut().insert(
             header::HeaderName::from_static(response_cache::STATUS_HEADER),

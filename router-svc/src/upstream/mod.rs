@@ -1,10 +1,14 @@
-//! The one place router-svc calls vLLM backends: per-model endpoint pools, choice by fewest
-//! outstanding requests (power of two choices), passive ejection of failing endpoints (active
-//! health checks live in `health.rs`), retry on another endpoint when the connection fails or a
-//! 5xx arrives before any byte was relayed, alternatives and the fallback model, timeouts.
+//! The one place router-svc calls vLLM backends: per-model endpoint pools, choice by load
+//! (power of two choices over the score of `load.rs`: the backend's own queue and KV usage with
+//! this router's in-flight count), overflow to the next candidate model when every endpoint of
+//! the decided one is saturated, hand-off to an inference gateway that picks the pod itself,
+//! passive ejection of failing endpoints (active health checks live in `health.rs`), retry on
+//! another endpoint when the connection fails or a 5xx arrives before any byte was relayed,
+//! alternatives and the fallback model, timeouts.
 
 pub mod conn;
 pub mod health;
+pub mod load;
 
 use sha2::Digest;
 use std::collections::HashMap;
@@ -18,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::config::{ms, Config, ModelConfig, UpstreamConfig};
+use crate::config::{ms, Config, EndpointPicker, LoadConfig, ModelConfig, UpstreamConfig};
 use crate::error::Error;
 
 fn epoch() -> Instant {
@@ -45,6 +49,8 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     /// Sessions placed here by this replica lately (fading over `SESSION_FADE`).
     sessions: crate::balance::Fading,
+    /// What the backend last reported of its load (`load.rs`).
+    pub load: load::Load,
     /// Last active health check.
     healthy: AtomicBool,
     failures: AtomicU32,
@@ -136,6 +142,7 @@ impl Endpoint {
             url,
             in_flight: AtomicUsize::new(0),
             sessions: crate::balance::Fading::new(SESSION_FADE),
+            load: load::Load::default(),
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -171,6 +178,29 @@ impl Endpoint {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The load score endpoint choice ranks by (`load::score`).
+    pub fn score(&self, lc: &LoadConfig) -> f64 {
+        load::score(self.in_flight(), self.load.fresh(lc), lc)
+    }
+
+    /// Its backend reports no room (`load::saturated`).
+    pub fn saturated(&self, lc: &LoadConfig) -> bool {
+        load::saturated(self.load.fresh(lc), lc)
+    }
+
+    /// `router_upstream_endpoint_{waiting,running,kv_usage}` (NaN while its metrics are away).
+    fn load_gauges(&self, r: Option<load::Reported>) {
+        let labels = [
+            ("model", self.model.clone()),
+            ("endpoint", self.url.clone()),
+        ];
+        let nan = f64::NAN;
+        let (w, run, kv) = r.map_or((nan, nan, nan), |r| (r.waiting, r.running, r.kv));
+        metrics::gauge!("router_upstream_endpoint_waiting", &labels).set(w);
+        metrics::gauge!("router_upstream_endpoint_running", &labels).set(run);
+        metrics::gauge!("router_upstream_endpoint_kv_usage", &labels).set(kv);
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -319,17 +349,77 @@ impl Pools {
     pub fn any_available(&self) -> bool {
         self.all().any(|e| e.available())
     }
+
+    /// Whether `model` has an available endpoint with room (not saturated).
+    fn has_room(&self, model: &str, lc: &LoadConfig) -> bool {
+        self.endpoints(model)
+            .iter()
+            .any(|e| e.available() && !e.saturated(lc))
+    }
 }
 
-/// Power of two choices among available endpoints not tried yet; if none is available, among
-/// all not tried yet (a request is better tried than refused). A session's turns go to its
-/// endpoint (`Affinity`) while its load stays within `bound`.
+/// The order models are tried in: `models` as given, unless every endpoint of the first one is
+/// saturated, it allows overflow and a later one has room; then that one first (the rest
+/// after it in their order, the first one included). Returns the (from, to) of an overflow.
+fn overflow<'m>(
+    pools: &Pools,
+    models: &[&'m ModelConfig],
+    lc: &LoadConfig,
+) -> (Vec<&'m ModelConfig>, Option<(String, String)>) {
+    let mut order = models.to_vec();
+    let Some(first) = models.first() else {
+        return (order, None);
+    };
+    let routed = |m: &ModelConfig| m.endpoint_picker == EndpointPicker::Router;
+    if !lc.overflow
+        || lc.interval_ms == 0
+        || !first.overflow
+        || !routed(first)
+        || pools.endpoints(&first.name).is_empty()
+        || pools.has_room(&first.name, lc)
+        || !pools.endpoints(&first.name).iter().any(|e| e.available())
+    {
+        return (order, None);
+    }
+    // Gateway models have room as far as the router can tell (the gateway queues).
+    let to = models[1..].iter().position(|m| {
+        !pools.endpoints(&m.name).is_empty()
+            && (!routed(m) || pools.has_room(&m.name, lc))
+    });
+    let Some(j) = to.map(|j| j + 1) else {
+        metrics::counter!("router_upstream_saturated_total", "model" => first.name.clone())
+            .increment(1);
+        return (order, None);
+    };
+    let target = order.remove(j);
+    order.insert(0, target);
+    metrics::counter!("router_upstream_overflow_total",
+        "from" => first.name.clone(), "to" => target.name.clone())
+    .increment(1);
+    (order, Some((first.name.clone(), target.name.clone())))
+}
+
+/// Power of two choices by load score among available endpoints not tried yet, those with room
+/// (not saturated) first; if none is available, among all not tried yet (a request is better
+/// tried than refused). A session's turns go to its endpoint (`Affinity`) while its load stays
+/// within `bound` and it is not saturated.
 fn pick(
     eps: &[Arc<Endpoint>],
     tried: &[usize],
     affinity: Option<Affinity>,
     bound: f64,
+    lc: &LoadConfig,
 ) -> Option<usize> {
+    let open = |i: usize| eps[i].available() && !eps[i].saturated(lc);
+    let any_open = (0..eps.len()).any(|i| !tried.contains(&i) && open(i));
+    let usable = |i: usize| {
+        if any_open {
+            open(i)
+        } else {
+            eps[i].available()
+        }
+    };
+    let score = |i: usize| eps[i].score(lc);
     match affinity.filter(|_| bound > 0.0) {
         Some(a) => {
             let placed = a.endpoint.and_then(|k| eps.iter().position(|e| e.key == k));
@@ -339,27 +429,22 @@ fn pick(
                 return crate::balance::pick_least(
                     eps.len(),
                     |i| tried.contains(&i),
-                    |i| eps[i].available(),
-                    |i| eps[i].sessions.get() + eps[i].in_flight() as f64,
+                    usable,
+                    |i| eps[i].sessions.get() + score(i),
                 );
             }
             crate::balance::pick_affine(
                 eps.len(),
                 |i| tried.contains(&i),
-                |i| eps[i].available(),
-                |i| eps[i].in_flight(),
+                usable,
+                score,
                 a.key,
                 |i| eps[i].key,
                 bound,
                 placed,
             )
         }
-        None => crate::balance::pick(
-            eps.len(),
-            |i| tried.contains(&i),
-            |i| eps[i].available(),
-            |i| eps[i].in_flight(),
-        ),
+        None => crate::balance::pick(eps.len(), |i| tried.contains(&i), usable, score),
     }
 }
 
@@ -423,6 +508,8 @@ pub struct Answered {
     /// Time until the response headers (all attempts).
     pub ttfb: Duration,
     pub attempts: u32,
+    /// (decided model, model that took the request) when its pool was saturated.
+    pub overflow: Option<(String, String)>,
 }
 
 impl Upstream {
@@ -450,6 +537,23 @@ impl Upstream {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.cfg
+    }
+
+    /// `GET <path>` on `ep` as text (a metrics page, at most 4 MiB), or None.
+    pub async fn text(&self, ep: &Arc<Endpoint>, path: &str) -> Option<String> {
+        let uri = ep.target(path).ok()?;
+        let req = Request::get(uri)
+            .header(HOST, ep.host.clone()?)
+            .body(Full::default())
+            .ok()?;
+        let (resp, lease) = self.conns.send(ep, req).await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), 4 << 20);
+        let bytes = http_body_util::BodyExt::collect(body).await.ok()?.to_bytes();
+        drop(lease);
+        String::from_utf8(bytes.to_vec()).ok()
     }
 
     /// `GET <path>` on `ep` (the health check): true for a 2xx answer read to its end (its
@@ -495,6 +599,9 @@ impl Upstream {
         let mut attempts = 0u32;
         let mut last_error: Option<Error> = None;
         let mut last_5xx: Option<Answered> = None;
+        let lc = &self.cfg.load;
+        let (models, overflowed) = overflow(pools, models, lc);
+        let gateway_header = HeaderName::from_bytes(self.cfg.gateway_header.as_bytes()).ok();
         for (mi, model) in models.iter().enumerate() {
             let eps = pools.endpoints(&model.name);
             if eps.is_empty() {
@@ -508,7 +615,7 @@ impl Upstream {
             let (path, body) = body_for(model);
             let mut tried = Vec::new();
             while tried.len() < self.cfg.max_attempts.min(eps.len()) {
-                let Some(i) = pick(eps, &tried, affinity, self.cfg.affinity_load_bound) else {
+                let Some(i) = pick(eps, &tried, affinity, self.cfg.affinity_load_bound, lc) else {
                     break;
                 };
                 tried.push(i);
@@ -553,11 +660,20 @@ impl Upstream {
                 if let Some(k) = keys.get(&model.name) {
                     h.insert(AUTHORIZATION, k.clone());
                 }
+                // An inference gateway picks the pod: the pool goes in the header its
+                // HTTPRoute matches (validated as a header value with the config).
+                if model.endpoint_picker == EndpointPicker::Gateway {
+                    if let (Some(name), Ok(v)) =
+                        (&gateway_header, HeaderValue::from_str(model.pool()))
+                    {
+                        h.insert(name.clone(), v);
+                    }
+                }
                 let t0 = Instant::now();
                 // Only worth giving up on this endpoint if another one may take the request
                 // (else it waits for its answer or the timeout, as before).
                 let another = tried.len() < self.cfg.max_attempts.min(eps.len())
-                    && pick(eps, &tried, affinity, self.cfg.affinity_load_bound).is_some();
+                    && pick(eps, &tried, affinity, self.cfg.affinity_load_bound, lc).is_some();
                 let health_lost = async {
                     if another {
                         ep.health_lost().await
@@ -630,6 +746,7 @@ impl Upstream {
                             in_flight,
                             ttfb: started.elapsed(),
                             attempts,
+                            overflow: overflowed.clone().filter(|(_, to)| *to == model.name),
                         };
                         if answered.response.status().is_server_error() {
                             ep.failed(&self.cfg);
@@ -658,6 +775,18 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LC: LoadConfig = LoadConfig {
+        interval_ms: 1000,
+        timeout_ms: 500,
+        metrics_path: String::new(),
+        stale_after_ms: 60_000,
+        queue_weight: 4.0,
+        kv_weight: 4.0,
+        saturated_waiting: 1.0,
+        saturated_kv: 0.95,
+        overflow: true,
+    };
 
     fn eps(n: usize) -> Vec<Arc<Endpoint>> {
         (0..n)
@@ -691,10 +820,10 @@ mod tests {
         let e = eps(2);
         let _busy: Vec<_> = (0..5).map(|_| InFlight::new(e[0].clone())).collect();
         for _ in 0..50 {
-            assert_eq!(pick(&e, &[], None, 0.0), Some(1));
+            assert_eq!(pick(&e, &[], None, 0.0, &LC), Some(1));
         }
-        assert_eq!(pick(&e, &[1], None, 0.0), Some(0), "retries go elsewhere");
-        assert_eq!(pick(&e, &[0, 1], None, 0.0), None);
+        assert_eq!(pick(&e, &[1], None, 0.0, &LC), Some(0), "retries go elsewhere");
+        assert_eq!(pick(&e, &[0, 1], None, 0.0, &LC), None);
     }
 
     #[test]
@@ -708,14 +837,98 @@ mod tests {
         e[1].failed(&cfg);
         e[1].failed(&cfg);
         for _ in 0..50 {
-            assert_eq!(pick(&e, &[], None, 0.0), Some(2));
+            assert_eq!(pick(&e, &[], None, 0.0, &LC), Some(2));
         }
         assert!(
-            pick(&e, &[2], None, 0.0).is_some(),
+            pick(&e, &[2], None, 0.0, &LC).is_some(),
             "panic mode: try the others"
         );
         e[0].set_healthy(true);
         assert!(e[0].available());
+    }
+
+    fn report(waiting: f64, kv: f64) -> load::Reported {
+        load::Reported {
+            waiting,
+            running: 4.0,
+            kv,
+        }
+    }
+
+    #[test]
+    fn choice_ranks_by_reported_load_and_avoids_saturated_endpoints() {
+        let e = eps(3);
+        // By in-flight alone, 0 is the least loaded; its backend says it has a queue.
+        let _ours: Vec<_> = (0..2).map(|_| InFlight::new(e[1].clone())).collect();
+        e[0].load.set(report(3.0, 0.5));
+        e[1].load.set(report(0.0, 0.2));
+        e[2].load.set(report(0.0, 0.9));
+        assert!(e[0].saturated(&LC) && !e[1].saturated(&LC) && !e[2].saturated(&LC));
+        // max(2 ours, 4 running) + 4 * 0.2 = 4.8 < 4 + 4 * 0.9 = 7.6
+        assert!(e[1].score(&LC) < e[2].score(&LC));
+        for _ in 0..50 {
+            assert_eq!(pick(&e, &[], None, 0.0, &LC), Some(1));
+        }
+        assert_eq!(pick(&e, &[1], None, 0.0, &LC), Some(2));
+        // Only saturated ones left: still tried (a request is better queued than refused).
+        assert_eq!(pick(&e, &[1, 2], None, 0.0, &LC), Some(0));
+        // A session's endpoint yields when saturated, and comes back after.
+        let a = Some(Affinity {
+            key: 7,
+            endpoint: Some(e[0].key),
+            place: false,
+        });
+        assert_ne!(pick(&e, &[], a, 2.0, &LC), Some(0));
+        e[0].load.set(report(0.0, 0.1));
+        assert_eq!(pick(&e, &[], a, 2.0, &LC), Some(0));
+    }
+
+    #[test]
+    fn a_saturated_pool_overflows_to_the_first_candidate_with_room() {
+        let mut cfg = Config::from_yaml(crate::config::EMBEDDED_DEFAULT).unwrap();
+        let extra = cfg.models[1].clone();
+        cfg.models.push(ModelConfig {
+            name: "third".into(),
+            endpoints: vec!["http://127.0.0.1:9".into()],
+            ..extra
+        });
+        let pools = Pools::build(&cfg, None);
+        let (big, small, third) = (&cfg.models[1], &cfg.models[0], &cfg.models[2]);
+        let names = |o: &[&ModelConfig]| o.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        let models = [big, small, third];
+        // Nothing reported: no overflow.
+        assert_eq!(overflow(&pools, &models, &LC).1, None);
+        for ep in pools.endpoints(&big.name) {
+            ep.load.set(report(5.0, 0.5));
+        }
+        for ep in pools.endpoints(&small.name) {
+            ep.load.set(report(0.0, 0.99));
+        }
+        let (order, moved) = overflow(&pools, &models, &LC);
+        assert_eq!(moved, Some((big.name.clone(), "third".to_string())));
+        assert_eq!(names(&order), ["third", big.name.as_str(), small.name.as_str()]);
+        // Forbidden by the model, or everywhere: the order stays.
+        let stay = ModelConfig {
+            overflow: false,
+            ..big.clone()
+        };
+        assert_eq!(overflow(&pools, &[&stay, small, third], &LC).1, None);
+        let off = LoadConfig {
+            overflow: false,
+            ..LC
+        };
+        assert_eq!(overflow(&pools, &models, &off).1, None);
+        // No candidate with room: the decided model keeps the request.
+        assert_eq!(overflow(&pools, &[big, small], &LC).1, None);
+        // A gateway candidate has room as far as the router knows.
+        let gw = ModelConfig {
+            endpoint_picker: EndpointPicker::Gateway,
+            ..small.clone()
+        };
+        assert_eq!(
+            overflow(&pools, &[big, &gw], &LC).1,
+            Some((big.name.clone(), small.name.clone()))
+        );
     }
 
     #[test]
