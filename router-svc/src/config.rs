@@ -623,10 +623,6 @@ pub struct ModelConfig {
     pub overflow: bool,
 }
 
-fn yes() -> bool {
-    true
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointPicker {
@@ -1331,7 +1327,10 @@ impl Config {
         }
         let lc = &self.upstream.load;
         if !lc.metrics_path.starts_with('/') {
-            return bad("upstream.load.metrics_path".into(), "must start with '/'".into());
+            return bad(
+                "upstream.load.metrics_path".into(),
+                "must start with '/'".into(),
+            );
         }
         for (field, v) in [
             ("queue_weight", lc.queue_weight),

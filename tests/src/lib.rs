@@ -391,11 +391,13 @@ pub async fn recording_backend(
                 async move {
                     let v = h.get(header).and_then(|v| v.to_str().ok());
                     s2.lock().unwrap().push(v.unwrap_or("").to_string());
-                    axum::Json(serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion",
+                    axum::Json(
+                        serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion",
                         "model": "small",
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
                             "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 3, "completion_tokens": 1}}))
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 1}}),
+                    )
                 }
             }),
         )

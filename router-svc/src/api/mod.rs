@@ -612,7 +612,9 @@ async fn road(
     .await?;
     cands.report(&served, resp.headers_mut());
     // The decided model's pool was saturated: which model took the request instead.
-    if let Some(v) = overflow.and_then(|(from, to)| HeaderValue::try_from(format!("{from}->{to}")).ok()) {
+    if let Some(v) =
+        overflow.and_then(|(from, to)| HeaderValue::try_from(format!("{from}->{to}")).ok())
+    {
         resp.headers_mut()
             .insert(header::HeaderName::from_static("x-vsr-overflow"), v);
     }

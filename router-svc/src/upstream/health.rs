@@ -17,16 +17,20 @@ pub async fn run(shared: Arc<Shared>) {
         let rt = shared.current();
         let cfg = rt.upstream.config().clone();
         let timeout = ms(cfg.health_timeout_ms);
-        let checks = rt.pools.all().filter(|ep| !rt.cfg.picks_pods(&ep.model)).map(|ep| {
-            let (upstream, path) = (&rt.upstream, &cfg.health_path);
-            async move {
-                let ok = matches!(
-                    tokio::time::timeout(timeout, upstream.check(ep, path)).await,
-                    Ok(true)
-                );
-                ep.set_healthy(ok);
-            }
-        });
+        let checks = rt
+            .pools
+            .all()
+            .filter(|ep| !rt.cfg.picks_pods(&ep.model))
+            .map(|ep| {
+                let (upstream, path) = (&rt.upstream, &cfg.health_path);
+                async move {
+                    let ok = matches!(
+                        tokio::time::timeout(timeout, upstream.check(ep, path)).await,
+                        Ok(true)
+                    );
+                    ep.set_healthy(ok);
+                }
+            });
         join_all(checks).await;
         drop(rt);
         tokio::time::sleep(Duration::from_millis(cfg.health_interval_ms)).await;

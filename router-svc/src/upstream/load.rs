@@ -271,7 +271,10 @@ vllm:e2e_request_latency_seconds_bucket{le="+Inf",model_name="qwen3-8b"} 12
         assert_eq!(parse(llama).unwrap().running, 1.0);
         assert_eq!(parse("process_cpu_seconds_total 3\n"), None);
         assert_eq!(parse("<html>not metrics</html>"), None);
-        assert_eq!(parse("vllm:num_requests_waiting{model_name=\"m\" 3\n"), None);
+        assert_eq!(
+            parse("vllm:num_requests_waiting{model_name=\"m\" 3\n"),
+            None
+        );
         assert_eq!(parse("vllm:num_requests_waiting NaN\n"), None);
     }
 

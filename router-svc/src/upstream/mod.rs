@@ -383,8 +383,7 @@ fn overflow<'m>(
     }
     // Gateway models have room as far as the router can tell (the gateway queues).
     let to = models[1..].iter().position(|m| {
-        !pools.endpoints(&m.name).is_empty()
-            && (!routed(m) || pools.has_room(&m.name, lc))
+        !pools.endpoints(&m.name).is_empty() && (!routed(m) || pools.has_room(&m.name, lc))
     });
     let Some(j) = to.map(|j| j + 1) else {
         metrics::counter!("router_upstream_saturated_total", "model" => first.name.clone())
@@ -551,7 +550,10 @@ impl Upstream {
             return None;
         }
         let body = http_body_util::Limited::new(resp.into_body(), 4 << 20);
-        let bytes = http_body_util::BodyExt::collect(body).await.ok()?.to_bytes();
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .ok()?
+            .to_bytes();
         drop(lease);
         String::from_utf8(bytes.to_vec()).ok()
     }
@@ -822,7 +824,11 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(pick(&e, &[], None, 0.0, &LC), Some(1));
         }
-        assert_eq!(pick(&e, &[1], None, 0.0, &LC), Some(0), "retries go elsewhere");
+        assert_eq!(
+            pick(&e, &[1], None, 0.0, &LC),
+            Some(0),
+            "retries go elsewhere"
+        );
         assert_eq!(pick(&e, &[0, 1], None, 0.0, &LC), None);
     }
 
@@ -906,7 +912,10 @@ mod tests {
         }
         let (order, moved) = overflow(&pools, &models, &LC);
         assert_eq!(moved, Some((big.name.clone(), "third".to_string())));
-        assert_eq!(names(&order), ["third", big.name.as_str(), small.name.as_str()]);
+        assert_eq!(
+            names(&order),
+            ["third", big.name.as_str(), small.name.as_str()]
+        );
         // Forbidden by the model, or everywhere: the order stays.
         let stay = ModelConfig {
             overflow: false,
