@@ -186,7 +186,9 @@ pub async fn run(shared: Arc<Shared>) {
             .pools
             .all()
             .filter(|ep| !rt.cfg.picks_pods(&ep.model))
-            .filter(|ep| ep.load.failures.load(Ordering::Relaxed) == 0 || round % retry_every == 0)
+            .filter(|ep| {
+                ep.load.failures.load(Ordering::Relaxed) == 0 || round.is_multiple_of(retry_every)
+            })
             .map(|ep| {
                 let (upstream, path) = (&rt.upstream, lc.metrics_path.as_str());
                 async move {
