@@ -888,15 +888,12 @@ def section_overflow(work, seconds, rate, repeats=2):
                                {"ROUTER_LISTEN": f"127.0.0.1:{port}", "RUST_LOG": "warn"})
             routers[on] = f"http://127.0.0.1:{port}"
             wait_http(f"{routers[on]}/readyz", proc)
-        # The other client: as long as every measured step, plus slack.
-        other_seconds = repeats * 2 * (seconds + 3) + 10
-        others = [threading.Thread(target=loadgen, daemon=True, args=(
-            f"{sims[b]}/v1/chat/completions", chat_body("big", max_tokens=200),
-            os.path.join(work, f"overflow-other-{b}.json")),
-            kwargs={"concurrency": 12, "seconds": other_seconds, "warmup": 0, "timeout": 120})
-            for b in ("big-1", "big-2")]
-        for t in others:
-            t.start()
+        # The other client, for the whole section (stopped with the rest at the end).
+        for b in ("big-1", "big-2"):
+            procs.start(f"other-{b}", [os.path.join(BIN, "loadgen"), "--url", f"{sims[b]}/v1/chat/completions",
+                                       "--body", chat_body("big", max_tokens=200), "--concurrency", "12",
+                                       "--seconds", "3600", "--warmup", "0", "--timeout", "120",
+                                       "--max-error-rate", "1", "--json", os.path.join(work, f"other-{b}.json")])
         deadline = time.time() + 20
         while time.time() < deadline:
             waiting = [metric_sum(metrics(f"{sims[b]}/metrics"), "vllm:num_requests_waiting")
@@ -920,6 +917,8 @@ def section_overflow(work, seconds, rate, repeats=2):
                 r["overflowed"] = (metric_sum(m1, "router_upstream_overflow_total")
                                    - metric_sum(m0, "router_upstream_overflow_total"))
                 r["big_waiting_before"] = waiting
+                r["big_waiting_after"] = [metric_sum(metrics(f"{sims[b]}/metrics"), "vllm:num_requests_waiting")
+                                          for b in ("big-1", "big-2")]
                 out["rows"].append({"overflow": on, "run": i + 1, "report": r})
     finally:
         procs.stop_all()
@@ -1052,7 +1051,8 @@ def write_report(path, args, res, started):
       "by a timerfd (µs precision), 256 keep-alive connections taking due requests from one queue as "
       "wrk2 does, latency counted from each request's *scheduled* time so that queueing anywhere shows) "
       "for every other figure. Backend: `vllm-sim` answering at once "
-      "(`--ttft-ms 0`, 16 filler tokens), so the figures are HTTP and routing, not a simulated GPU. "
+      "(`--ttft-ms 0`, 16 filler tokens), so the figures are HTTP and routing, not a simulated GPU "
+      "(the overflow section sets its own: a saturated simulated pool). "
       "Sustainable: ≥ 99 % of due requests answered 2xx, responses at ≥ 98 % of the offered rate "
       f"(counted until the last response) and p99 (from the schedule) ≤ {P99_LIMIT_MS:g} ms.")
     w("")
@@ -1077,6 +1077,16 @@ def write_report(path, args, res, started):
                 w(f"| router p99 overhead ≤ 1 ms at {rate:,} req/s (loadgen), cache hits | {ov:.3f} ms "
                   f"(router p99 {r['latency_ms']['p99']:.3f} − direct p99 {d['latency_ms']['p99']:.3f}) | "
                   f"{verdict(ov <= 1.0) if rate == 5000 else 'not a target (k6 is)'} |")
+    ov = res.get("overflow")
+    if ov:
+        p99 = {on: [row["report"].get("first_chunk_ms", {}).get("p99", float("nan"))
+                    for row in ov["rows"] if row["overflow"] == on] for on in (False, True)}
+        failed_on = sum(row["report"]["http_errors"] + row["report"]["io_errors"] + row["report"]["timeouts"]
+                        + row["report"]["unsent"] for row in ov["rows"] if row["overflow"])
+        if p99[True] and p99[False]:
+            ratio = min(p99[False]) / max(p99[True])
+            w(f"| one model's pool saturated: TTFT p99 with overflow ≥ 3x lower than without, 0 failed | "
+              f"{ratio:.1f}x lower (worst pair), {failed_on} failed | {verdict(ratio >= 3 and failed_on == 0)} |")
     if "litellm" in res:
         l = res["litellm"]
         best_lite = max((v["best"] or 0) for v in l["runs"].values())
@@ -1379,28 +1389,22 @@ def write_report(path, args, res, started):
           f"{ov['rate']} streamed req/s (16 tokens) for {ov['seconds']:g} s each. Time to first token "
           f"(first body chunk) from the send, per request.")
         w("")
-        w("| overflow | run | big's queues | sent | ok | failed | overflowed | TTFT p50 ms | TTFT p99 ms | TTFT max ms |")
+        w("| overflow | run | big's queues (start; end) | sent | ok | failed | overflowed (warm-up incl.) | TTFT p50 ms | TTFT p99 ms | TTFT max ms |")
         w("|---|---|---|---|---|---|---|---|---|---|")
-        p99 = {False: [], True: []}
-        failed_on = 0
         for row in ov["rows"]:
             r = row["report"]
             fc = r.get("first_chunk_ms") or {}
             failed = r["http_errors"] + r["io_errors"] + r["timeouts"] + r["unsent"]
-            if row["overflow"]:
-                failed_on += failed
-            p99[row["overflow"]].append(fc.get("p99", float("nan")))
             w(f"| {'on' if row['overflow'] else 'off'} | {row['run']} | "
-              f"{', '.join(f'{x:g}' for x in r['big_waiting_before'])} | {r['ok'] + failed} | {r['ok']} | "
+              f"{', '.join(f'{x:g}' for x in r['big_waiting_before'])}; "
+              f"{', '.join(f'{x:g}' for x in r.get('big_waiting_after', []))} | {r['ok'] + failed} | {r['ok']} | "
               f"{failed} | {r['overflowed']:g} | {fc.get('p50', 0):.1f} | {fc.get('p99', 0):.1f} | "
               f"{fc.get('max', 0):.1f} |")
         w("")
-        if p99[True] and p99[False]:
-            ratio = min(p99[False]) / max(p99[True])
-            ok = ratio >= 3 and failed_on == 0
-            w(f"TTFT p99 with overflow off over with it on (worst pair): **{ratio:.1f}x**, "
-              f"{failed_on} failed with overflow on (target ≥ 3x, 0 failed: {'met' if ok else 'missed'}).")
-            w("")
+        w("With overflow on, the requests went to `small` (`x-vsr-overflow: big->small`) while big's "
+          "queues stayed; with it off they waited in big's queues behind the other client's. The "
+          "target's ratio is in the table at the top.")
+        w("")
     with open(path, "w") as f:
         f.write("\n".join(L))
     return "\n".join(L)

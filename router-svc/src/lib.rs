@@ -1,8 +1,8 @@
 //! router-svc: the OpenAI-compatible semantic routing gateway.
 //!
 //! The road of a request: `api` (parse, admit) -> `decide` (what text, cache, classifier,
-//! policy -> a `Decision`) -> `upstream` (endpoint pools, balancing, health, retries) ->
-//! `relay` (body or SSE stream back). `config` and `metrics` are leaves used by all; `state`
+//! policy -> a `Decision`) -> `upstream` (endpoint pools, balancing by load, overflow, health,
+//! retries) -> `relay` (body or SSE stream back). `config` and `metrics` are leaves used by all; `state`
 //! holds what a request runs against and swaps it on reload; `error` is the one error type.
 
 pub mod api;

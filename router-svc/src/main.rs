@@ -9,7 +9,9 @@
 //!                                router needs; unknown fields kept (400/413/429 in OpenAI format)
 //!   -> decide::decide            "auto": text -> cache (LRU, Redis) -> classifier -> policy
 //!                                a named model: straight to it; unknown: 404
-//!   -> upstream::Upstream::send  fewest in-flight of two endpoints, retry, alternatives, fallback
+//!   -> upstream::Upstream::send  the less loaded of two endpoints (the backends' own queue and
+//!                                KV usage, scraped; upstream/load.rs), overflow when the pool is
+//!                                saturated, retry, alternatives, fallback; or a gateway's pool
 //!   -> relay::relay              body or SSE stream back, x-vsr-* and Server-Timing headers
 //! ```
 
