@@ -431,7 +431,7 @@ def check_copies():
 
 KEYS_FILE = ("keys:\n- name: team-a\n  sha256: " + hashlib.sha256(b"sk-sr-example").hexdigest()
              + "\n  rpm: 60\n  created: 1700000000\n")
-EXTERNAL = "rediss://redis.example.internal:6380/1"
+EXTERNAL = "redis://:secret@redis.example.internal:6380/1"
 VARIANTS = [
     ("default", [], dict(redis="internal", config_equals_repo=True)),
     ("values-gpu.yaml", ["-f", str(CHART / "values-gpu.yaml")], dict(redis="internal", gpu=True)),

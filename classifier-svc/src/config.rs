@@ -262,8 +262,10 @@ pub struct ServeArgs {
     /// Longest accepted text in bytes (longer texts are refused, not truncated).
     #[arg(long, env = "CLASSIFIER_MAX_TEXT_BYTES", default_value_t = 256 * 1024)]
     pub max_text_bytes: usize,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "CLASSIFIER_LOG_JSON", default_value_t = false)]
+    /// Log as JSON lines instead of text (the environment variable takes 1/0, true/false, yes/no,
+    /// on/off).
+    #[arg(long, env = "CLASSIFIER_LOG_JSON", default_value_t = false,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
     /// Fault injection for chaos runs: `POST /chaos {"inference_delay_ms": N}` on the HTTP port
     /// slows every batch by N ms. Off by default (the route does not exist then).

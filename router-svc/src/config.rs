@@ -31,8 +31,9 @@ pub struct Cli {
     /// Check the config (after env overrides) and exit.
     #[arg(long)]
     pub check: bool,
-    /// JSON logs on stderr (text otherwise); RUST_LOG filters.
-    #[arg(long, env = "ROUTER_LOG_JSON")]
+    /// JSON logs on stderr (text otherwise); RUST_LOG filters. The environment variable takes
+    /// 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "ROUTER_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub log_json: bool,
     /// How often the config file is checked for changes, ms.
     #[arg(long, env = "ROUTER_RELOAD_INTERVAL_MS", default_value_t = 1000)]

@@ -55,7 +55,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 
 {{/* router.yaml: .Values.config, plus auth.keys_file (and mode: keys) when a keys Secret is set. */}}
 {{- define "semroute.routerConfig" -}}
-{{- $cfg := deepCopy (.Values.config | default (.Files.Get "files/router.yaml" | fromYaml)) }}
+{{- $cfg := mergeOverwrite (.Files.Get "files/router.yaml" | fromYaml) (deepCopy .Values.config) }}
 {{- if include "semroute.keysEnabled" . }}
 {{- $auth := merge (deepCopy (default (dict) $cfg.auth)) (dict "mode" "keys" "keys_file" "/etc/router-svc/keys/keys.yaml") }}
 {{- $_ := set $cfg "auth" $auth }}
