@@ -103,6 +103,10 @@ async fn a_replica_saturated_by_another_client_gets_few_of_this_routers_requests
     }
     let to_busy = served.iter().filter(|b| *b == "busy").count();
     let share = to_busy as f64 / served.len() as f64;
+    eprintln!(
+        "{to_busy} of {} requests to the replica saturated by another client",
+        served.len()
+    );
     assert!(
         share < 0.2,
         "{to_busy} of {} requests went to the saturated replica",

@@ -109,6 +109,16 @@ impl SendError {
     }
 }
 
+/// The same request again (its body is shared bytes, not copied).
+fn copy_of(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 /// Opens connections (http, or https by rustls) and sends requests on them.
 pub struct Connections {
     connector: Connector,
@@ -127,7 +137,7 @@ impl Connections {
 
     /// Sends `req` (origin-form URI, `Host` set) to `ep` on a connection of this thread. A
     /// request that a kept connection could not take (it closed meanwhile, before anything was
-    /// written) goes once more on a new connection.
+    /// written, or as it was written, before any answer) goes once more on a new connection.
     pub async fn send(
         &self,
         ep: &Arc<Endpoint>,
@@ -135,10 +145,21 @@ impl Connections {
     ) -> Result<(BackendResponse, Lease), SendError> {
         let mut req = req;
         if let Some(mut s) = ep.idle.take(self.max_idle_time) {
+            let copy = copy_of(&req);
             match s.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, self.lease(ep, s))),
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
+                    // Written, then the connection closed without a byte of answer: the
+                    // server had closed it as idle (or after a streamed answer) as the request
+                    // went out, the keep-alive race every proxy meets. Nothing was answered,
+                    // and servers drop what a closed connection asked, so it goes once more on
+                    // a new connection.
+                    None if e.error().is_incomplete_message() || e.error().is_canceled() => {
+                        metrics::counter!("router_upstream_stale_connection_retries_total")
+                            .increment(1);
+                        req = copy;
+                    }
                     None => return Err(e.into_error().into()),
                 },
             }
@@ -295,5 +316,43 @@ mod tests {
         drop(get(&c, &ep, true).await);
         drop(get(&c, &ep, true).await);
         assert!(accepted.load(Ordering::SeqCst) <= 2);
+    }
+
+    /// A kept connection the server closes as the next request arrives (its keep-alive ended):
+    /// that request is read and dropped unanswered, and must be answered on a new connection.
+    #[tokio::test]
+    async fn a_request_lost_to_a_connection_the_server_closed_goes_again_on_a_new_one() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    // Each request is small and comes in one read; the second one on a
+                    // connection is read, then the connection closes.
+                    let mut buf = vec![0u8; 4096];
+                    for answered in 0.. {
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 && answered == 0 => {
+                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                stream.write_all(ok).await.unwrap();
+                            }
+                            _ => return,
+                        }
+                    }
+                });
+            }
+        });
+        let ep = Arc::new(Endpoint::new("m", &format!("http://{addr}")));
+        let c = connections(8);
+        for _ in 0..3 {
+            drop(get(&c, &ep, true).await);
+        }
+        // One connection per request after the first: each kept one took a request and closed.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 }
