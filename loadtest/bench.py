@@ -1412,7 +1412,7 @@ def write_report(path, args, res, started):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="overhead,miss,litellm,rss,auth,hop,rcache,otel")
+    ap.add_argument("--only", default="overhead,miss,litellm,rss,auth,hop,rcache,otel,overflow")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--out", default=os.path.join(ROOT, "loadtest", "RESULTS.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")

@@ -63,8 +63,9 @@ async fn a_real_llama_cpp_server_answers_every_api_through_the_router() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, port) = llama_server(dir.path(), "smollm2");
     let backend = format!("http://127.0.0.1:{port}");
-    // Two names for the one real model: `small` is what `auto` decides (no classifier: the
-    // default model), `smollm2` is asked for by name.
+    // Three names for the one real model: `small` is what `auto` decides (no classifier: the
+    // default model), `smollm2` is asked for by name, `native` declares that its server speaks
+    // Messages and Responses itself (llama-server does): those go to it untranslated.
     let yaml = format!(
         r#"
 upstream: {{first_byte_timeout_ms: 120000, total_timeout_ms: 120000}}
@@ -74,6 +75,9 @@ models:
     pricing: {{input_per_million: 1.0, output_per_million: 2.0}}
   - name: smollm2
     endpoints: ["{backend}"]
+  - name: native
+    endpoints: ["{backend}"]
+    api: [messages, responses]
 routing:
   default_model: small
 "#
@@ -176,6 +180,26 @@ routing:
         .filter_map(|c| c["text"].as_str().map(str::to_string))
         .collect();
     assert!(!said.trim().is_empty(), "{v}");
+    assert!(v["usage"]["output_tokens"].as_u64() > Some(0), "{v}");
+
+    // Messages and Responses as the server itself speaks them (passed through, not translated).
+    let (status, _, v) = post(
+        &c,
+        &format!("{base}/v1/messages"),
+        &json!({"model": "native", "max_tokens": 12, "messages": ask("Say hello.")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["type"], "message", "{v}");
+    text_at(&v, &["content", "0", "text"]);
+    let (status, _, v) = post(
+        &c,
+        &format!("{base}/v1/responses"),
+        &json!({"model": "native", "max_output_tokens": 12, "input": "Say hello."}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "response", "{v}");
     assert!(v["usage"]["output_tokens"].as_u64() > Some(0), "{v}");
 
     // Usage counted per model from the real server's answers, and priced.
