@@ -207,9 +207,12 @@ mod tests {
 
     use super::*;
 
-    /// A backend answering "ok" that counts the connections it accepted; with `keep_alive`
-    /// false it closes each after one answer.
-    async fn backend(keep_alive: bool) -> (String, Arc<AtomicUsize>) {
+    /// A server on a free port that counts the connections it accepts and hands each to `serve`.
+    async fn counting<F, Fut>(serve: F) -> (String, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -218,20 +221,27 @@ mod tests {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(keep_alive)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
+                tokio::spawn(serve(stream));
             }
         });
         (format!("http://{addr}"), accepted)
+    }
+
+    /// A backend answering "ok" that counts the connections it accepted; with `keep_alive`
+    /// false it closes each after one answer.
+    async fn backend(keep_alive: bool) -> (String, Arc<AtomicUsize>) {
+        counting(move |stream| async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                    Bytes::from_static(b"ok"),
+                )))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(keep_alive)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        })
+        .await
     }
 
     /// A backend (see `backend`), an endpoint on it and connections keeping `max_idle`.
@@ -323,31 +333,18 @@ mod tests {
     #[tokio::test]
     async fn a_request_lost_to_a_connection_the_server_closed_goes_again_on_a_new_one() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    // Each request is small and comes in one read; the second one on a
-                    // connection is read, then the connection closes.
-                    let mut buf = vec![0u8; 4096];
-                    for answered in 0.. {
-                        match stream.read(&mut buf).await {
-                            Ok(n) if n > 0 && answered == 0 => {
-                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                                stream.write_all(ok).await.unwrap();
-                            }
-                            _ => return,
-                        }
-                    }
-                });
+        let (url, accepted) = counting(|mut stream| async move {
+            // Each request is small and comes in one read; the second one on a connection is
+            // read, then the connection closes.
+            let mut buf = vec![0u8; 4096];
+            if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.write_all(ok).await.unwrap();
+                let _ = stream.read(&mut buf).await;
             }
-        });
-        let ep = Arc::new(Endpoint::new("m", &format!("http://{addr}")));
+        })
+        .await;
+        let ep = Arc::new(Endpoint::new("m", &url));
         let c = connections(8);
         for _ in 0..3 {
             drop(get(&c, &ep, true).await);
