@@ -123,13 +123,8 @@ pub struct Load {
 }
 
 impl Load {
-    /// Records a report as just scraped (tests elsewhere set loads by it).
-    #[cfg(test)]
-    pub fn set(&self, r: Reported) {
-        self.store(r);
-    }
-
-    fn store(&self, r: Reported) {
+    /// Records a report as just scraped.
+    pub fn store(&self, r: Reported) {
         self.waiting.store(r.waiting.to_bits(), Ordering::Relaxed);
         self.running.store(r.running.to_bits(), Ordering::Relaxed);
         self.kv.store(r.kv.to_bits(), Ordering::Relaxed);

@@ -470,6 +470,8 @@ pub struct Upstream {
     /// thread on the way.
     conns: conn::Connections,
     cfg: UpstreamConfig,
+    /// `cfg.gateway_header`, parsed once (validated with the config).
+    gateway_header: Option<HeaderName>,
 }
 
 /// What to send besides the body.
@@ -531,6 +533,7 @@ impl Upstream {
                 Duration::from_secs(90),
             ),
             cfg: cfg.clone(),
+            gateway_header: HeaderName::from_bytes(cfg.gateway_header.as_bytes()).ok(),
         })
     }
 
@@ -603,7 +606,6 @@ impl Upstream {
         let mut last_5xx: Option<Answered> = None;
         let lc = &self.cfg.load;
         let (models, overflowed) = overflow(pools, models, lc);
-        let gateway_header = HeaderName::from_bytes(self.cfg.gateway_header.as_bytes()).ok();
         for (mi, model) in models.iter().enumerate() {
             let eps = pools.endpoints(&model.name);
             if eps.is_empty() {
@@ -666,7 +668,7 @@ impl Upstream {
                 // HTTPRoute matches (validated as a header value with the config).
                 if model.endpoint_picker == EndpointPicker::Gateway {
                     if let (Some(name), Ok(v)) =
-                        (&gateway_header, HeaderValue::from_str(model.pool()))
+                        (&self.gateway_header, HeaderValue::from_str(model.pool()))
                     {
                         h.insert(name.clone(), v);
                     }
@@ -866,9 +868,9 @@ mod tests {
         let e = eps(3);
         // By in-flight alone, 0 is the least loaded; its backend says it has a queue.
         let _ours: Vec<_> = (0..2).map(|_| InFlight::new(e[1].clone())).collect();
-        e[0].load.set(report(3.0, 0.5));
-        e[1].load.set(report(0.0, 0.2));
-        e[2].load.set(report(0.0, 0.9));
+        e[0].load.store(report(3.0, 0.5));
+        e[1].load.store(report(0.0, 0.2));
+        e[2].load.store(report(0.0, 0.9));
         assert!(e[0].saturated(&LC) && !e[1].saturated(&LC) && !e[2].saturated(&LC));
         // max(2 ours, 4 running) + 4 * 0.2 = 4.8 < 4 + 4 * 0.9 = 7.6
         assert!(e[1].score(&LC) < e[2].score(&LC));
@@ -885,7 +887,7 @@ mod tests {
             place: false,
         });
         assert_ne!(pick(&e, &[], a, 2.0, &LC), Some(0));
-        e[0].load.set(report(0.0, 0.1));
+        e[0].load.store(report(0.0, 0.1));
         assert_eq!(pick(&e, &[], a, 2.0, &LC), Some(0));
     }
 
@@ -905,10 +907,10 @@ mod tests {
         // Nothing reported: no overflow.
         assert_eq!(overflow(&pools, &models, &LC).1, None);
         for ep in pools.endpoints(&big.name) {
-            ep.load.set(report(5.0, 0.5));
+            ep.load.store(report(5.0, 0.5));
         }
         for ep in pools.endpoints(&small.name) {
-            ep.load.set(report(0.0, 0.99));
+            ep.load.store(report(0.0, 0.99));
         }
         let (order, moved) = overflow(&pools, &models, &LC);
         assert_eq!(moved, Some((big.name.clone(), "third".to_string())));
